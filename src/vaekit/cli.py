@@ -1,0 +1,295 @@
+"""The `vaekit` command line: thin wrappers that parse arguments and call library functions.
+
+Every user-facing problem is a `VaekitError`, printed as one line on stderr with a non-zero exit
+status; a traceback is shown only with `--debug`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from vaekit.errors import VaekitError
+
+EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
+
+
+def _console(stderr: bool = True):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> None:
+    from vaekit import checkpoint as ck
+    from vaekit import config as config_lib
+    from vaekit.train import train
+
+    if args.resume:
+        run_dir = ck.check_run_dir(args.resume)
+        if args.preset or args.config:
+            raise VaekitError("--resume continues a run with its own config; drop --preset/--config")
+        cfg = ck.read_config(run_dir)
+        for text in args.set:
+            update = config_lib.parse_override(text)
+            if list(update) != ["train"] or list(update["train"]) != ["epochs"]:
+                raise VaekitError(f"with --resume only train.epochs may change; got '{text}'")
+            cfg = config_lib.merge(cfg, update)
+        config_lib.validate(cfg)
+    else:
+        cfg = config_lib.resolve(args.preset, args.config, args.set)
+    path = train(
+        cfg,
+        runs_dir=args.runs_dir,
+        name=args.name,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    print(path)
+
+
+def _load(args):
+    from vaekit.checkpoint import load_run
+
+    return load_run(args.run, checkpoint=args.checkpoint)
+
+
+def _out_path(out: str, allowed=(".png",)) -> Path:
+    path = Path(out)
+    if path.suffix.lower() not in allowed:
+        raise VaekitError(f"--out must end in {' or '.join(allowed)}, got '{out}'")
+    if not path.parent.exists():
+        raise VaekitError(f"directory '{path.parent}' for --out does not exist")
+    return path
+
+
+def _save_array_or_grid(path: Path, images, ncols: int, title: str) -> None:
+    import numpy as np
+
+    from vaekit import plots
+
+    if path.suffix.lower() == ".npy":
+        tmp = path.with_name(f".{path.name}.tmp.npy")
+        np.save(tmp, np.asarray(images))
+        os.replace(tmp, path)
+    else:
+        plots.save_images(path, np.asarray(images), ncols=ncols, title=title)
+
+
+def cmd_sample(args) -> None:
+    from flax import nnx
+
+    if args.n <= 0:
+        raise VaekitError(f"-n must be positive, got {args.n}")
+    if args.temperature <= 0:
+        raise VaekitError(f"--temperature must be positive, got {args.temperature}")
+    out = _out_path(args.out, (".png", ".npy"))
+    run = _load(args)
+    images = run.model.sample(args.n, rngs=nnx.Rngs(sample=args.seed), temperature=args.temperature)
+    _save_array_or_grid(out, images, args.cols, f"{args.n} prior samples, temperature {args.temperature}")
+    print(out)
+
+
+def _split_arrays(run, split: str, n: int):
+    splits = run.data()
+    if split not in ("train", "val", "test"):
+        raise VaekitError(f"--split must be train, val or test, got '{split}'")
+    data = getattr(splits, split)
+    return data["x"][:n], (None if data.get("y") is None else data["y"][:n])
+
+
+def cmd_reconstruct(args) -> None:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vaekit import plots
+
+    if args.n <= 0:
+        raise VaekitError(f"-n must be positive, got {args.n}")
+    out = _out_path(args.out)
+    run = _load(args)
+    x, y = _split_arrays(run, args.split, args.n)
+    x_hat = np.asarray(run.model.reconstruct(jnp.asarray(x), None if y is None else jnp.asarray(y)))
+    plots.save_reconstructions(out, x, x_hat, ncols=args.cols)
+    print(out)
+
+
+def cmd_interpolate(args) -> None:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vaekit import plots
+
+    out = _out_path(args.out)
+    if args.steps < 2 or args.pairs < 1:
+        raise VaekitError("--steps must be >= 2 and --pairs >= 1")
+    run = _load(args)
+    x, _ = _split_arrays(run, args.split, 2 * args.pairs)
+    mu = np.asarray(run.model.encode(jnp.asarray(x)).mean)  # (2P, D)
+    t = np.linspace(0.0, 1.0, args.steps)[None, :, None]
+    z = (1 - t) * mu[0::2, None] + t * mu[1::2, None]  # (P, steps, D)
+    images = np.asarray(run.model.decode(jnp.asarray(z.reshape(-1, z.shape[-1]))).mean())
+    plots.save_images(out, images, ncols=args.steps, title="latent interpolations between posterior means")
+    print(out)
+
+
+def cmd_info(args) -> None:
+    from rich.table import Table
+
+    from vaekit import checkpoint as ck
+    from vaekit.train import collapse_warning
+
+    run_dir = ck.check_run_dir(args.run)
+    cfg = ck.read_config(run_dir)
+    info = ck.read_json(run_dir / ck.RUN_FILE)
+    history = ck.read_metrics(run_dir)
+    console = _console(stderr=False)
+    table = Table(title=f"config of {run_dir}", show_lines=False)
+    table.add_column("key")
+    table.add_column("value")
+    for section, values in cfg.to_dict().items():
+        if isinstance(values, dict):
+            for k, v in values.items():
+                table.add_row(f"{section}.{k}", str(v))
+        else:
+            table.add_row(section, str(values))
+    console.print(table)
+    status = Table(title="run")
+    status.add_column("field")
+    status.add_column("value")
+    for key in ("status", "epoch", "step", "image_shape", "num_train", "best_val_elbo", "error"):
+        if key in info:
+            status.add_row(key, str(info[key]))
+    console.print(status)
+    if history:
+        last = history[-1]
+        metrics = Table(title=f"metrics at epoch {last['epoch']}")
+        metrics.add_column("metric")
+        metrics.add_column("value", justify="right")
+        for k, v in last.items():
+            if not isinstance(v, list) and k != "epoch":
+                metrics.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        console.print(metrics)
+        warning = collapse_warning(last["val/kl_per_dim"], last["val/active_units"], cfg.model.latent_dim)
+        if warning:
+            console.print(f"[bold yellow]warning:[/] {warning}")
+    evaluation = run_dir / "evaluation.json"
+    if evaluation.exists():
+        console.print(f"evaluation: {evaluation}")
+
+
+def cmd_presets(args) -> None:
+    from rich.table import Table
+
+    from vaekit.config import DEFAULT_PRESET, list_presets
+
+    table = Table(title="vaekit presets (vaekit train --preset NAME)")
+    table.add_column("name")
+    table.add_column("description")
+    for name, desc in list_presets().items():
+        table.add_row(name + (" (default)" if name == DEFAULT_PRESET else ""), desc)
+    _console(stderr=False).print(table)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vaekit",
+        description="Train, evaluate and inspect variational autoencoders (JAX, Flax NNX, Optax).",
+    )
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model; prints the run directory last")
+    t.add_argument("--preset", help="named recipe (see `vaekit presets`); default mnist-mlp")
+    t.add_argument("--config", help="YAML file with data/model/objective/train sections")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable), e.g. --set train.epochs=5")
+    t.add_argument("--name", help="run directory name (default: <preset>-<date>-<time>)")
+    t.add_argument("--runs-dir", default="runs", help="parent directory of run directories (default: runs)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory of that name")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
+    t.set_defaults(func=cmd_train)
+
+    def run_arg(sp):
+        sp.add_argument("run", help="run directory")
+        sp.add_argument("--checkpoint", default="best", choices=("best", "latest"),
+                        help="which checkpoint to load (default: best validation ELBO)")
+
+    s = sub.add_parser("sample", help="draw samples from the prior and save a grid (.png) or array (.npy)")
+    run_arg(s)
+    s.add_argument("-n", type=int, default=64, help="number of samples")
+    s.add_argument("--out", default="samples.png", help="output .png grid or .npy array")
+    s.add_argument("--temperature", type=float, default=1.0, help="prior standard deviation multiplier")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cols", type=int, default=8, help="grid columns")
+    s.set_defaults(func=cmd_sample)
+
+    r = sub.add_parser("reconstruct", help="save inputs and their reconstructions")
+    run_arg(r)
+    r.add_argument("--split", default="test", help="train, val or test")
+    r.add_argument("-n", type=int, default=32, help="number of images")
+    r.add_argument("--out", default="reconstructions.png")
+    r.add_argument("--cols", type=int, default=8)
+    r.set_defaults(func=cmd_reconstruct)
+
+    i = sub.add_parser("interpolate", help="decode straight lines between pairs of posterior means")
+    run_arg(i)
+    i.add_argument("--split", default="test")
+    i.add_argument("--pairs", type=int, default=8)
+    i.add_argument("--steps", type=int, default=10)
+    i.add_argument("--out", default="interpolations.png")
+    i.set_defaults(func=cmd_interpolate)
+
+    f = sub.add_parser("info", help="show a run's resolved config, status and final metrics")
+    f.add_argument("run", help="run directory")
+    f.set_defaults(func=cmd_info)
+
+    ps = sub.add_parser("presets", help="list the named recipes")
+    ps.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logger = logging.getLogger("vaekit")  # only vaekit's own messages; JAX's INFO chatter stays off
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_rich_handler())
+    logger.propagate = False
+    try:
+        args.func(args)
+    except VaekitError as e:
+        if args.debug:
+            raise
+        print(f"vaekit: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("vaekit: interrupted (a run continues with `vaekit train --resume RUN_DIR`)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # an internal error: one line unless --debug
+        if args.debug:
+            raise
+        print(f"vaekit: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    return 0
+
+
+def _rich_handler():
+    from rich.logging import RichHandler
+
+    return RichHandler(console=_console(), show_time=False, show_path=False, markup=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

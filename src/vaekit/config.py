@@ -1,0 +1,338 @@
+"""Typed, frozen configuration for a vaekit run, with YAML presets and `section.key=value` overrides.
+
+A run is fully described by one `Config` (data, model, objective, train). `config.yaml` in a run
+directory is that config, resolved, so a run can always be rebuilt from its own directory.
+
+Resolution order: dataclass defaults < preset YAML < `--config FILE.yaml` < `--set` overrides.
+Every value is validated once, here, so the library below can trust its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vaekit.data import BINARIZE_MODES
+from vaekit.errors import VaekitError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: str = "mnist"  # registered data source: "mnist", "arrays" (a user .npz, set by `path`), "shapes"
+    path: str | None = None  # .npz file with `x` (N, H, W[, C]) and optional `y`; implies source "arrays"
+    limit: int | None = None  # use only the first N training examples (None: all)
+    binarize: str = "none"  # "none" (continuous [0,1]), "dynamic" (fresh Bernoulli draw per batch), "static" (one seeded draw)
+    seed: int = 0  # seed of the static binarization draw
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "vae"  # registered model class
+    net: str = "mlp"  # encoder/decoder body: "mlp" or "conv"
+    latent_dim: int = 50  # dimensions of z
+    hidden: tuple[int, ...] = (200, 200)  # MLP hidden sizes (the decoder mirrors them)
+    activation: str = "tanh"  # MLP activation: tanh, relu, gelu, silu, elu, softplus, leaky_relu
+    conv_channels: tuple[int, ...] = (32, 64)  # channels of the 4x4 stride-2 conv stack (decoder mirrors)
+    conv_dense: int = 0  # width of a dense layer between the conv stack and the latent heads (0: none)
+    likelihood: str = "bernoulli"  # p(x|z): bernoulli, gaussian (fixed sigma), gaussian_learned, categorical
+    sigma: float = 0.1  # standard deviation of the fixed-sigma Gaussian likelihood
+    min_scale: float = 1e-3  # floor of a learned Gaussian likelihood's standard deviation
+    posterior_scale: str = "softplus"  # q(z|x) std parameterization: "softplus" (+1e-4) or "logvar" (clamped)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    kind: str = "elbo"  # "elbo" (analytic KL) or "iwae" (k-sample importance-weighted bound)
+    iwae_k: int = 5  # number of importance samples of the IWAE objective
+    beta: float = 1.0  # weight of the KL term (its final value when annealed); 1 is the true ELBO
+    beta_schedule: str = "constant"  # constant, linear, sigmoid, cyclical
+    anneal_steps: int = 10_000  # length of the annealing schedule in training steps
+    cycles: int = 4  # cyclical schedule: number of cycles within anneal_steps
+    cycle_ratio: float = 0.5  # cyclical schedule: fraction of each cycle spent rising from 0 to beta
+    free_bits: float = 0.0  # nats per latent dimension not penalized (0: off); Kingma et al. 2016
+    capacity_max: float = 0.0  # capacity control target C_max in nats (0: off); Burgess et al. 2018
+    capacity_steps: int = 100_000  # steps over which C rises linearly from 0 to capacity_max
+    capacity_gamma: float = 1000.0  # weight gamma of |KL - C|
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10  # passes over the training split
+    batch_size: int = 100  # examples per step
+    seed: int = 0  # seeds parameters, shuffling, binarization draws and posterior samples
+    optimizer: str = "adam"  # "adam" or "adamw"
+    learning_rate: float = 1e-3  # peak learning rate
+    adam_b1: float = 0.9  # Adam first-moment decay
+    adam_b2: float = 0.999  # Adam second-moment decay
+    adam_eps: float = 1e-8  # Adam epsilon (the IWAE paper used 1e-4)
+    weight_decay: float = 0.0  # decoupled weight decay (adamw only)
+    lr_schedule: str = "constant"  # constant, cosine, exponential, step, iwae (Burda et al. 3^i-epoch stages)
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0
+    decay_rate: float = 0.1  # exponential/step: factor applied every decay_steps
+    decay_steps: int = 10_000  # exponential/step: steps per decay_rate
+    grad_clip: float = 0.0  # clip gradients to this global norm (0: off)
+    chunk_steps: int = 100  # steps per compiled chunk: the host syncs (progress, NaN guard) once per chunk
+    eval_batch_size: int = 1000  # batch size of validation passes
+    checkpoint_every: int = 1  # save a checkpoint every N epochs (the best-by-validation one is kept too)
+    keep_checkpoints: int = 2  # how many periodic checkpoints to keep
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    train: TrainConfig = TrainConfig()
+    preset: str | None = None  # the preset this config started from (informational)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-YAML-friendly dict (tuples become lists)."""
+
+        def plain(v):
+            if isinstance(v, tuple):
+                return [plain(e) for e in v]
+            return v
+
+        out: dict[str, Any] = {"preset": self.preset}
+        for sec in SECTIONS:
+            out[sec] = {k: plain(v) for k, v in dataclasses.asdict(getattr(self, sec)).items()}
+        return out
+
+
+SECTIONS = ("data", "model", "objective", "train")
+_SECTION_TYPES = {s: t for s, t in zip(SECTIONS, (DataConfig, ModelConfig, ObjectiveConfig, TrainConfig))}
+
+ACTIVATIONS = ("tanh", "relu", "gelu", "silu", "elu", "softplus", "leaky_relu")
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "categorical")
+BETA_SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
+LR_SCHEDULES = ("constant", "cosine", "exponential", "step", "iwae")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _closest(name: str, options) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else f" (valid: {', '.join(options)})"
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the dataclass field's declared type, or raise VaekitError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+        if not isinstance(value, (list, tuple)):
+            raise VaekitError(f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], where) for v in value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise VaekitError(f"{where} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            try:
+                f = float(value)
+            except (TypeError, ValueError):
+                raise VaekitError(f"{where} must be an integer, got {value!r}") from None
+            if not f.is_integer():
+                raise VaekitError(f"{where} must be an integer, got {value!r}")
+            return int(f)
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise VaekitError(f"{where} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise VaekitError(f"{where} must be a number, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise VaekitError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _apply_section(base, updates: dict, section: str):
+    if not isinstance(updates, dict):
+        raise VaekitError(f"config section '{section}' must be a mapping, got {updates!r}")
+    cls = type(base)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    changes = {}
+    for key, value in updates.items():
+        if key not in names:
+            raise VaekitError(f"unknown config key '{section}.{key}'{_closest(key, names)}")
+        changes[key] = _coerce(value, hints[key], f"{section}.{key}")
+    return dataclasses.replace(base, **changes)
+
+
+def merge(config: Config, updates: dict) -> Config:
+    """Apply a nested dict (as read from YAML) on top of `config`."""
+    if not isinstance(updates, dict):
+        raise VaekitError(f"a config file must hold a mapping of sections, got {type(updates).__name__}")
+    new = config
+    for section, values in updates.items():
+        if section in ("description", "preset"):
+            continue
+        if section not in SECTIONS:
+            raise VaekitError(f"unknown config section '{section}'{_closest(section, SECTIONS)}")
+        new = dataclasses.replace(new, **{section: _apply_section(getattr(new, section), values or {}, section)})
+    return new
+
+
+def parse_override(text: str) -> dict:
+    """`section.key=value` -> {"section": {"key": value}} with the value parsed as YAML."""
+    if "=" not in text:
+        raise VaekitError(f"override '{text}' must look like section.key=value")
+    path, raw = text.split("=", 1)
+    parts = path.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise VaekitError(f"override key '{path}' must be section.key, e.g. train.epochs")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return {parts[0]: {parts[1]: value}}
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _preset_dir():
+    return resources.files("vaekit") / "presets"
+
+
+def list_presets() -> dict[str, str]:
+    """Preset name -> one-line description, from the YAML files shipped in vaekit/presets."""
+    out = {}
+    for entry in sorted(_preset_dir().iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            doc = yaml.safe_load(entry.read_text()) or {}
+            out[entry.name[: -len(".yaml")]] = str(doc.get("description", "")).strip()
+    return out
+
+
+DEFAULT_PRESET = "mnist-mlp"
+
+
+def load_preset(name: str) -> dict:
+    names = list_presets()
+    if name not in names:
+        raise VaekitError(f"unknown preset '{name}'{_closest(name, names)}")
+    return yaml.safe_load((_preset_dir() / f"{name}.yaml").read_text()) or {}
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise VaekitError(f"config file '{p}' does not exist")
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise VaekitError(f"config file '{p}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    return doc or {}
+
+
+def resolve(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
+    """defaults < preset < config file < overrides, then validate."""
+    cfg = Config()
+    name = preset
+    if name is None and config_file is None:
+        name = DEFAULT_PRESET
+    if name is not None:
+        cfg = dataclasses.replace(merge(cfg, load_preset(name)), preset=name)
+    if config_file is not None:
+        doc = read_yaml(config_file)
+        cfg = merge(cfg, doc)
+        if name is None and doc.get("preset"):
+            cfg = dataclasses.replace(cfg, preset=doc.get("preset"))
+    for text in overrides:
+        cfg = merge(cfg, parse_override(text))
+    if cfg.data.path is not None and cfg.data.source == "mnist":
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="arrays"))
+    validate(cfg)
+    return cfg
+
+
+def from_dict(doc: dict) -> Config:
+    """Rebuild a Config from `Config.to_dict()` output (e.g. a run's config.yaml)."""
+    cfg = dataclasses.replace(merge(Config(), doc), preset=doc.get("preset"))
+    validate(cfg)
+    return cfg
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise VaekitError(message)
+
+
+def _one_of(value: str, options, key: str) -> None:
+    _check(value in options, f"{key} must be one of {', '.join(options)}; got '{value}'{_closest(value, options)}")
+
+
+def validate(cfg: Config) -> None:
+    """Reject values no run can use, with one line naming the key and the problem."""
+    d, m, o, t = cfg.data, cfg.model, cfg.objective, cfg.train
+    _one_of(d.binarize, BINARIZE_MODES, "data.binarize")
+    _check(d.limit is None or d.limit > 0, f"data.limit must be positive, got {d.limit}")
+    _check(d.source != "arrays" or d.path is not None, "data.source 'arrays' needs data.path=FILE.npz")
+    _check(m.latent_dim > 0, f"model.latent_dim must be positive, got {m.latent_dim}")
+    _one_of(m.net, ("mlp", "conv"), "model.net")
+    _one_of(m.activation, ACTIVATIONS, "model.activation")
+    _one_of(m.likelihood, LIKELIHOODS, "model.likelihood")
+    _one_of(m.posterior_scale, ("softplus", "logvar"), "model.posterior_scale")
+    _check(all(h > 0 for h in m.hidden), f"model.hidden sizes must be positive, got {list(m.hidden)}")
+    _check(len(m.conv_channels) > 0 and all(c > 0 for c in m.conv_channels),
+           f"model.conv_channels must be a non-empty list of positive ints, got {list(m.conv_channels)}")
+    _check(m.conv_dense >= 0, f"model.conv_dense must be >= 0, got {m.conv_dense}")
+    _check(m.sigma > 0, f"model.sigma must be positive, got {m.sigma}")
+    _check(m.min_scale > 0, f"model.min_scale must be positive, got {m.min_scale}")
+    _one_of(o.kind, ("elbo", "iwae"), "objective.kind")
+    _check(o.iwae_k >= 1, f"objective.iwae_k must be >= 1, got {o.iwae_k}")
+    _check(o.beta >= 0, f"objective.beta must be >= 0, got {o.beta}")
+    _one_of(o.beta_schedule, BETA_SCHEDULES, "objective.beta_schedule")
+    _check(o.anneal_steps > 0, f"objective.anneal_steps must be positive, got {o.anneal_steps}")
+    _check(o.cycles >= 1, f"objective.cycles must be >= 1, got {o.cycles}")
+    _check(0 < o.cycle_ratio <= 1, f"objective.cycle_ratio must be in (0, 1], got {o.cycle_ratio}")
+    _check(o.free_bits >= 0, f"objective.free_bits must be >= 0, got {o.free_bits}")
+    _check(o.capacity_max >= 0, f"objective.capacity_max must be >= 0, got {o.capacity_max}")
+    _check(o.capacity_steps > 0, f"objective.capacity_steps must be positive, got {o.capacity_steps}")
+    _check(o.capacity_gamma >= 0, f"objective.capacity_gamma must be >= 0, got {o.capacity_gamma}")
+    _check(t.epochs > 0, f"train.epochs must be positive, got {t.epochs}")
+    _check(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}")
+    _one_of(t.optimizer, ("adam", "adamw"), "train.optimizer")
+    _check(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}")
+    _check(0 <= t.adam_b1 < 1 and 0 <= t.adam_b2 < 1, "train.adam_b1 and train.adam_b2 must be in [0, 1)")
+    _check(t.adam_eps > 0, f"train.adam_eps must be positive, got {t.adam_eps}")
+    _check(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    _one_of(t.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
+    _check(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    _check(0 < t.decay_rate <= 1, f"train.decay_rate must be in (0, 1], got {t.decay_rate}")
+    _check(t.decay_steps > 0, f"train.decay_steps must be positive, got {t.decay_steps}")
+    _check(t.grad_clip >= 0, f"train.grad_clip must be >= 0, got {t.grad_clip}")
+    _check(t.chunk_steps > 0, f"train.chunk_steps must be positive, got {t.chunk_steps}")
+    _check(t.eval_batch_size > 0, f"train.eval_batch_size must be positive, got {t.eval_batch_size}")
+    _check(t.checkpoint_every > 0, f"train.checkpoint_every must be positive, got {t.checkpoint_every}")
+    _check(t.keep_checkpoints > 0, f"train.keep_checkpoints must be positive, got {t.keep_checkpoints}")

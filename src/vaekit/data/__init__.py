@@ -1,0 +1,200 @@
+"""Datasets for vaekit: train/validation/test splits as numpy arrays.
+
+:func:`load_data` is the entry point. It looks the source up in
+:data:`DATA_SOURCES`, then applies the options that every source shares: ``limit``
+(a smaller training set) and ``binarize`` (Bernoulli-distributed pixels for models
+with a Bernoulli likelihood).
+
+Adding a source
+---------------
+A source is a function registered in :data:`DATA_SOURCES` under its name::
+
+    def loader(path: str | None, *, val_size: int, seed: int, limit: int | None) -> dict[str, dict[str, np.ndarray]]
+
+It returns ``{"train": split, "val": split, "test": split}`` where each split is
+``{"x": float32 (N, H, W, C) in [0, 1]}`` plus optionally ``"y": int32 (N,)`` (for all
+three splits or for none) and any further per-example arrays (sliced along with
+``x`` by ``limit``). It raises :class:`~vaekit.errors.VaekitError` for any problem
+the user can fix. ``val_size``, ``seed`` and ``limit`` may be ignored: a source that
+generates data can use ``limit`` to generate only that many training examples (or
+more than a default), and :func:`load_data` afterwards keeps the first ``limit``
+training examples of whatever the loader returned.
+
+Binarization and evaluation data
+--------------------------------
+``"static"`` binarizes every split once with :func:`binarize_fixed` and the given
+seed (each split with that same seed, so a test split that is the validation split
+stays identical to it, and the draw does not depend on ``limit``). ``"dynamic"`` leaves the training images continuous (the trainer draws a fresh
+Bernoulli sample for each batch) but binarizes validation and test once with
+:data:`EVAL_BINARIZATION_SEED`, a constant: evaluation data for a binarized model is
+then the same in every run and every evaluation, so numbers are comparable across
+runs, seeds and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from vaekit.data.arrays import load_arrays_splits
+from vaekit.data.mnist import load_mnist_splits
+from vaekit.errors import VaekitError
+
+__all__ = [
+    "BINARIZE_MODES",
+    "DATA_SOURCES",
+    "EVAL_BINARIZATION_SEED",
+    "Splits",
+    "binarize_fixed",
+    "load_data",
+]
+
+#: Seed of the one binarization of validation/test data under ``binarize="dynamic"``.
+#: It is a constant, not the run's seed, so that every run evaluates on the very same
+#: binary images and their numbers can be compared.
+EVAL_BINARIZATION_SEED = 20151101
+
+#: Valid values of ``binarize``.
+BINARIZE_MODES = ("none", "dynamic", "static")
+
+Split = dict[str, np.ndarray]
+Loader = Callable[..., dict[str, Split]]
+
+#: Data sources by name. See the module docstring for the loader signature.
+DATA_SOURCES: dict[str, Loader] = {
+    "mnist": load_mnist_splits,
+    "arrays": load_arrays_splits,
+}
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Splits:
+    """The three splits of a dataset, ready for training and evaluation.
+
+    Attributes:
+        train, val, test: ``{"x": float32 (N, H, W, C) in [0, 1]}`` plus ``"y": int32
+            (N,)`` when the data has labels. With ``binarize="static"`` every ``x``
+            holds only 0.0 and 1.0; with ``"dynamic"`` val and test do, train does not.
+            For an ``.npz`` without a test set, ``test`` holds the validation arrays.
+        image_shape: ``(H, W, C)``.
+        num_classes: ``max(y) + 1`` over all splits, or ``None`` without labels.
+        binarize: ``"none"``, ``"dynamic"`` or ``"static"``.
+    """
+
+    train: Split
+    val: Split
+    test: Split
+    image_shape: tuple[int, int, int]
+    num_classes: int | None
+    binarize: str
+
+    def __repr__(self) -> str:
+        # The default repr would print pixel arrays; a summary is what one wants to see.
+        sizes = ", ".join(f"{name}={len(getattr(self, name)['x'])}" for name in ("train", "val", "test"))
+        return f"Splits({sizes}, image_shape={self.image_shape}, num_classes={self.num_classes}, binarize={self.binarize!r})"
+
+
+def binarize_fixed(x: np.ndarray, seed: int) -> np.ndarray:
+    """Draw one Bernoulli sample of images whose pixels are probabilities.
+
+    Each pixel becomes 1 with probability equal to its value: ``u < x`` with ``u``
+    uniform in [0, 1) from ``np.random.default_rng(seed)``. The result is a new
+    float32 array of 0.0/1.0 of ``x``'s shape, the same for the same seed and shape.
+    Because the uniforms are drawn in row-major order, the result for ``x[:k]`` equals
+    the first ``k`` rows of the result for ``x``.
+    """
+    rng = np.random.default_rng(seed)
+    u = rng.random(x.shape, dtype=np.float32)
+    # Compare into u itself (True/False cast to 1.0/0.0): one array allocated, not three.
+    return np.less(u, x, out=u)
+
+
+def _binarize_splits(splits: dict[str, Split], mode: str, seed: int) -> dict[str, Split]:
+    """Apply ``mode`` to the x of each split (see the module docstring)."""
+    if mode == "none":
+        return splits
+    out: dict[str, Split] = {}
+    done: dict[int, np.ndarray] = {}  # id(original x) -> binarized x
+    for name in ("train", "val", "test"):
+        split = splits[name]
+        if mode == "dynamic" and name == "train":
+            out[name] = split
+            continue
+        split_seed = seed if mode == "static" else EVAL_BINARIZATION_SEED
+        x = split["x"]
+        # When test *is* the validation data (an .npz without x_test), binarize it once
+        # so that test stays identical to val.
+        if id(x) not in done:
+            done[id(x)] = binarize_fixed(x, split_seed)
+        out[name] = {**split, "x": done[id(x)]}
+    return out
+
+
+def _num_classes(splits: dict[str, Split]) -> int | None:
+    """``max(y) + 1`` over all splits, or ``None`` when the data has no labels."""
+    top = max((int(s["y"].max()) for s in splits.values() if "y" in s and s["y"].size), default=None)
+    return None if top is None else top + 1
+
+
+def load_data(
+    source: str = "mnist",
+    *,
+    path: str | None = None,
+    limit: int | None = None,
+    binarize: str = "none",
+    seed: int = 0,
+    val_size: int = 10_000,
+) -> Splits:
+    """Load a dataset as train/validation/test splits.
+
+    Args:
+        source: a name in :data:`DATA_SOURCES` (``"mnist"``, ``"arrays"``, ...).
+            Giving ``path`` while ``source`` is the default ``"mnist"`` selects
+            ``"arrays"``; other sources receive ``path`` as they are.
+        path: the ``.npz`` file for ``"arrays"`` (required there).
+        limit: keep only the first ``limit`` training examples (applied after the
+            split; validation and test are untouched; all are kept if there are
+            fewer). ``None`` keeps all.
+        binarize: ``"none"`` (continuous pixels), ``"static"`` (every split binarized
+            once with ``seed``) or ``"dynamic"`` (train continuous, val/test binarized
+            once with :data:`EVAL_BINARIZATION_SEED`); see the module docstring.
+        seed: seed of the static binarization (and passed to the source loader).
+        val_size: for ``"arrays"`` without ``x_val``: the most examples to carve off
+            the end of ``x`` for validation (at most a tenth of them).
+
+    Returns:
+        A :class:`Splits`.
+
+    Raises:
+        VaekitError: unknown source or binarize mode, a bad ``limit``, or any problem
+            the source reports with its data.
+    """
+    if binarize not in BINARIZE_MODES:
+        raise VaekitError(f"unknown binarize mode {binarize!r}; valid modes: {', '.join(BINARIZE_MODES)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit <= 0):
+        raise VaekitError(f"limit must be a positive integer, got {limit!r}")
+    if path is not None and source == "mnist":
+        source = "arrays"
+    if source not in DATA_SOURCES:
+        raise VaekitError(f"unknown data source {source!r}; available: {', '.join(sorted(DATA_SOURCES))}")
+
+    splits = DATA_SOURCES[source](path, val_size=val_size, seed=seed, limit=limit)
+    num_classes = _num_classes(splits)  # before limit: the class count is the dataset's
+
+    if limit is not None and limit < len(splits["train"]["x"]):
+        # Copy the kept rows so that the full training array can be freed.
+        splits["train"] = {k: v[:limit].copy() for k, v in splits["train"].items()}
+
+    # Binarize after limiting: less work, and the same result (see binarize_fixed).
+    splits = _binarize_splits(splits, binarize, seed)
+    h, w, c = splits["train"]["x"].shape[1:]
+    return Splits(
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        image_shape=(int(h), int(w), int(c)),
+        num_classes=num_classes,
+        binarize=binarize,
+    )

@@ -1,0 +1,84 @@
+"""Convolutional encoder/decoder bodies: 4x4 stride-2 Conv + BatchNorm + ReLU stacks, mirrored.
+
+Each conv layer halves the spatial size ("SAME" padding), each transposed conv doubles it, so the
+image side must be divisible by 2 ** len(channels): 28x28 with 2 layers, 32x32 or 64x64 with up to
+5 or 6. BatchNorm uses batch statistics in train mode and running averages in eval mode; the mode
+is switched with `model.train()` / `model.eval()`.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from vaekit.errors import VaekitError
+
+
+def _check_side(image_shape, channels):
+    h, w, _ = image_shape
+    f = 2 ** len(channels)
+    if h % f or w % f:
+        raise VaekitError(
+            f"a conv net with {len(channels)} stride-2 layers needs image sides divisible by {f}; got {h}x{w} "
+            f"(set model.conv_channels to fewer layers)"
+        )
+    return h // f, w // f
+
+
+def _flatten_lead(x: jax.Array, event_ndim: int):
+    lead = x.shape[:-event_ndim]
+    return x.reshape(-1, *x.shape[-event_ndim:]), lead
+
+
+class ConvEncoder(nnx.Module):
+    """(..., H, W, C) -> (..., out_dim)."""
+
+    def __init__(self, image_shape, channels, dense, out_dim, *, rngs: nnx.Rngs):
+        h0, w0 = _check_side(image_shape, channels)
+        ins = (image_shape[-1], *channels[:-1])
+        self.convs = nnx.List(
+            [nnx.Conv(i, o, (4, 4), strides=2, padding="SAME", rngs=rngs) for i, o in zip(ins, channels)]
+        )
+        self.norms = nnx.List([nnx.BatchNorm(o, momentum=0.9, rngs=rngs) for o in channels])
+        flat = h0 * w0 * channels[-1]
+        self.dense = nnx.Linear(flat, dense, rngs=rngs) if dense else None
+        self.head = nnx.Linear(dense or flat, out_dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h, lead = _flatten_lead(x, 3)  # (N, H, W, C)
+        for conv, norm in zip(self.convs, self.norms):
+            h = jax.nn.relu(norm(conv(h)))
+        h = h.reshape(h.shape[0], -1)
+        if self.dense is not None:
+            h = jax.nn.relu(self.dense(h))
+        return self.head(h).reshape(*lead, -1)
+
+
+class ConvDecoder(nnx.Module):
+    """(..., D) -> (..., H, W, C, P): P raw outputs per pixel channel."""
+
+    def __init__(self, latent_dim, channels, dense, image_shape, params_per_channel, *, rngs: nnx.Rngs):
+        self.h0, self.w0 = _check_side(image_shape, channels)
+        self.image_shape = tuple(image_shape)
+        self.params_per_channel = params_per_channel
+        top = channels[-1]
+        self.dense = nnx.Linear(latent_dim, dense, rngs=rngs) if dense else None
+        self.project = nnx.Linear(dense or latent_dim, self.h0 * self.w0 * top, rngs=rngs)
+        # Mirror of the encoder: top -> ... -> channels[0] -> C * P, doubling the side each time.
+        outs = (*reversed(channels[:-1]), image_shape[-1] * params_per_channel)
+        ins = tuple(reversed(channels))
+        self.deconvs = nnx.List(
+            [nnx.ConvTranspose(i, o, (4, 4), strides=2, padding="SAME", rngs=rngs) for i, o in zip(ins, outs)]
+        )
+        self.norms = nnx.List([nnx.BatchNorm(o, momentum=0.9, rngs=rngs) for o in outs[:-1]])
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        h, lead = _flatten_lead(z, 1)  # (N, D)
+        if self.dense is not None:
+            h = jax.nn.relu(self.dense(h))
+        h = jax.nn.relu(self.project(h)).reshape(h.shape[0], self.h0, self.w0, -1)
+        for i, deconv in enumerate(self.deconvs):
+            h = deconv(h)
+            if i < len(self.norms):
+                h = jax.nn.relu(self.norms[i](h))
+        return h.reshape(*lead, *self.image_shape, self.params_per_channel)

@@ -1,0 +1,81 @@
+"""Pure functions for the terms of VAE objectives: KL weight schedules, free bits, capacity, IWAE.
+
+Every function takes the training step as a (possibly traced) array, so a schedule's value
+changes without recompiling the training step. Per-example values stay unreduced until the
+model's `loss` reduces them in one place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from vaekit.config import ObjectiveConfig
+
+
+def beta_at(step: jax.Array, cfg: ObjectiveConfig) -> jax.Array:
+    """The KL weight at `step`.
+
+    - constant: beta.
+    - linear: beta * min(1, step / anneal_steps)  (linear warm-up, then held).
+    - sigmoid: beta * sigmoid(10 * (step / anneal_steps - 0.5)), ~0.007*beta at 0, ~0.993*beta at anneal_steps.
+    - cyclical (Fu et al. 2019): `cycles` cycles of length anneal_steps / cycles; within each the weight
+      rises linearly from 0 to beta over the first `cycle_ratio` of the cycle and is held at beta for the
+      rest; after anneal_steps it stays at beta.
+    """
+    t = jnp.asarray(step, jnp.float32)
+    total = float(cfg.anneal_steps)
+    if cfg.beta_schedule == "constant":
+        frac = jnp.ones_like(t)
+    elif cfg.beta_schedule == "linear":
+        frac = jnp.clip(t / total, 0.0, 1.0)
+    elif cfg.beta_schedule == "sigmoid":
+        frac = jax.nn.sigmoid(10.0 * (t / total - 0.5))
+    elif cfg.beta_schedule == "cyclical":
+        period = total / cfg.cycles
+        tau = jnp.mod(t, period) / period
+        frac = jnp.where(t >= total, 1.0, jnp.clip(tau / cfg.cycle_ratio, 0.0, 1.0))
+    else:
+        raise ValueError(f"unknown beta schedule {cfg.beta_schedule!r}")
+    return cfg.beta * frac
+
+
+def capacity_at(step: jax.Array, cfg: ObjectiveConfig) -> jax.Array:
+    """Capacity target C: rises linearly from 0 to capacity_max over capacity_steps, then held."""
+    t = jnp.asarray(step, jnp.float32)
+    return cfg.capacity_max * jnp.clip(t / cfg.capacity_steps, 0.0, 1.0)
+
+
+def free_bits_kl(kl_per_dim: jax.Array, free_bits: float) -> jax.Array:
+    """Free-bits KL (Kingma et al. 2016): sum_d max(lambda, mean_batch KL_d).
+
+    kl_per_dim: (B, D). A dimension whose batch-averaged KL is below lambda contributes the
+    constant lambda, hence no gradient; above lambda it is penalized as usual.
+    """
+    return jnp.sum(jnp.maximum(jnp.mean(kl_per_dim, axis=0), free_bits))
+
+
+def kl_term(kl_per_dim: jax.Array, step: jax.Array, cfg: ObjectiveConfig) -> tuple[jax.Array, dict]:
+    """The KL part of the training loss (a batch mean) and the schedule values used.
+
+    kl_per_dim: (B, D) closed-form KL of each example's latent dimensions.
+    With capacity control on (capacity_max > 0) the term is gamma * |KL - C(step)| (Burgess et al.
+    2018); otherwise beta(step) * KL, where KL uses free bits when free_bits > 0.
+    """
+    kl_mean = jnp.mean(jnp.sum(kl_per_dim, axis=-1))
+    beta = beta_at(step, cfg)
+    info = {"beta": beta}
+    if cfg.capacity_max > 0:
+        c = capacity_at(step, cfg)
+        info["capacity"] = c
+        return cfg.capacity_gamma * jnp.abs(kl_mean - c), info
+    penalized = free_bits_kl(kl_per_dim, cfg.free_bits) if cfg.free_bits > 0 else kl_mean
+    return beta * penalized, info
+
+
+def iwae_bound(log_weights: jax.Array) -> jax.Array:
+    """log (1/k) sum_i w_i per example, from log weights (B, k), computed with logsumexp: (B,)."""
+    k = log_weights.shape[-1]
+    return jax.nn.logsumexp(log_weights, axis=-1) - math.log(k)
