@@ -403,7 +403,10 @@ def run(args: argparse.Namespace) -> dict:
     model = build_model(args.seed)
     result: dict = {"library": "pythae", "torch": torch.__version__, "pythae": version("pythae"),
                     "numpy": np.__version__, "threads": torch.get_num_threads(), "seed": args.seed,
-                    "batch_size": args.batch_size, "learning_rate": args.lr}
+                    "batch_size": args.batch_size, "learning_rate": args.lr,
+                    # 1-minute load average before the run: above ~0.5 on a 2-core machine,
+                    # something else was competing for the CPU and the timings are suspect.
+                    "loadavg_before": os.getloadavg()[0]}
     t = train(model, data, epochs=args.epochs, seed=args.seed, learning_rate=args.lr,
               batch_size=args.batch_size, quiet=args.quiet)
     best = t.pop("model")
@@ -418,6 +421,7 @@ def run(args: argparse.Namespace) -> dict:
         result.update(pythae_nll(best, x, n_samples=args.nll_samples, batch_size=args.nll_batch_size,
                                  no_grad=args.nll_no_grad, seed=args.seed))
         result["test_binarization_seed"] = test_seed
+    result["loadavg_after"] = os.getloadavg()[0]
     return result
 
 
@@ -430,9 +434,10 @@ def _print_table(r: dict) -> None:
         ("epoch examples/s", f"{r['epoch_examples_per_s']:,.0f}  (train+eval, {r['epoch_seconds']:.2f} s)"),
         ("train ex/s incl. eval", f"{r['train_examples_per_s_incl_eval']:,.0f}"),
         ("val -ELBO (nats)", f"{r['val_neg_elbo']:.2f}"),
+        ("load avg before/after", f"{r['loadavg_before']:.2f} / {r.get('loadavg_after', float('nan')):.2f}"),
     ]
     if r.get("nll") is not None:
-        rows += [
+        rows[-1:-1] = [
             ("test -ELBO (nats)", f"{r['test_neg_elbo']:.2f}"),
             ("test NLL (nats)", f"{r['nll']:.2f}  (K={r['nll_k']}, N={r['nll_n']}, "
                                 f"{'no_grad' if r['nll_no_grad'] else 'as shipped'})"),

@@ -139,15 +139,16 @@ class Trainer:
             if dynamic:  # a fresh binarization of this batch, drawn on device
                 batch["x"] = jax.random.bernoulli(bin_key, batch["x"]).astype(jnp.float32)
 
-            def loss_fn(params):
-                model = nnx.merge(self.graphdef, params, state["rest"])
+            def loss_fn(params, rest):
+                # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics
+                model = nnx.merge(self.graphdef, params, rest, copy=True)
                 loss, metrics = model.loss(batch, rngs=nnx.Rngs(sample=sample_key), step=state["step"])
                 _, _, rest = nnx.split(model, nnx.Param, ...)  # updated BatchNorm statistics
                 return loss, (metrics, rest)
 
-            (_, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+            (_, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["rest"])
             updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-            metrics = dict(metrics, grad_norm=optax.global_norm(grads), lr=self.lr_fn(state["step"]))
+            metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.lr_fn(state["step"]))
             new = dict(state, params=optax.apply_updates(state["params"], updates), rest=rest,
                        opt_state=opt_state, step=state["step"] + 1)
             return new, metrics

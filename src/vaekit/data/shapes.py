@@ -321,3 +321,20 @@ def load_shapes_splits(
     val = perm[NUM_IMAGES - test_size - val_size : NUM_IMAGES - test_size]
     test = perm[NUM_IMAGES - test_size :]
     return tuple(_examples(index_to_classes(part)) for part in (train, val, test))
+
+
+def load_shapes_source(
+    path: str | None = None, *, val_size: int = 2_000, seed: int = 0, limit: int | None = None
+) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`load_shapes_splits` in the data-source loader form of ``vaekit.data``.
+
+    ``val_size`` sets both the validation and the test size; ``path`` must be ``None``
+    (the data is generated, there is no file).
+
+    Returns:
+        ``{"train": ..., "val": ..., "test": ...}`` as :func:`load_shapes_splits`.
+    """
+    if path is not None:
+        raise VaekitError(f"data source 'shapes' is generated and takes no path (got {path!r})")
+    train, val, test = load_shapes_splits(limit=limit, seed=seed, val_size=val_size, test_size=val_size)
+    return {"train": train, "val": val, "test": test}

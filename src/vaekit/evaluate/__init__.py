@@ -1,0 +1,1 @@
+"""Evaluation of trained models: likelihood bounds, reconstructions and disentanglement metrics."""

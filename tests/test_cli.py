@@ -1,0 +1,128 @@
+"""The `vaekit` command line end to end on a small MNIST subset, and its handling of bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vaekit.cli import main
+
+SMALL = ["--set", "data.limit=512", "--set", "train.epochs=1", "--set", "model.hidden=[64]",
+         "--set", "train.eval_batch_size=2000", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """One real `vaekit train` process (the console script), shared by the tests below."""
+    runs = tmp_path_factory.mktemp("runs")
+    out = subprocess.run([sys.executable, "-m", "vaekit.cli", "train", "--runs-dir", str(runs), "--name", "small",
+                          *SMALL], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last == str(runs / "small")  # the run directory is the last line
+    return runs / "small"
+
+
+def test_train_writes_a_complete_run(run_dir):
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "samples.png", "reconstructions.png", "curves.png"):
+        assert (run_dir / name).exists()
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "complete" and info["num_train"] == 512 and info["image_shape"] == [28, 28, 1]
+
+
+def test_sample_reconstruct_interpolate_info(run_dir, tmp_path, capsys):
+    assert main(["sample", str(run_dir), "-n", "16", "--out", str(tmp_path / "s.png")]) == 0
+    assert main(["sample", str(run_dir), "-n", "5", "--out", str(tmp_path / "s.npy")]) == 0
+    s = np.load(tmp_path / "s.npy")
+    assert s.shape == (5, 28, 28, 1) and s.min() >= 0 and s.max() <= 1
+    assert main(["reconstruct", str(run_dir), "--split", "test", "--out", str(tmp_path / "r.png")]) == 0
+    assert main(["interpolate", str(run_dir), "--out", str(tmp_path / "i.png"), "--pairs", "2"]) == 0
+    for f in ("s.png", "r.png", "i.png"):
+        assert (tmp_path / f).stat().st_size > 1000
+    assert main(["info", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "train.epochs" in out and "val/elbo" in out and "complete" in out
+    assert main(["presets"]) == 0
+    assert "mnist-mlp" in capsys.readouterr().out
+
+
+def test_python_api_loads_the_run(run_dir):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import vaekit
+
+    run = vaekit.load_run(run_dir)
+    x = jnp.asarray(run.data().test["x"][:4])
+    assert run.model.encode(x).mean.shape == (4, 50)
+    assert run.model.reconstruct(x).shape == (4, 28, 28, 1)
+    assert run.model.sample(3, rngs=nnx.Rngs(sample=0)).shape == (3, 28, 28, 1)
+    loss, metrics = run.model.loss({"x": x}, rngs=nnx.Rngs(sample=0), step=jnp.asarray(0))
+    assert np.isfinite(float(loss)) and "elbo" in metrics
+
+
+def _err(capsys, argv, *needles):
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1, err  # one line, no traceback
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_bad_inputs_give_one_line_and_nonzero_exit(capsys, tmp_path, run_dir):
+    _err(capsys, ["train", "--preset", "nope"], "unknown preset 'nope'")
+    _err(capsys, ["train", "--set", "train.epoch=2"], "did you mean 'epochs'")
+    _err(capsys, ["train", "--set", "model.latent_dim=0"], "model.latent_dim must be positive")
+    _err(capsys, ["train", "--set", "train.learning_rate=-1"], "train.learning_rate must be positive")
+    _err(capsys, ["train", "--set", "objective.beta=-0.5"], "objective.beta must be >= 0")
+    _err(capsys, ["train", "--set", "data.limit=50", "--set", "train.batch_size=100", "--runs-dir",
+                  str(tmp_path), "--name", "x"], "batch_size 100 is larger than the training set")
+    assert not (tmp_path / "x").exists()  # nothing written for a rejected run
+    _err(capsys, ["info", str(tmp_path)], "not a vaekit run directory")
+    _err(capsys, ["sample", str(tmp_path / "missing")], "does not exist")
+    _err(capsys, ["sample", str(run_dir), "--out", str(tmp_path / "s.jpg")], "--out must end in")
+
+
+def test_bad_user_data(capsys, tmp_path):
+    bad = tmp_path / "bad.npz"
+    x = np.random.default_rng(0).uniform(size=(64, 8, 8)).astype(np.float32)
+    x[3, 2, 2] = np.nan
+    np.savez(bad, x=x)
+    _err(capsys, ["train", "--set", f"data.path={bad}", "--runs-dir", str(tmp_path)], "NaN")
+    np.savez(bad, x=np.zeros((64, 8), np.float32))
+    _err(capsys, ["train", "--set", f"data.path={bad}", "--runs-dir", str(tmp_path)], "x")
+    assert not any(p.is_dir() for p in tmp_path.iterdir())
+
+
+def test_existing_run_is_not_overwritten(capsys, run_dir):
+    before = (run_dir / "run.json").read_text()
+    _err(capsys, ["train", "--runs-dir", str(run_dir.parent), "--name", run_dir.name, *SMALL], "already exists")
+    assert (run_dir / "run.json").read_text() == before
+
+
+def test_corrupted_checkpoint_through_cli(capsys, tmp_path, run_dir):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    for f in (copy / "checkpoints").rglob("*"):
+        if f.is_file() and "metadata" not in f.name:
+            f.write_bytes(b"\0" * 7)
+    _err(capsys, ["sample", str(copy), "--out", str(tmp_path / "s.png")], "corrupted or incomplete")
+
+
+def test_user_npz_trains_end_to_end(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=(rng.uniform(size=(120, 8, 8)) * 255).astype(np.uint8), y=rng.integers(0, 3, 120))
+    code = main(["train", "--set", f"data.path={data}", "--set", "train.epochs=1", "--set", "train.batch_size=20",
+                 "--set", "model.hidden=[16]", "--set", "model.latent_dim=2", "--set", "data.binarize=none",
+                 "--runs-dir", str(tmp_path), "--name", "npz", "--no-progress"])
+    assert code == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "npz")
+    assert os.path.exists(tmp_path / "npz" / "samples.png")

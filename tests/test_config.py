@@ -1,0 +1,72 @@
+"""Config resolution, overrides, presets and validation messages."""
+
+import pytest
+
+from vaekit import config as C
+from vaekit.errors import VaekitError
+
+
+def test_default_preset_is_the_iwae_paper_model():
+    cfg = C.resolve()
+    assert cfg.preset == "mnist-mlp"
+    assert cfg.model.hidden == (200, 200) and cfg.model.latent_dim == 50 and cfg.model.activation == "tanh"
+    assert cfg.data.binarize == "dynamic" and cfg.train.batch_size == 100 and cfg.train.learning_rate == 1e-3
+
+
+def test_presets_listed_with_descriptions():
+    presets = C.list_presets()
+    assert {"mnist-mlp", "mnist-conv"} <= set(presets)
+    assert all(presets.values())
+
+
+def test_overrides_are_typed_and_applied_last(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 7\nmodel:\n  hidden: [10, 20]\n")
+    cfg = C.resolve("mnist-conv", str(f), ["train.epochs=3", "model.latent_dim=8", "data.limit=512",
+                                           "train.learning_rate=3e-4", "data.path=none"])
+    assert cfg.train.epochs == 3 and cfg.model.latent_dim == 8 and cfg.data.limit == 512
+    assert cfg.model.hidden == (10, 20) and cfg.train.learning_rate == pytest.approx(3e-4)
+    assert cfg.model.net == "conv" and cfg.data.path is None
+
+
+def test_round_trip_through_dict():
+    cfg = C.resolve(None, None, ["model.hidden=[64,32]", "objective.beta=2"])
+    assert C.from_dict(cfg.to_dict()) == cfg
+
+
+def test_data_path_selects_arrays_source():
+    assert C.resolve(None, None, ["data.path=x.npz"]).data.source == "arrays"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=3", "unknown config key 'train.epoch' (did you mean 'epochs'?)"),
+    ("trian.epochs=3", "unknown config section 'trian' (did you mean 'train'?)"),
+    ("model.latent_dim=0", "model.latent_dim must be positive"),
+    ("train.learning_rate=-1e-3", "train.learning_rate must be positive"),
+    ("objective.beta=-1", "objective.beta must be >= 0"),
+    ("train.epochs=2.5", "train.epochs must be an integer"),
+    ("train.batch_size=abc", "train.batch_size must be an integer"),
+    ("data.binarize=dynamc", "did you mean 'dynamic'"),
+    ("model.likelihood=gauss", "model.likelihood must be one of"),
+    ("data.limit=-5", "data.limit must be positive"),
+    ("train.epochs", "must look like section.key=value"),
+])
+def test_bad_values_name_the_problem(override, message):
+    with pytest.raises(VaekitError) as e:
+        C.resolve(None, None, [override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_preset_suggests_closest():
+    with pytest.raises(VaekitError, match="did you mean 'mnist-mlp'"):
+        C.resolve("mnist-mpl")
+
+
+def test_bad_config_file(tmp_path):
+    with pytest.raises(VaekitError, match="does not exist"):
+        C.resolve(None, str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(VaekitError, match="not valid YAML"):
+        C.resolve(None, str(bad))

@@ -1,0 +1,131 @@
+"""The trainer: learning happens, resume is exact, NaN/Inf stops cleanly, checkpoints are checked."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from vaekit import checkpoint as ck
+from vaekit.errors import VaekitError
+from vaekit.train import Trainer, TrainingDiverged, collapse_warning, learning_rate_schedule, train
+
+from conftest import replace, synthetic_splits, tiny_config
+
+
+def _fake_data(monkeypatch, splits):
+    monkeypatch.setattr("vaekit.data.load_data", lambda *a, **k: splits)
+
+
+def test_validation_elbo_improves(splits):
+    cfg = tiny_config(train={"epochs": 4, "learning_rate": 3e-3})
+    tr = Trainer(cfg, splits)
+    first = tr.validate()["val/elbo"]
+    for _ in range(4):
+        m = tr.fit_epoch()
+    last = tr.validate()
+    assert last["val/elbo"] > first + 5.0
+    assert np.isfinite(m["train/loss"]) and m["train/examples_per_s"] > 0
+    assert last["val/kl_per_dim"].shape == (4,) and 0 <= last["val/active_units"] <= 4
+
+
+def test_dynamic_binarization_draws_fresh_batches(splits):
+    cfg = tiny_config(data={"binarize": "dynamic"})
+    tr = Trainer(cfg, splits)
+    m = tr.fit_epoch()
+    assert np.isfinite(m["train/loss"])
+
+
+def test_conv_model_with_batchnorm_trains(splits):
+    cfg = tiny_config(model={"net": "conv", "conv_channels": (4, 8), "latent_dim": 3})
+    tr = Trainer(cfg, splits)
+    before = jax.tree.leaves(tr.state["rest"])[0].copy()
+    tr.fit_epoch()
+    assert not np.allclose(jax.tree.leaves(tr.state["rest"])[0], before)  # running stats updated
+    assert np.isfinite(tr.validate()["val/elbo"])
+
+
+def test_batch_larger_than_dataset_is_rejected(splits):
+    with pytest.raises(VaekitError, match="larger than the training set"):
+        Trainer(tiny_config(train={"batch_size": 1000}), splits)
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, splits):
+    _fake_data(monkeypatch, splits)
+    cfg = tiny_config(train={"epochs": 3})
+    full = train(cfg, runs_dir=tmp_path, name="full", progress=False)
+    part = train(replace(cfg, "train", epochs=1), runs_dir=tmp_path, name="part", progress=False)
+    resumed = train(cfg, resume=part, progress=False)
+    a = ck.load_run(full, checkpoint="latest").model
+    b = ck.load_run(resumed, checkpoint="latest").model
+    from flax import nnx
+
+    for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    hist = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in hist] == [1, 2, 3]
+    assert json.loads((resumed / "run.json").read_text())["status"] == "complete"
+
+
+def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, splits):
+    _fake_data(monkeypatch, splits)
+    cfg = tiny_config(train={"epochs": 1})
+    run = train(cfg, runs_dir=tmp_path, name="r", progress=False)
+    saved = (run / "checkpoints" / "latest").iterdir()
+    saved = sorted(p.name for p in saved)
+    # a learning rate so large that the parameters overflow within a few steps
+    bad = replace(cfg, "train", epochs=3, learning_rate=1e30)
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf|-inf) at step \d+"):
+        train(bad, resume=run, progress=False)
+    assert sorted(p.name for p in (run / "checkpoints" / "latest").iterdir()) == saved
+    assert json.loads((run / "run.json").read_text())["status"] == "diverged"
+    assert ck.load_run(run, checkpoint="latest").model is not None  # the good checkpoint still loads
+
+
+def test_run_directory_contents_and_no_overwrite(tmp_path, monkeypatch, splits):
+    _fake_data(monkeypatch, splits)
+    run = train(tiny_config(), runs_dir=tmp_path, name="r", progress=False)
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "samples.png", "reconstructions.png",
+                 "curves.png", "kl_per_dim.png", "tensorboard", "checkpoints/best", "checkpoints/latest"):
+        assert (run / name).exists(), name
+    assert any((run / "tensorboard").iterdir())
+    with pytest.raises(VaekitError, match="already exists"):
+        train(tiny_config(), runs_dir=tmp_path, name="r", progress=False)
+
+
+def test_corrupted_checkpoint_gives_clear_error(tmp_path, monkeypatch, splits):
+    _fake_data(monkeypatch, splits)
+    run = train(tiny_config(train={"epochs": 1}), runs_dir=tmp_path, name="r", progress=False)
+    for f in (run / "checkpoints" / "best").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(VaekitError, match="corrupted or incomplete"):
+        ck.load_run(run)
+
+
+def test_iwae_learning_rate_schedule_stages():
+    cfg = tiny_config(train={"lr_schedule": "iwae", "learning_rate": 1e-3})
+    sched = learning_rate_schedule(cfg.train, steps_per_epoch=10)
+    # stage i starts at epoch sum_{j<i} 3^j = 0, 1, 4, 13, ... and runs at 1e-3 * 10^(-i/7)
+    for epoch, stage in [(0, 0), (1, 1), (3, 1), (4, 2), (12, 2), (13, 3), (40, 4), (1093, 7)]:
+        assert float(sched(epoch * 10)) == pytest.approx(1e-3 * 10 ** (-stage / 7), rel=1e-5)
+
+
+def test_collapse_warning_fires_only_when_collapsed():
+    assert collapse_warning(np.full(8, 1e-3), 0, 8) is not None
+    assert "free bits" in collapse_warning(np.full(8, 1e-3), 0, 8)
+    assert collapse_warning(np.array([2.0] + [1e-3] * 7), 1, 8) is None
+
+
+def test_collapse_is_detected_on_a_model_forced_to_collapse():
+    splits = synthetic_splits()
+    tr = Trainer(tiny_config(objective={"beta": 200.0}, train={"learning_rate": 1e-2, "epochs": 4}), splits)
+    for _ in range(4):
+        tr.fit_epoch()
+    v = tr.validate()
+    assert collapse_warning(v["val/kl_per_dim"], v["val/active_units"], 4) is not None
+    healthy = Trainer(tiny_config(train={"learning_rate": 3e-3, "epochs": 4}), splits)
+    for _ in range(4):
+        healthy.fit_epoch()
+    h = healthy.validate()
+    assert collapse_warning(h["val/kl_per_dim"], h["val/active_units"], 4) is None
