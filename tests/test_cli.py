@@ -126,3 +126,23 @@ def test_user_npz_trains_end_to_end(tmp_path, capsys):
     assert code == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(tmp_path / "npz")
     assert os.path.exists(tmp_path / "npz" / "samples.png")
+
+
+def test_evaluate_command(run_dir, capsys):
+    assert main(["evaluate", str(run_dir), "--samples", "50", "--limit", "30", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "NLL (nats)" in out and "IWAE bound k = 50" in out and "active units" in out
+    assert (run_dir / "evaluation.json").exists()
+    _err(capsys, ["evaluate", str(run_dir), "--samples", "0"], "--samples must be >= 1")
+    _err(capsys, ["evaluate", str(run_dir), "--split", "dev"], "--split must be")
+
+
+def test_resume_through_cli(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "resumable"
+    shutil.copytree(run_dir, copy)
+    assert main(["train", "--resume", str(copy), "--set", "train.epochs=2", "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(copy)
+    assert json.loads((copy / "run.json").read_text())["epoch"] == 2
+    _err(capsys, ["train", "--resume", str(copy), "--set", "model.latent_dim=3"], "only train.epochs may change")

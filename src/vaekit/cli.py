@@ -140,6 +140,30 @@ def cmd_interpolate(args) -> None:
     print(out)
 
 
+def cmd_evaluate(args) -> None:
+    from rich.table import Table
+
+    from vaekit.evaluate import evaluate
+
+    run = _load(args)
+    s = evaluate(run, split=args.split, samples=args.samples, limit=args.limit, batch_size=args.batch_size,
+                 chunk=args.chunk, progress=not args.no_progress)
+    table = Table(title=f"{run.path} ({s['split']} split, {s['examples']} examples, k = {s['samples']})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("NLL (nats)", f"{s['nll']:.2f} ± {s['nll_stderr']:.2f}")
+    table.add_row("ELBO (k = 1)", f"{s['elbo']:.2f}")
+    for key in ("iwae_k1", "iwae_k5", "iwae_k50"):
+        if key in s:
+            table.add_row(f"IWAE bound k = {key[6:]}", f"{s[key]:.2f}")
+    table.add_row("bits per dimension", f"{s['bits_per_dim']:.4f}")
+    table.add_row("active units", f"{s['active_units']}/{s['latent_dim']}")
+    table.add_row("reconstruction MSE per pixel", f"{s['reconstruction_mse']:.5f}")
+    table.add_row("wall time (s)", f"{s['seconds']:.1f}")
+    _console(stderr=False).print(table)
+    print(Path(run.path) / "evaluation.json")
+
+
 def cmd_info(args) -> None:
     from rich.table import Table
 
@@ -250,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--steps", type=int, default=10)
     i.add_argument("--out", default="interpolations.png")
     i.set_defaults(func=cmd_interpolate)
+
+    e = sub.add_parser("evaluate", help="importance-sampled NLL, IWAE bounds, active units; writes evaluation.json")
+    run_arg(e)
+    e.add_argument("--split", default="test", help="train, val or test")
+    e.add_argument("--samples", type=int, default=5000, help="importance samples k per example (default 5000)")
+    e.add_argument("--limit", type=int, help="score only the first N examples of the split")
+    e.add_argument("--batch-size", type=int, default=50, help="examples per compiled call")
+    e.add_argument("--chunk", type=int, default=100, help="draws per step of the streaming logsumexp")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
 
     f = sub.add_parser("info", help="show a run's resolved config, status and final metrics")
     f.add_argument("run", help="run directory")

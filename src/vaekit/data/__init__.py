@@ -40,6 +40,7 @@ import numpy as np
 
 from vaekit.data.arrays import load_arrays_splits
 from vaekit.data.mnist import load_mnist_splits
+from vaekit.data.shapes import load_shapes_source
 from vaekit.errors import VaekitError
 
 __all__ = [
@@ -66,6 +67,7 @@ Loader = Callable[..., dict[str, Split]]
 DATA_SOURCES: dict[str, Loader] = {
     "mnist": load_mnist_splits,
     "arrays": load_arrays_splits,
+    "shapes": load_shapes_source,  # dSprites-style factor grid, generated (no file)
 }
 
 

@@ -1,0 +1,193 @@
+"""Importance-sampled log-likelihood and IWAE bounds, for any model with `log_weights`.
+
+For each example x and k draws z_i ~ q(z|x), with log weights log w_i = log p(x, z_i) - log q(z_i|x):
+
+    log p(x) ~= log (1/k) sum_i w_i        (Burda et al. 2015; a lower bound in expectation,
+                                             converging to log p(x) as k grows)
+    ELBO     ~= (1/k) sum_i log w_i        (unbiased; the k = 1 bound averaged over all draws)
+    IWAE_m   ~= mean over groups of m draws of log (1/m) sum w   (the m-sample bound)
+
+The draws are taken in chunks (`chunk` at a time, a `lax.scan` inside one jitted call per batch
+of examples) and reduced with a streaming logsumexp, so memory is bounded whatever k is. The
+estimator calls only the model interface (`log_weights`, `encode`), so every model is scored by
+the same code; labels in the data are passed to the model (conditional models use them).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vaekit.errors import VaekitError
+
+IWAE_BOUNDS = (1, 5, 50)
+EVAL_SEED = 20151102  # seed of the posterior draws of every evaluation (results are reproducible)
+
+
+def _batch_fn(graphdef, k: int, chunk: int, bounds: tuple[int, ...]):
+    """Jitted (state, batch, key) -> per-example (log-mean-exp of k weights, mean log w, IWAE bounds)."""
+    n_chunks = k // chunk
+
+    @jax.jit
+    def run(state, batch, key):
+        model = nnx.merge(graphdef, state)
+
+        def body(carry, i):
+            m, s, total = carry  # running max, sum of exp(lw - m), sum of lw; each (B,)
+            lw = model.log_weights(batch, chunk, rngs=nnx.Rngs(sample=jax.random.fold_in(key, i)))  # (B, chunk)
+            m_new = jnp.maximum(m, jnp.max(lw, axis=1))
+            s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(lw - m_new[:, None]), axis=1)
+            return (m_new, s, total + jnp.sum(lw, axis=1)), lw[:, : max(bounds)]
+
+        b = batch["x"].shape[0]
+        init = (jnp.full((b,), -jnp.inf), jnp.zeros((b,)), jnp.zeros((b,)))
+        (m, s, total), first = jax.lax.scan(body, init, jnp.arange(n_chunks))
+        log_px = m + jnp.log(s) - math.log(k)
+        lw0 = first[0]  # (B, max(bounds)): the first chunk's draws, grouped m at a time per bound
+        iwae = {
+            m_: jnp.mean(jax.nn.logsumexp(lw0[:, : (lw0.shape[1] // m_) * m_].reshape(b, -1, m_), axis=-1), axis=1)
+            - math.log(m_)
+            for m_ in bounds
+        }
+        return log_px, total / k, iwae
+
+    return run
+
+
+def log_likelihood(
+    model: nnx.Module,
+    data: dict,
+    *,
+    samples: int = 5000,
+    chunk: int = 100,
+    batch_size: int = 50,
+    seed: int = EVAL_SEED,
+    progress=None,
+) -> dict[str, np.ndarray]:
+    """Per-example estimates over `data` ({"x": (N, ...), optional "y"}): arrays of shape (N,).
+
+    Returns {"log_px": importance-sampled log p(x) with `samples` draws, "elbo": mean log weight,
+    "iwae_<m>": the m-sample bound for m in (1, 5, 50) that fit in one chunk}. `progress` is an
+    optional callable advanced with the number of examples done.
+    """
+    if samples < 1:
+        raise VaekitError(f"--samples must be >= 1, got {samples}")
+    if batch_size < 1:
+        raise VaekitError(f"--batch-size must be >= 1, got {batch_size}")
+    chunk = min(chunk, samples)
+    if samples % chunk:
+        chunk = math.gcd(samples, chunk)  # chunks must tile k exactly
+    bounds = tuple(b for b in IWAE_BOUNDS if b <= chunk)
+    graphdef, state = nnx.split(model)
+    fn = _batch_fn(graphdef, samples, chunk, bounds)
+    x, y = np.asarray(data["x"]), data.get("y")
+    n = len(x)
+    key = jax.random.PRNGKey(seed)
+    out = {"log_px": [], "elbo": [], **{f"iwae_{b}": [] for b in bounds}}
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        # pad the last batch to the compiled shape (padding rows are dropped below)
+        idx = np.minimum(np.arange(start, start + batch_size), n - 1)
+        batch = {"x": jnp.asarray(x[idx])}
+        if y is not None:
+            batch["y"] = jnp.asarray(np.asarray(y)[idx])
+        log_px, elbo, iwae = jax.device_get(fn(state, batch, jax.random.fold_in(key, start)))
+        keep = stop - start
+        out["log_px"].append(log_px[:keep])
+        out["elbo"].append(elbo[:keep])
+        for b in bounds:
+            out[f"iwae_{b}"].append(iwae[b][:keep])
+        if progress is not None:
+            progress(keep)
+    return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
+
+
+def active_units(model: nnx.Module, x: np.ndarray, threshold: float = 0.01, batch_size: int = 1000) -> tuple[int, np.ndarray]:
+    """Burda et al. 2015: unit u is active when Var_x(E_q[u|x]) > threshold. Returns (count, variances)."""
+    encode = nnx.jit(lambda m, xb: m.encode(xb).mean)
+    means = np.concatenate([np.asarray(encode(model, jnp.asarray(x[i : i + batch_size])))
+                            for i in range(0, len(x), batch_size)])
+    var = means.var(axis=0)
+    return int(np.sum(var > threshold)), var
+
+
+def reconstruction_error(model: nnx.Module, x: np.ndarray, batch_size: int = 1000) -> float:
+    """Mean squared error per pixel between images and their reconstructions (posterior mean)."""
+    rec = nnx.jit(lambda m, xb: jnp.sum((m.reconstruct(xb) - xb) ** 2, axis=(1, 2, 3)))
+    total = sum(float(jnp.sum(rec(model, jnp.asarray(x[i : i + batch_size])))) for i in range(0, len(x), batch_size))
+    return total / (len(x) * math.prod(x.shape[1:]))
+
+
+def evaluate(
+    run,
+    *,
+    split: str = "test",
+    samples: int = 5000,
+    limit: int | None = None,
+    batch_size: int = 50,
+    chunk: int = 100,
+    seed: int = EVAL_SEED,
+    progress: bool = True,
+    write: bool = True,
+) -> dict:
+    """Score a run (a `Run` or a run directory) on a split; write/merge runs/<name>/evaluation.json.
+
+    Returns a summary dict: NLL (nats) with its standard error, ELBO, IWAE bounds, bits per
+    dimension, active units, reconstruction error, examples and draws, wall time.
+    """
+    from vaekit.checkpoint import Run, load_run, read_json, write_json_atomic
+
+    if not isinstance(run, Run):
+        run = load_run(run)
+    if split not in ("train", "val", "test"):
+        raise VaekitError(f"--split must be train, val or test, got '{split}'")
+    if limit is not None and limit <= 0:
+        raise VaekitError(f"--limit must be positive, got {limit}")
+    data = getattr(run.data(), split)
+    if limit is not None:
+        data = {k: v[:limit] for k, v in data.items()}
+    n = len(data["x"])
+    model = run.model
+    model.eval()
+    t0 = time.perf_counter()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]NLL"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not progress)
+    with bar:
+        task = bar.add_task("nll", total=n)
+        est = log_likelihood(model, data, samples=samples, chunk=chunk, batch_size=batch_size, seed=seed,
+                             progress=lambda k: bar.update(task, advance=k))
+    seconds = time.perf_counter() - t0
+    au, _ = active_units(model, np.asarray(data["x"]))
+    dims = math.prod(np.asarray(data["x"]).shape[1:])
+    nll = -est["log_px"]
+    summary = {
+        "split": split,
+        "checkpoint": run.checkpoint,
+        "examples": n,
+        "samples": samples,
+        "nll": float(nll.mean()),
+        "nll_stderr": float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+        "elbo": float(est["elbo"].mean()),
+        **{f"iwae_k{b}": float(est[f"iwae_{b}"].mean()) for b in IWAE_BOUNDS if f"iwae_{b}" in est},
+        "bits_per_dim": float(nll.mean() / (dims * math.log(2))),
+        "active_units": au,
+        "latent_dim": int(run.config.model.latent_dim),
+        "reconstruction_mse": reconstruction_error(model, np.asarray(data["x"])),
+        "seconds": seconds,
+        "binarize": run.config.data.binarize,
+        "seed": seed,
+    }
+    if write:
+        path = Path(run.path) / "evaluation.json"
+        results = read_json(path) if path.exists() else {}
+        results[f"{split}-k{samples}-n{n}"] = summary
+        write_json_atomic(path, results)
+    return summary
