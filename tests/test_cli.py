@@ -146,3 +146,25 @@ def test_resume_through_cli(run_dir, tmp_path, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(copy)
     assert json.loads((copy / "run.json").read_text())["epoch"] == 2
     _err(capsys, ["train", "--resume", str(copy), "--set", "model.latent_dim=3"], "only train.epochs may change")
+
+
+def test_shapes_run_traverse_and_disentanglement(tmp_path, capsys):
+    """A tiny conv VAE on the generated shapes, then its traversal and disentanglement scores."""
+    code = main(["train", "--preset", "shapes-beta", "--set", "data.limit=128", "--set", "data.val_size=64",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=32", "--set", "model.conv_channels=[4,4,8,8]",
+                 "--set", "model.conv_dense=16", "--set", "model.latent_dim=3", "--runs-dir", str(tmp_path),
+                 "--name", "sh", "--no-progress"])
+    assert code == 0
+    run = tmp_path / "sh"
+    capsys.readouterr()
+    assert main(["traverse", str(run), "--out", str(tmp_path / "t.png"), "--steps", "5"]) == 0
+    assert (tmp_path / "t.png").stat().st_size > 1000
+    assert main(["disentanglement", str(run), "--num-train", "300", "--num-test", "100", "--n-jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "MIG" in out and "DCI disentanglement" in out
+    scores = json.loads((run / "disentanglement.json").read_text())
+    assert 0.0 <= scores["mig"]["mig"] <= 1.0 and 0.0 <= scores["dci"]["disentanglement"] <= 1.0
+
+
+def test_disentanglement_needs_factors(run_dir, capsys):
+    _err(capsys, ["disentanglement", str(run_dir)], "need a model trained on data with known factors")

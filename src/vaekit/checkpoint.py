@@ -201,7 +201,7 @@ class Run:
         from vaekit.data import load_data
 
         d = self.config.data
-        kwargs = dict(source=d.source, path=d.path, limit=d.limit, binarize=d.binarize, seed=d.seed)
+        kwargs = dict(source=d.source, path=d.path, limit=d.limit, binarize=d.binarize, seed=d.seed, val_size=d.val_size)
         kwargs.update(overrides)
         return load_data(**kwargs)
 

@@ -164,6 +164,81 @@ def cmd_evaluate(args) -> None:
     print(Path(run.path) / "evaluation.json")
 
 
+def _encode_fn(model, batch_size: int = 512):
+    """Host function images (N, H, W, C) -> posterior means (N, D), jitted, in batches."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    mean = jax.jit(lambda st, x: nnx.merge(graphdef, st).encode(x).mean)
+    return lambda x: np.concatenate([np.asarray(mean(state, jnp.asarray(x[i : i + batch_size])))
+                                     for i in range(0, len(x), batch_size)])
+
+
+def cmd_disentanglement(args) -> None:
+    import json
+
+    from rich.table import Table
+
+    from vaekit.checkpoint import write_json_atomic
+    from vaekit.data.shapes import ShapesData
+    from vaekit.evaluate.disentanglement import compute_all
+
+    run = _load(args)
+    if run.config.data.source != "shapes":
+        raise VaekitError(f"disentanglement metrics need a model trained on data with known factors "
+                          f"(data.source=shapes); this run used '{run.config.data.source}'")
+    result = compute_all(_encode_fn(run.model), ShapesData(seed=run.config.data.seed), num_train=args.num_train,
+                         num_test=args.num_test, seed=args.seed, n_jobs=args.n_jobs)
+    table = Table(title=f"disentanglement of {run.path} ({args.num_train} train / {args.num_test} test codes)")
+    table.add_column("metric")
+    table.add_column("score", justify="right")
+    table.add_row("MIG", f"{result['mig']['mig']:.3f}")
+    table.add_row("SAP", f"{result['sap']['sap']:.3f}")
+    dci = result["dci"]
+    table.add_row("DCI disentanglement", f"{dci['disentanglement']:.3f}")
+    table.add_row("DCI completeness", f"{dci['completeness']:.3f}")
+    table.add_row("DCI informativeness (test acc.)", f"{dci['informativeness_test']:.3f}")
+    for name in ("factorvae", "betavae"):
+        r = result[name]
+        table.add_row(f"{'FactorVAE' if name == 'factorvae' else 'beta-VAE'} score (eval acc.)",
+                      f"{r.get('eval_accuracy', float('nan')):.3f}")
+    table.add_row("compute time (s)", f"{sum(result['seconds'].values()):.1f}")
+    _console(stderr=False).print(table)
+    out = Path(run.path) / "disentanglement.json"
+    write_json_atomic(out, json.loads(json.dumps(result, default=float)))
+    print(out)
+
+
+def cmd_traverse(args) -> None:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vaekit import plots
+
+    out = _out_path(args.out)
+    if args.steps < 2 or args.range <= 0:
+        raise VaekitError("--steps must be >= 2 and --range positive")
+    run = _load(args)
+    x, y = _split_arrays(run, args.split, 1000)
+    if not 0 <= args.index < len(x):
+        raise VaekitError(f"--index must be in [0, {len(x)}), got {args.index}")
+    q = run.model.encode(jnp.asarray(x))
+    kl = np.asarray(q.kl_per_dim()).mean(0)  # (D,) average KL of each latent over these images
+    order = np.argsort(-kl)[: args.dims] if args.dims else np.argsort(-kl)
+    values = np.linspace(-args.range, args.range, args.steps)
+    base = np.asarray(q.mean)[args.index]
+    z = np.repeat(base[None, None], len(order) * args.steps, 0).reshape(len(order), args.steps, -1)
+    for row, d in enumerate(order):
+        z[row, :, d] = values
+    images = np.asarray(run.model.decode(jnp.asarray(z.reshape(-1, z.shape[-1]))).mean())
+    labels = [f"z{d} KL {kl[d]:.2f}" for d in order]
+    plots.save_traversal(out, images, labels, values)
+    print(out)
+
+
 def cmd_info(args) -> None:
     from rich.table import Table
 
@@ -284,6 +359,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--chunk", type=int, default=100, help="draws per step of the streaming logsumexp")
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    dz = sub.add_parser("disentanglement", help="MIG, SAP, DCI, FactorVAE and beta-VAE scores (shapes runs)")
+    run_arg(dz)
+    dz.add_argument("--num-train", type=int, default=10_000, help="codes for MIG/SAP/DCI training")
+    dz.add_argument("--num-test", type=int, default=5_000, help="codes for SAP/DCI testing")
+    dz.add_argument("--seed", type=int, default=0)
+    dz.add_argument("--n-jobs", type=int, default=2, help="parallel factor fits for DCI")
+    dz.set_defaults(func=cmd_disentanglement)
+
+    tv = sub.add_parser("traverse", help="decode sweeps of each latent around a seed image's code")
+    run_arg(tv)
+    tv.add_argument("--split", default="test")
+    tv.add_argument("--index", type=int, default=0, help="seed image within the split")
+    tv.add_argument("--range", type=float, default=3.0, help="sweep from -range to +range")
+    tv.add_argument("--steps", type=int, default=11)
+    tv.add_argument("--dims", type=int, default=0, help="show only the N latents with the most KL (0: all)")
+    tv.add_argument("--out", default="traversal.png")
+    tv.set_defaults(func=cmd_traverse)
 
     f = sub.add_parser("info", help="show a run's resolved config, status and final metrics")
     f.add_argument("run", help="run directory")

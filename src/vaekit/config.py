@@ -29,7 +29,8 @@ class DataConfig:
     path: str | None = None  # .npz file with `x` (N, H, W[, C]) and optional `y`; implies source "arrays"
     limit: int | None = None  # use only the first N training examples (None: all)
     binarize: str = "none"  # "none" (continuous [0,1]), "dynamic" (fresh Bernoulli draw per batch), "static" (one seeded draw)
-    seed: int = 0  # seed of the static binarization draw
+    seed: int = 0  # seed of the static binarization draw (and of generated sources' subsets)
+    val_size: int = 10_000  # validation size where the source carves one (arrays without x_val, shapes); MNIST's is fixed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +298,7 @@ def validate(cfg: Config) -> None:
     d, m, o, t = cfg.data, cfg.model, cfg.objective, cfg.train
     _one_of(d.binarize, BINARIZE_MODES, "data.binarize")
     _check(d.limit is None or d.limit > 0, f"data.limit must be positive, got {d.limit}")
+    _check(d.val_size > 0, f"data.val_size must be positive, got {d.val_size}")
     _check(d.source != "arrays" or d.path is not None, "data.source 'arrays' needs data.path=FILE.npz")
     _check(m.latent_dim > 0, f"model.latent_dim must be positive, got {m.latent_dim}")
     _one_of(m.net, ("mlp", "conv"), "model.net")

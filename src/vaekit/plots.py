@@ -102,3 +102,10 @@ def save_kl_heatmap(path, history: list[dict], key: str = "val/kl_per_dim") -> N
     fig.colorbar(im, ax=ax, label="log10 KL (nats); < -2 is inactive")
     ax.set_title("KL per latent dimension (validation)", fontsize=10)
     _save_figure(fig, path)
+
+
+def save_traversal(path, images: np.ndarray, labels: list[str], values: np.ndarray) -> None:
+    """A latent traversal grid: images (rows * cols, H, W, C), one row per latent, labelled."""
+    cols = len(values)
+    save_images(path, images, ncols=cols, row_labels=labels,
+                title=f"latent traversals from {values[0]:g} to {values[-1]:g} (rows ordered by KL)")

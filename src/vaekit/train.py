@@ -331,7 +331,7 @@ def train(
         name = name or f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = ck.prepare_run_dir(runs_dir, name, overwrite)
     d = cfg.data
-    splits = load_data(d.source, path=d.path, limit=d.limit, binarize=d.binarize, seed=d.seed)
+    splits = load_data(d.source, path=d.path, limit=d.limit, binarize=d.binarize, seed=d.seed, val_size=d.val_size)
     trainer = Trainer(cfg, splits)
     history: list[dict] = []
     if resume is not None:
