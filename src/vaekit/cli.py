@@ -164,19 +164,6 @@ def cmd_evaluate(args) -> None:
     print(Path(run.path) / "evaluation.json")
 
 
-def _encode_fn(model, batch_size: int = 512):
-    """Host function images (N, H, W, C) -> posterior means (N, D), jitted, in batches."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
-
-    graphdef, state = nnx.split(model)
-    mean = jax.jit(lambda st, x: nnx.merge(graphdef, st).encode(x).mean)
-    return lambda x: np.concatenate([np.asarray(mean(state, jnp.asarray(x[i : i + batch_size])))
-                                     for i in range(0, len(x), batch_size)])
-
-
 def cmd_disentanglement(args) -> None:
     import json
 
@@ -184,13 +171,14 @@ def cmd_disentanglement(args) -> None:
 
     from vaekit.checkpoint import write_json_atomic
     from vaekit.data.shapes import ShapesData
+    from vaekit.evaluate import posterior_means
     from vaekit.evaluate.disentanglement import compute_all
 
     run = _load(args)
     if run.config.data.source != "shapes":
         raise VaekitError(f"disentanglement metrics need a model trained on data with known factors "
                           f"(data.source=shapes); this run used '{run.config.data.source}'")
-    result = compute_all(_encode_fn(run.model), ShapesData(seed=run.config.data.seed), num_train=args.num_train,
+    result = compute_all(lambda x: posterior_means(run.model, x), ShapesData(seed=run.config.data.seed), num_train=args.num_train,
                          num_test=args.num_test, seed=args.seed, n_jobs=args.n_jobs)
     table = Table(title=f"disentanglement of {run.path} ({args.num_train} train / {args.num_test} test codes)")
     table.add_column("metric")

@@ -108,12 +108,17 @@ def log_likelihood(
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
-def active_units(model: nnx.Module, x: np.ndarray, threshold: float = 0.01, batch_size: int = 1000) -> tuple[int, np.ndarray]:
+def posterior_means(model: nnx.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """E_q[z|x] for images (N, H, W, C), jitted, in batches: (N, D) on the host."""
+    graphdef, state = nnx.split(model)
+    mean = jax.jit(lambda st, xb: nnx.merge(graphdef, st).encode(xb).mean)
+    return np.concatenate([np.asarray(mean(state, jnp.asarray(x[i : i + batch_size])))
+                           for i in range(0, len(x), batch_size)])
+
+
+def active_units(model: nnx.Module, x: np.ndarray, threshold: float = 0.01) -> tuple[int, np.ndarray]:
     """Burda et al. 2015: unit u is active when Var_x(E_q[u|x]) > threshold. Returns (count, variances)."""
-    encode = nnx.jit(lambda m, xb: m.encode(xb).mean)
-    means = np.concatenate([np.asarray(encode(model, jnp.asarray(x[i : i + batch_size])))
-                            for i in range(0, len(x), batch_size)])
-    var = means.var(axis=0)
+    var = posterior_means(model, x).var(axis=0)
     return int(np.sum(var > threshold)), var
 
 
