@@ -286,13 +286,12 @@ def train(model, data: dict[str, np.ndarray], *, epochs: int, seed: int = 0, lea
             seed=seed,
             no_cuda=True,
         )
-        trainer = BaseTrainer(model=model, train_dataset=train_set, eval_dataset=val_set,
-                              training_config=config, callbacks=[timer])
         with _quiet(quiet):
+            trainer = BaseTrainer(model=model, train_dataset=train_set, eval_dataset=val_set,
+                                  training_config=config, callbacks=[timer])
             t0 = time.perf_counter()
             trainer.train()
             total_s = time.perf_counter() - t0
-        # Per-epoch losses are not returned by train(); recompute the final ones below.
         best = trainer._best_model
 
     n_train, n_val = len(data["train"]), len(data["val"])
@@ -324,25 +323,30 @@ def train(model, data: dict[str, np.ndarray], *, epochs: int, seed: int = 0, lea
 
 @contextlib.contextmanager
 def _quiet(enabled: bool):
-    """Silence Pythae's console logger and tqdm bars (they write to stderr)."""
+    """Silence Pythae's console logger and tqdm progress bars (they write to stderr).
+
+    The bars come from ``pythae.trainers.training_callbacks.tqdm`` (``tqdm.auto``),
+    replaced here for the duration by a ``tqdm`` with ``disable=True``.
+    """
     if not enabled:
         yield
         return
+    import functools
+
+    from pythae.trainers import training_callbacks
+
     names = ["pythae.trainers.base_trainer.base_trainer", "pythae.trainers.training_callbacks"]
-    old = {n: logging.getLogger(n).level for n in names}
+    old_levels = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.WARNING)
-    old_env = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    old_tqdm = training_callbacks.tqdm
+    training_callbacks.tqdm = functools.partial(old_tqdm, disable=True)
     try:
         yield
     finally:
-        for n, lvl in old.items():
+        training_callbacks.tqdm = old_tqdm
+        for n, lvl in old_levels.items():
             logging.getLogger(n).setLevel(lvl)
-        if old_env is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old_env
 
 
 def mean_elbo(model, x: np.ndarray, batch_size: int = 1000) -> float:
