@@ -164,7 +164,7 @@ class Checkpointer:
         epoch = mngr.latest_step() if epoch is None else epoch
         if epoch is None:
             raise VaekitError(f"no '{which}' checkpoint in {mngr.directory}")
-        abstract = jax.tree.map(_abstract, target)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
         try:
             return mngr.restore(epoch, args=self._ocp.args.StandardRestore(abstract))
         except Exception as e:  # Orbax raises many types for truncated / corrupted files
@@ -176,10 +176,6 @@ class Checkpointer:
     def close(self) -> None:
         for m in self.managers.values():
             m.close()
-
-
-def _abstract(x):
-    return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype)
 
 
 # --------------------------------------------------------------------------- load_run
@@ -198,12 +194,9 @@ class Run:
 
     def data(self, **overrides):
         """The run's data splits, loaded as the run was trained (binarization included)."""
-        from vaekit.data import load_data
+        from vaekit.data import load_configured
 
-        d = self.config.data
-        kwargs = dict(source=d.source, path=d.path, limit=d.limit, binarize=d.binarize, seed=d.seed, val_size=d.val_size)
-        kwargs.update(overrides)
-        return load_data(**kwargs)
+        return load_configured(self.config.data, **overrides)
 
 
 def load_run(path: str | Path, *, checkpoint: str = "best") -> Run:

@@ -176,7 +176,7 @@ class Trainer:
         sums: dict[str, np.ndarray] = {}
         t0 = time.perf_counter()
         for start in range(0, self.steps_per_epoch, s):
-            first_step = int(self.state["step"])
+            first_step = epoch * self.steps_per_epoch + start  # epochs always start at step epoch * steps
             new_state, metrics = self._chunk(self.state, self.train_data, idx[start : start + s])
             metrics = jax.device_get(metrics)  # the one host sync per chunk
             _guard_finite(metrics, first_step, epoch)
@@ -323,15 +323,14 @@ def train(
 
     from vaekit import checkpoint as ck
     from vaekit import plots
-    from vaekit.data import load_data
+    from vaekit.data import load_configured
 
     if resume is not None:
         run_dir = ck.check_run_dir(resume)
     else:
         name = name or f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = ck.prepare_run_dir(runs_dir, name, overwrite)
-    d = cfg.data
-    splits = load_data(d.source, path=d.path, limit=d.limit, binarize=d.binarize, seed=d.seed, val_size=d.val_size)
+    splits = load_configured(cfg.data)
     trainer = Trainer(cfg, splits)
     history: list[dict] = []
     if resume is not None:

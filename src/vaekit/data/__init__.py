@@ -46,6 +46,7 @@ from vaekit.errors import VaekitError
 __all__ = [
     "BINARIZE_MODES",
     "DATA_SOURCES",
+    "load_configured",
     "EVAL_BINARIZATION_SEED",
     "Splits",
     "binarize_fixed",
@@ -138,6 +139,14 @@ def _num_classes(splits: dict[str, Split]) -> int | None:
     """``max(y) + 1`` over all splits, or ``None`` when the data has no labels."""
     top = max((int(s["y"].max()) for s in splits.values() if "y" in s and s["y"].size), default=None)
     return None if top is None else top + 1
+
+
+def load_configured(data_cfg, **overrides) -> "Splits":
+    """`load_data` with the fields of a `vaekit.config.DataConfig` (keyword overrides win)."""
+    kwargs = dict(source=data_cfg.source, path=data_cfg.path, limit=data_cfg.limit, binarize=data_cfg.binarize,
+                  seed=data_cfg.seed, val_size=data_cfg.val_size)
+    kwargs.update(overrides)
+    return load_data(**kwargs)
 
 
 def load_data(

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from vaekit.errors import VaekitError
+from vaekit.train import ACTIVE_UNIT_VARIANCE
 
 IWAE_BOUNDS = (1, 5, 50)
 EVAL_SEED = 20151102  # seed of the posterior draws of every evaluation (results are reproducible)
@@ -116,7 +117,7 @@ def posterior_means(model: nnx.Module, x: np.ndarray, batch_size: int = 512) -> 
                            for i in range(0, len(x), batch_size)])
 
 
-def active_units(model: nnx.Module, x: np.ndarray, threshold: float = 0.01) -> tuple[int, np.ndarray]:
+def active_units(model: nnx.Module, x: np.ndarray, threshold: float = ACTIVE_UNIT_VARIANCE) -> tuple[int, np.ndarray]:
     """Burda et al. 2015: unit u is active when Var_x(E_q[u|x]) > threshold. Returns (count, variances)."""
     var = posterior_means(model, x).var(axis=0)
     return int(np.sum(var > threshold)), var
