@@ -145,19 +145,27 @@ def test_resume_through_cli(run_dir, tmp_path, capsys):
     assert main(["train", "--resume", str(copy), "--set", "train.epochs=2", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(copy)
     assert json.loads((copy / "run.json").read_text())["epoch"] == 2
-    _err(capsys, ["train", "--resume", str(copy), "--set", "model.latent_dim=3"], "only train.epochs may change")
+    _err(capsys, ["train", "--resume", str(copy), "--set", "model.latent_dim=3"], "only train.epochs or train.steps may change")
 
 
 def test_shapes_run_traverse_and_disentanglement(tmp_path, capsys):
-    """A tiny conv VAE on the generated shapes, then its traversal and disentanglement scores."""
-    code = main(["train", "--preset", "shapes-beta", "--set", "data.limit=128", "--set", "data.val_size=64",
-                 "--set", "train.epochs=1", "--set", "train.batch_size=32", "--set", "model.conv_channels=[4,4,8,8]",
-                 "--set", "model.conv_dense=16", "--set", "model.latent_dim=3", "--runs-dir", str(tmp_path),
-                 "--name", "sh", "--no-progress"])
+    """A tiny conv VAE on the whole generated grid, counted in steps; its traversal and scores."""
+    code = main(["train", "--preset", "shapes-beta", "--set", "data.val_size=64", "--set", "train.steps=6",
+                 "--set", "train.eval_every=4", "--set", "train.chunk_steps=2", "--set", "train.batch_size=32",
+                 "--set", "model.conv_channels=[4,4,8,8]", "--set", "model.conv_dense=16",
+                 "--set", "model.latent_dim=3", "--runs-dir", str(tmp_path), "--name", "sh", "--no-progress"])
     assert code == 0
     run = tmp_path / "sh"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 6]  # a validation every 4 steps, and at the end
+    info = json.loads((run / "run.json").read_text())
+    assert info["num_train"] == 737_280 - 2 * 64 and info["status"] == "complete"
     capsys.readouterr()
+    # Resuming counts on in steps.
+    assert main(["train", "--resume", str(run), "--set", "train.steps=8", "--no-progress"]) == 0
+    assert json.loads((run / "run.json").read_text())["step"] == 8
     assert main(["traverse", str(run), "--out", str(tmp_path / "t.png"), "--steps", "5"]) == 0
+    assert main(["reconstruct", str(run), "--split", "train", "-n", "4", "--out", str(tmp_path / "r.png")]) == 0
     assert (tmp_path / "t.png").stat().st_size > 1000
     assert main(["disentanglement", str(run), "--num-train", "300", "--num-test", "100", "--n-jobs", "1"]) == 0
     out = capsys.readouterr().out

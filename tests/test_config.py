@@ -50,6 +50,9 @@ def test_data_path_selects_arrays_source():
     ("model.likelihood=gauss", "model.likelihood must be one of"),
     ("data.limit=-5", "data.limit must be positive"),
     ("train.epochs", "must look like section.key=value"),
+    ("train.steps=0", "train.steps must be positive"),
+    ("train.eval_every=0", "train.eval_every must be positive"),
+    ("train.loop=scanned", "did you mean 'scan'"),
 ])
 def test_bad_values_name_the_problem(override, message):
     with pytest.raises(VaekitError) as e:

@@ -185,3 +185,37 @@ def test_splits_are_disjoint_and_seeded():
     assert not np.array_equal(val["factors"], val_c["factors"])
     source = shapes.load_shapes_source(None, val_size=20, seed=2, limit=30)
     assert [len(source[k]["y"]) for k in ("train", "val", "test")] == [30, 20, 20]
+
+
+def test_whole_grid_source_holds_indices_and_renders_on_device():
+    """Without a limit the training split is every grid index but the held-out ones, as records."""
+    import jax.numpy as jnp
+
+    from vaekit.data import load_data
+
+    source = shapes.load_shapes_source(None, val_size=30, seed=4)
+    train = source["train"]
+    assert set(train) == {"index", "y"} and len(train["index"]) == shapes.NUM_IMAGES - 60
+    held_out = shapes.classes_to_index(np.concatenate([source["val"]["factors"], source["test"]["factors"]]))
+    assert np.unique(train["index"]).size == len(train["index"])
+    assert not np.isin(held_out, train["index"]).any()
+    np.testing.assert_array_equal(train["y"], shapes.index_to_classes(train["index"])[:, 0])
+    # The device-side transform draws exactly what `render` draws for those grid points.
+    rows = {k: v[:37] for k, v in train.items()}
+    batch = source["train_transform"]({k: jnp.asarray(v) for k, v in rows.items()})
+    assert set(batch) == {"x", "y"}
+    np.testing.assert_array_equal(np.asarray(batch["x"]), shapes.render(shapes.index_to_classes(rows["index"])))
+    # Through load_data: binarize modes leave the records alone; examples() renders them.
+    splits = load_data("shapes", val_size=30, seed=4, binarize="static")
+    assert splits.num_train == shapes.NUM_IMAGES - 60 and splits.image_shape == (64, 64, 1)
+    assert splits.num_classes == 3
+    ex = splits.examples("train", 5)
+    np.testing.assert_array_equal(ex["x"], shapes.render(shapes.index_to_classes(train["index"][:5])))
+    assert load_data("shapes", val_size=30, seed=4, limit=100).num_train == 100
+
+
+def test_render_pads_to_few_shapes_without_changing_results():
+    classes = shapes.sample_classes(300, np.random.default_rng(9))
+    whole = shapes.render(classes)
+    for n in (1, 63, 64, 65, 300):
+        np.testing.assert_array_equal(shapes.render(classes[:n]), whole[:n])

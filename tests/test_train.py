@@ -129,3 +129,54 @@ def test_collapse_is_detected_on_a_model_forced_to_collapse():
         healthy.fit_epoch()
     h = healthy.validate()
     assert collapse_warning(h["val/kl_per_dim"], h["val/active_units"], 4) is None
+
+
+def test_steps_mode_counts_steps_validates_every_n_and_resumes_exactly(tmp_path, monkeypatch, splits):
+    _fake_data(monkeypatch, splits)
+    cfg = tiny_config(train={"steps": 7, "eval_every": 3})
+    full = train(cfg, runs_dir=tmp_path, name="full", progress=False)
+    hist = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in hist] == [3, 6, 7] and [r["epoch"] for r in hist] == [1, 2, 3]
+    part = train(replace(cfg, "train", steps=3), runs_dir=tmp_path, name="part", progress=False)
+    resumed = train(cfg, resume=part, progress=False)
+    a = ck.load_run(full, checkpoint="latest").model
+    b = ck.load_run(resumed, checkpoint="latest").model
+    from flax import nnx
+
+    for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert json.loads((resumed / "run.json").read_text())["step"] == 7
+
+
+def test_steps_mode_draws_batches_with_replacement(splits):
+    tr = Trainer(tiny_config(train={"steps": 50, "eval_every": 40}), splits)
+    idx = np.asarray(tr.epoch_indices(0))
+    assert idx.shape == (40, 20) and idx.min() >= 0 and idx.max() < splits.num_train
+    assert np.unique(idx).size < idx.size  # with replacement: 800 draws from 200 examples repeat
+    assert not np.array_equal(idx, np.asarray(tr.epoch_indices(1)))
+    assert tr.num_epochs == 2 and tr.fit_epoch()["train/examples_per_s"] > 0
+    assert tr.fit_epoch() and int(tr.state["step"]) == 50  # the last epoch is cut short at train.steps
+
+
+def test_scan_and_step_loops_train_the_same_model(splits):
+    """train.loop only changes how a chunk is dispatched, not what it computes.
+
+    Conv nets: the per-step losses agree (their conv biases, which BatchNorm cancels, have
+    zero true gradient, so Adam turns rounding noise there into lr-sized steps; parameters
+    are compared on the MLP, whose gradients are all informative).
+    """
+    for model, compare_params in (({"net": "conv", "conv_channels": (4, 8), "latent_dim": 3}, False), ({}, True)):
+        runs = []
+        for loop in ("scan", "steps"):
+            losses = []
+            tr = Trainer(tiny_config(model=model, train={"loop": loop}), splits,
+                         chunk_callback=lambda first, m: losses.extend(np.asarray(m["loss"]).tolist()))
+            assert tr.loop == loop
+            tr.fit_epoch()
+            runs.append((tr.state, losses))
+        (a, la), (b, lb) = runs
+        assert len(la) == len(lb) == 10 and int(a["step"]) == int(b["step"]) == 10
+        np.testing.assert_allclose(la, lb, rtol=1e-4)
+        if compare_params:
+            for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+                np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)

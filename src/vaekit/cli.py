@@ -38,8 +38,8 @@ def cmd_train(args) -> None:
         cfg = ck.read_config(run_dir)
         for text in args.set:
             update = config_lib.parse_override(text)
-            if list(update) != ["train"] or list(update["train"]) != ["epochs"]:
-                raise VaekitError(f"with --resume only train.epochs may change; got '{text}'")
+            if list(update) != ["train"] or list(update["train"]) not in (["epochs"], ["steps"]):
+                raise VaekitError(f"with --resume only train.epochs or train.steps may change; got '{text}'")
             cfg = config_lib.merge(cfg, update)
         config_lib.validate(cfg)
     else:
@@ -101,8 +101,8 @@ def _split_arrays(run, split: str, n: int):
     splits = run.data()
     if split not in ("train", "val", "test"):
         raise VaekitError(f"--split must be train, val or test, got '{split}'")
-    data = getattr(splits, split)
-    return data["x"][:n], (None if data.get("y") is None else data["y"][:n])
+    data = splits.examples(split, n)
+    return data["x"], data.get("y")
 
 
 def cmd_reconstruct(args) -> None:
@@ -165,21 +165,12 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_disentanglement(args) -> None:
-    import json
-
     from rich.table import Table
 
-    from vaekit.checkpoint import write_json_atomic
-    from vaekit.data.shapes import ShapesData
-    from vaekit.evaluate import posterior_means
-    from vaekit.evaluate.disentanglement import compute_all
+    from vaekit.evaluate.disentanglement import evaluate_run
 
     run = _load(args)
-    if run.config.data.source != "shapes":
-        raise VaekitError(f"disentanglement metrics need a model trained on data with known factors "
-                          f"(data.source=shapes); this run used '{run.config.data.source}'")
-    result = compute_all(lambda x: posterior_means(run.model, x), ShapesData(seed=run.config.data.seed), num_train=args.num_train,
-                         num_test=args.num_test, seed=args.seed, n_jobs=args.n_jobs)
+    result = evaluate_run(run, num_train=args.num_train, num_test=args.num_test, seed=args.seed, n_jobs=args.n_jobs)
     table = Table(title=f"disentanglement of {run.path} ({args.num_train} train / {args.num_test} test codes)")
     table.add_column("metric")
     table.add_column("score", justify="right")
@@ -195,16 +186,12 @@ def cmd_disentanglement(args) -> None:
                       f"{r.get('eval_accuracy', float('nan')):.3f}")
     table.add_row("compute time (s)", f"{sum(result['seconds'].values()):.1f}")
     _console(stderr=False).print(table)
-    out = Path(run.path) / "disentanglement.json"
-    write_json_atomic(out, json.loads(json.dumps(result, default=float)))
-    print(out)
+    print(Path(run.path) / "disentanglement.json")
 
 
 def cmd_traverse(args) -> None:
-    import jax.numpy as jnp
-    import numpy as np
-
     from vaekit import plots
+    from vaekit.evaluate.disentanglement import latent_traversal
 
     out = _out_path(args.out)
     if args.steps < 2 or args.range <= 0:
@@ -213,16 +200,8 @@ def cmd_traverse(args) -> None:
     x, y = _split_arrays(run, args.split, 1000)
     if not 0 <= args.index < len(x):
         raise VaekitError(f"--index must be in [0, {len(x)}), got {args.index}")
-    q = run.model.encode(jnp.asarray(x))
-    kl = np.asarray(q.kl_per_dim()).mean(0)  # (D,) average KL of each latent over these images
-    order = np.argsort(-kl)[: args.dims] if args.dims else np.argsort(-kl)
-    values = np.linspace(-args.range, args.range, args.steps)
-    base = np.asarray(q.mean)[args.index]
-    z = np.repeat(base[None, None], len(order) * args.steps, 0).reshape(len(order), args.steps, -1)
-    for row, d in enumerate(order):
-        z[row, :, d] = values
-    images = np.asarray(run.model.decode(jnp.asarray(z.reshape(-1, z.shape[-1]))).mean())
-    labels = [f"z{d} KL {kl[d]:.2f}" for d in order]
+    images, labels, values = latent_traversal(run.model, x, y, index=args.index, steps=args.steps, span=args.range,
+                                              dims=args.dims)
     plots.save_traversal(out, images, labels, values)
     print(out)
 
@@ -379,8 +358,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logger = logging.getLogger("vaekit")  # only vaekit's own messages; JAX's INFO chatter stays off
     logger.setLevel(logging.INFO)
-    logger.addHandler(_rich_handler())
+    handler = _rich_handler()
+    logger.addHandler(handler)  # removed again on return, so main() can be called repeatedly
     logger.propagate = False
+    try:
+        return _run(args)
+    finally:
+        logger.removeHandler(handler)
+
+
+def _run(args) -> int:
     try:
         args.func(args)
     except VaekitError as e:

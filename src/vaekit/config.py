@@ -65,7 +65,9 @@ class ObjectiveConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10  # passes over the training split
+    epochs: int = 10  # passes over the training split (ignored when `steps` is set)
+    steps: int | None = None  # count training in optimizer steps instead: batches drawn uniformly with replacement
+    eval_every: int = 1000  # with `steps`: steps between validations, metrics records and checkpoints
     batch_size: int = 100  # examples per step
     seed: int = 0  # seeds parameters, shuffling, binarization draws and posterior samples
     optimizer: str = "adam"  # "adam" or "adamw"
@@ -79,9 +81,10 @@ class TrainConfig:
     decay_rate: float = 0.1  # exponential/step: factor applied every decay_steps
     decay_steps: int = 10_000  # exponential/step: steps per decay_rate
     grad_clip: float = 0.0  # clip gradients to this global norm (0: off)
-    chunk_steps: int = 100  # steps per compiled chunk: the host syncs (progress, NaN guard) once per chunk
+    chunk_steps: int = 100  # steps per chunk: the host syncs (progress, NaN guard) once per chunk
+    loop: str = "auto"  # a chunk as one compiled lax.scan ("scan") or as jitted steps ("steps"); auto: steps for conv nets on CPU
     eval_batch_size: int = 1000  # batch size of validation passes
-    checkpoint_every: int = 1  # save a checkpoint every N epochs (the best-by-validation one is kept too)
+    checkpoint_every: int = 1  # save a checkpoint every N epochs (with `steps`: every N validations) (the best-by-validation one is kept too)
     keep_checkpoints: int = 2  # how many periodic checkpoints to keep
 
 
@@ -323,6 +326,8 @@ def validate(cfg: Config) -> None:
     _check(o.capacity_steps > 0, f"objective.capacity_steps must be positive, got {o.capacity_steps}")
     _check(o.capacity_gamma >= 0, f"objective.capacity_gamma must be >= 0, got {o.capacity_gamma}")
     _check(t.epochs > 0, f"train.epochs must be positive, got {t.epochs}")
+    _check(t.steps is None or t.steps > 0, f"train.steps must be positive, got {t.steps}")
+    _check(t.eval_every > 0, f"train.eval_every must be positive, got {t.eval_every}")
     _check(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}")
     _one_of(t.optimizer, ("adam", "adamw"), "train.optimizer")
     _check(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}")
@@ -334,6 +339,7 @@ def validate(cfg: Config) -> None:
     _check(0 < t.decay_rate <= 1, f"train.decay_rate must be in (0, 1], got {t.decay_rate}")
     _check(t.decay_steps > 0, f"train.decay_steps must be positive, got {t.decay_steps}")
     _check(t.grad_clip >= 0, f"train.grad_clip must be >= 0, got {t.grad_clip}")
+    _one_of(t.loop, ("auto", "scan", "steps"), "train.loop")
     _check(t.chunk_steps > 0, f"train.chunk_steps must be positive, got {t.chunk_steps}")
     _check(t.eval_batch_size > 0, f"train.eval_batch_size must be positive, got {t.eval_batch_size}")
     _check(t.checkpoint_every > 0, f"train.checkpoint_every must be positive, got {t.checkpoint_every}")

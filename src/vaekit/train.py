@@ -45,9 +45,17 @@ class TrainingDiverged(VaekitError):
 # --------------------------------------------------------------------------- optimizer
 
 
+def total_steps(t: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the whole run: `train.steps`, or epochs times steps per epoch."""
+    return t.steps if t.steps is not None else t.epochs * steps_per_epoch
+
+
 def learning_rate_schedule(t: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
-    """The configured schedule, with optional linear warm-up, as a function of the step."""
-    lr, total = t.learning_rate, max(1, t.epochs * steps_per_epoch)
+    """The configured schedule, with optional linear warm-up, as a function of the step.
+
+    steps_per_epoch: steps of one pass over the training data (the "iwae" stages count these).
+    """
+    lr, total = t.learning_rate, max(1, total_steps(t, steps_per_epoch))
     schedules = {
         "constant": lambda: optax.constant_schedule(lr),
         "cosine": lambda: optax.cosine_decay_schedule(lr, total),
@@ -97,8 +105,18 @@ def init_state(cfg: Config, image_shape, num_classes, steps_per_epoch: int):
 # --------------------------------------------------------------------------- trainer
 
 
-def _to_device(split: dict) -> dict:
-    return {k: jnp.asarray(v) for k, v in split.items() if k in ("x", "y")}
+def resolve_loop(cfg: Config) -> str:
+    """`train.loop` with "auto" decided: "steps" for conv nets on CPU, else "scan".
+
+    XLA's CPU backend runs convolutions inside a loop body (a `lax.scan`) several times slower
+    than the same convolutions outside one (jax-ml/jax#12868): a scanned chunk of the
+    `shapes-beta` conv VAE took 2.4 s a step against 0.4 s for the same step jitted alone. A
+    conv step costs far more than dispatching it, so a host loop of jitted steps loses nothing
+    there, while an MLP step is short enough that one scan per chunk wins.
+    """
+    if cfg.train.loop != "auto":
+        return cfg.train.loop
+    return "steps" if cfg.model.net == "conv" and jax.default_backend() == "cpu" else "scan"
 
 
 class Trainer:
@@ -109,51 +127,79 @@ class Trainer:
 
     def __init__(self, cfg: Config, splits, *, chunk_callback=None):
         t = cfg.train
-        n = len(splits.train["x"])
+        n = splits.num_train
         if t.batch_size > n:
             raise VaekitError(f"train.batch_size {t.batch_size} is larger than the training set ({n} examples)")
         self.cfg, self.splits = cfg, splits
-        self.steps_per_epoch = n // t.batch_size  # the last incomplete batch is dropped; reshuffled every epoch
-        self.model, self.state = init_state(cfg, splits.image_shape, splits.num_classes, self.steps_per_epoch)
+        data_epoch = n // t.batch_size  # the last incomplete batch is dropped; reshuffled every epoch
+        # An "epoch" of the host loop is one pass over the data, or, with train.steps, eval_every
+        # steps (the last one possibly shorter); each ends with a validation and a metrics record.
+        self.steps_per_epoch = data_epoch if t.steps is None else t.eval_every
+        self.total_steps = total_steps(t, data_epoch)
+        self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
+        self.model, self.state = init_state(cfg, splits.image_shape, splits.num_classes, data_epoch)
         self.graphdef = nnx.graphdef(self.model)
         self.model.eval()
         self.graphdef_eval = nnx.graphdef(self.model)
         self.model.train()
-        self.tx, self.lr_fn = make_optimizer(t, self.steps_per_epoch)
-        self.train_data = _to_device(splits.train)
+        self.tx, self.lr_fn = make_optimizer(t, data_epoch)
+        self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items() if k != "factors"}
         self.root = jax.random.PRNGKey(t.seed)
         self.chunk_callback = chunk_callback
-        self._chunk = jax.jit(self._train_chunk, donate_argnums=(0,))
+        self.loop = resolve_loop(cfg)
+        if self.loop == "scan":
+            self._chunk = jax.jit(self._train_chunk, donate_argnums=(0,))
+        else:
+            self._step = jax.jit(self._train_step, donate_argnums=(0,))
+            self._chunk = self._run_steps
         self._eval_batch = jax.jit(self._eval_step)
 
     # -- compiled regions -------------------------------------------------------------
 
+    def gather(self, data: dict, batch_idx: jax.Array) -> dict:
+        """The model's batch for example indices (B,): rows of the resident data, then the
+        source's device-side transform when it has one (the shapes grid renders its images)."""
+        batch = {k: v[batch_idx] for k, v in data.items()}
+        transform = self.splits.train_transform
+        return dict(batch) if transform is None else transform(batch)
+
+    def _train_step(self, state: dict, data: dict, batch_idx: jax.Array):
+        """One optimizer step on the examples ``batch_idx`` (B,) of the resident training data."""
+        key = jax.random.fold_in(state["key"], state["step"])
+        bin_key, sample_key = jax.random.split(key)
+        batch = self.gather(data, batch_idx)
+        if self.cfg.data.binarize == "dynamic":  # a fresh binarization of this batch, drawn on device
+            batch["x"] = jax.random.bernoulli(bin_key, batch["x"]).astype(jnp.float32)
+
+        def loss_fn(params, rest):
+            # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics
+            model = nnx.merge(self.graphdef, params, rest, copy=True)
+            loss, metrics = model.loss(batch, rngs=nnx.Rngs(sample=sample_key), step=state["step"])
+            _, _, rest = nnx.split(model, nnx.Param, ...)  # updated BatchNorm statistics
+            return loss, (metrics, rest)
+
+        (_, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["rest"])
+        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.lr_fn(state["step"]))
+        new = dict(state, params=optax.apply_updates(state["params"], updates), rest=rest,
+                   opt_state=opt_state, step=state["step"] + 1)
+        return new, metrics
+
     def _train_chunk(self, state: dict, data: dict, idx: jax.Array):
         """Run idx.shape[0] optimizer steps; idx (S, B) holds the example indices of each step."""
-        dynamic = self.cfg.data.binarize == "dynamic"
+        return jax.lax.scan(lambda st, b: self._train_step(st, data, b), state, idx)
 
-        def one_step(state, batch_idx):
-            key = jax.random.fold_in(state["key"], state["step"])
-            bin_key, sample_key = jax.random.split(key)
-            batch = {k: v[batch_idx] for k, v in data.items()}
-            if dynamic:  # a fresh binarization of this batch, drawn on device
-                batch["x"] = jax.random.bernoulli(bin_key, batch["x"]).astype(jnp.float32)
+    def _run_steps(self, state: dict, data: dict, idx: jax.Array):
+        """`_train_chunk` as a host loop of jitted steps (`train.loop=steps`).
 
-            def loss_fn(params, rest):
-                # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics
-                model = nnx.merge(self.graphdef, params, rest, copy=True)
-                loss, metrics = model.loss(batch, rngs=nnx.Rngs(sample=sample_key), step=state["step"])
-                _, _, rest = nnx.split(model, nnx.Param, ...)  # updated BatchNorm statistics
-                return loss, (metrics, rest)
-
-            (_, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["rest"])
-            updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-            metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.lr_fn(state["step"]))
-            new = dict(state, params=optax.apply_updates(state["params"], updates), rest=rest,
-                       opt_state=opt_state, step=state["step"] + 1)
-            return new, metrics
-
-        return jax.lax.scan(one_step, state, idx)
+        Each call is dispatched asynchronously, so the host still waits only once per chunk,
+        when the caller reads the stacked metrics.
+        """
+        per_step = []
+        for i in range(idx.shape[0]):
+            state, metrics = self._step(state, data, idx[i])
+            per_step.append(metrics)
+        return state, jax.tree.map(lambda *v: jnp.stack(v), *per_step)
 
     def _eval_step(self, state: dict, batch: dict, key: jax.Array):
         model = nnx.merge(self.graphdef_eval, state["params"], state["rest"])
@@ -162,21 +208,30 @@ class Trainer:
 
     # -- host loop --------------------------------------------------------------------
 
-    def epoch_indices(self, epoch: int) -> jax.Array:
-        """(steps_per_epoch, B) example indices: a fresh permutation per epoch, derived from the seed."""
+    def epoch_indices(self, epoch: int, steps: int | None = None) -> jax.Array:
+        """(steps, B) example indices of an epoch, derived from the seed and the epoch number.
+
+        A pass over the data takes a fresh permutation; with train.steps, every index is drawn
+        uniformly with replacement (the whole shapes grid is far too large for passes).
+        """
         key = jax.random.fold_in(jax.random.fold_in(self.root, _SHUFFLE), epoch)
-        n, b = len(self.splits.train["x"]), self.cfg.train.batch_size
-        return jax.random.permutation(key, n)[: self.steps_per_epoch * b].reshape(self.steps_per_epoch, b)
+        n, b = self.splits.num_train, self.cfg.train.batch_size
+        steps = self.steps_per_epoch if steps is None else steps
+        if self.cfg.train.steps is not None:
+            return jax.random.randint(key, (steps, b), 0, n)
+        return jax.random.permutation(key, n)[: steps * b].reshape(steps, b)
 
     def fit_epoch(self) -> dict:
-        """One pass over the training split. Returns epoch-mean metrics (host floats) and throughput."""
-        epoch = int(self.state["epoch"])
-        idx = self.epoch_indices(epoch)
+        """One epoch of training. Returns epoch-mean metrics (host floats) and throughput."""
+        epoch, step0 = int(self.state["epoch"]), int(self.state["step"])
+        # Every epoch has steps_per_epoch steps, except a last one cut short by train.steps.
+        steps = max(1, min(self.steps_per_epoch, self.total_steps - step0))
+        idx = self.epoch_indices(epoch, steps)
         s = self.cfg.train.chunk_steps
         sums: dict[str, np.ndarray] = {}
         t0 = time.perf_counter()
-        for start in range(0, self.steps_per_epoch, s):
-            first_step = epoch * self.steps_per_epoch + start  # epochs always start at step epoch * steps
+        for start in range(0, steps, s):
+            first_step = step0 + start
             new_state, metrics = self._chunk(self.state, self.train_data, idx[start : start + s])
             metrics = jax.device_get(metrics)  # the one host sync per chunk
             _guard_finite(metrics, first_step, epoch)
@@ -187,9 +242,9 @@ class Trainer:
                 self.chunk_callback(first_step, metrics)
         seconds = time.perf_counter() - t0
         self.state["epoch"] = self.state["epoch"] + 1
-        out = {f"train/{k}": (v / self.steps_per_epoch) for k, v in sums.items()}
+        out = {f"train/{k}": (v / steps) for k, v in sums.items()}
         out["train/seconds"] = seconds
-        out["train/examples_per_s"] = self.steps_per_epoch * self.cfg.train.batch_size / seconds
+        out["train/examples_per_s"] = steps * self.cfg.train.batch_size / seconds
         return out
 
     def validate(self, split: dict | None = None, prefix: str = "val") -> dict:
@@ -281,9 +336,10 @@ def _progress(enabled: bool):
     )
 
 
-def _epoch_line(record: dict, epochs: int, latent_dim: int) -> str:
+def _epoch_line(record: dict, epochs: int, latent_dim: int, counted_in_steps: bool = False) -> str:
+    where = f"step {record['step']:,}" if counted_in_steps else f"epoch {record['epoch']}/{epochs}"
     return (
-        f"epoch {record['epoch']}/{epochs}  train ELBO {record['train/elbo']:.2f}  "
+        f"{where}  train ELBO {record['train/elbo']:.2f}  "
         f"val ELBO {record['val/elbo']:.2f}  val KL {record['val/kl']:.2f}  "
         f"active units {record['val/active_units']}/{latent_dim}  "
         f"{record['train/examples_per_s']:,.0f} ex/s"
@@ -342,7 +398,7 @@ def train(
         # Epoch records written after the restored checkpoint are retraced, so drop them.
         history = [r for r in ck.read_metrics(run_dir) if r.get("epoch", 0) <= done]
         ck.write_text_atomic(run_dir / ck.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
-        log.info("resuming %s at epoch %d/%d", run_dir, done, cfg.train.epochs)
+        log.info("resuming %s after epoch %d, step %d/%d", run_dir, done, int(trainer.state["step"]), trainer.total_steps)
     else:
         ck.create_run_dir(run_dir, overwrite)
         ckpt = ck.Checkpointer(run_dir, keep=cfg.train.keep_checkpoints)
@@ -351,7 +407,7 @@ def train(
         "vaekit_version": _version(),
         "image_shape": list(splits.image_shape),
         "num_classes": splits.num_classes,
-        "num_train": len(splits.train["x"]),
+        "num_train": splits.num_train,
         "steps_per_epoch": trainer.steps_per_epoch,
         "status": "running",
     }
@@ -360,8 +416,9 @@ def train(
     writer = SummaryWriter(str(run_dir / "tensorboard"))
     bar = _progress(progress)
     start_epoch = int(trainer.state["epoch"])
-    total = cfg.train.epochs * trainer.steps_per_epoch
-    task = bar.add_task("training", total=total, completed=start_epoch * trainer.steps_per_epoch, status="")
+    num_epochs = trainer.num_epochs
+    start_step = int(trainer.state["step"])
+    task = bar.add_task("training", total=trainer.total_steps, completed=start_step, status="")
 
     def on_chunk(first_step: int, metrics: dict) -> None:
         for i, (loss, beta, gnorm) in enumerate(zip(metrics["loss"], metrics["beta"], metrics["grad_norm"])):
@@ -372,10 +429,13 @@ def train(
 
     trainer.chunk_callback = on_chunk
     best = float(trainer.state["best_val_elbo"])
+    counted_in_steps = cfg.train.steps is not None
     latent_dim = cfg.model.latent_dim
     try:
         with bar:
-            for epoch in range(start_epoch, cfg.train.epochs):
+            epoch = start_epoch - 1
+            while int(trainer.state["step"]) < trainer.total_steps:
+                epoch += 1
                 record = {"epoch": epoch + 1}
                 record.update(trainer.fit_epoch())
                 record.update(trainer.validate())
@@ -390,7 +450,7 @@ def train(
                     writer.add_scalar(f"kl_per_dim/{j:03d}", v, epoch + 1)
                 writer.flush()
                 history.append(record)
-                bar.console.print(_epoch_line(record, cfg.train.epochs, latent_dim))
+                bar.console.print(_epoch_line(record, num_epochs, latent_dim, counted_in_steps))
                 warning = collapse_warning(record["val/kl_per_dim"], record["val/active_units"], latent_dim)
                 if warning:
                     log.warning(warning)
@@ -398,7 +458,7 @@ def train(
                     best = record["val/elbo"]
                     trainer.state["best_val_elbo"] = jnp.asarray(best, jnp.float32)
                     ckpt.save("best", epoch + 1, trainer.state)
-                if (epoch + 1) % cfg.train.checkpoint_every == 0 or epoch + 1 == cfg.train.epochs:
+                if (epoch + 1) % cfg.train.checkpoint_every == 0 or record["step"] >= trainer.total_steps:
                     ckpt.save("latest", epoch + 1, trainer.state)
                 info.update(status="running", epoch=epoch + 1, step=record["step"], best_val_elbo=best)
                 ck.write_json_atomic(run_dir / ck.RUN_FILE, info)

@@ -14,7 +14,10 @@ A source is a function registered in :data:`DATA_SOURCES` under its name::
 It returns ``{"train": split, "val": split, "test": split}`` where each split is
 ``{"x": float32 (N, H, W, C) in [0, 1]}`` plus optionally ``"y": int32 (N,)`` (for all
 three splits or for none) and any further per-example arrays (sliced along with
-``x`` by ``limit``). It raises :class:`~vaekit.errors.VaekitError` for any problem
+``x`` by ``limit``). A generated source may instead give a training split of compact
+per-example records without ``"x"`` (the shapes grid gives grid indices) together with
+``"train_transform"``: a traceable function that turns a gathered batch of those records
+into ``{"x": ..., ...}`` on the device (see :attr:`Splits.train_transform`). It raises :class:`~vaekit.errors.VaekitError` for any problem
 the user can fix. ``val_size``, ``seed`` and ``limit`` may be ignored: a source that
 generates data can use ``limit`` to generate only that many training examples (or
 more than a default), and :func:`load_data` afterwards keeps the first ``limit``
@@ -84,6 +87,10 @@ class Splits:
         image_shape: ``(H, W, C)``.
         num_classes: ``max(y) + 1`` over all splits, or ``None`` without labels.
         binarize: ``"none"``, ``"dynamic"`` or ``"static"``.
+        train_transform: ``None`` for arrays of images. For a generated source, a
+            traceable function the trainer applies on the device to every gathered batch of
+            ``train`` records, returning the model's batch (``{"x", "y"}``); ``train`` then
+            holds those records (e.g. ``{"index", "y"}``) and no ``"x"``.
     """
 
     train: Split
@@ -92,10 +99,27 @@ class Splits:
     image_shape: tuple[int, int, int]
     num_classes: int | None
     binarize: str
+    train_transform: Callable[[Split], Split] | None = None
+
+    @property
+    def num_train(self) -> int:
+        """Number of training examples."""
+        return len(next(iter(self.train.values())))
+
+    def examples(self, split: str, n: int | None = None) -> Split:
+        """The first ``n`` examples of a split as host arrays with ``"x"`` (rendering a
+        generated training split through :attr:`train_transform`)."""
+        rows = {k: v[:n] for k, v in getattr(self, split).items()}
+        if "x" in rows or self.train_transform is None:
+            return rows
+        import jax
+
+        return {k: np.asarray(v) for k, v in jax.device_get(self.train_transform(rows)).items()}
 
     def __repr__(self) -> str:
         # The default repr would print pixel arrays; a summary is what one wants to see.
-        sizes = ", ".join(f"{name}={len(getattr(self, name)['x'])}" for name in ("train", "val", "test"))
+        sizes = ", ".join(f"{name}={len(getattr(self, name)['x'])}" for name in ("val", "test"))
+        sizes = f"train={self.num_train}, {sizes}"
         return f"Splits({sizes}, image_shape={self.image_shape}, num_classes={self.num_classes}, binarize={self.binarize!r})"
 
 
@@ -122,7 +146,9 @@ def _binarize_splits(splits: dict[str, Split], mode: str, seed: int) -> dict[str
     done: dict[int, np.ndarray] = {}  # id(original x) -> binarized x
     for name in ("train", "val", "test"):
         split = splits[name]
-        if mode == "dynamic" and name == "train":
+        if (mode == "dynamic" and name == "train") or "x" not in split:
+            # Generated training records (no "x") are drawn on the device by train_transform,
+            # binary already for the shapes grid; they are never binarized here.
             out[name] = split
             continue
         split_seed = seed if mode == "static" else EVAL_BINARIZATION_SEED
@@ -192,15 +218,16 @@ def load_data(
         raise VaekitError(f"unknown data source {source!r}; available: {', '.join(sorted(DATA_SOURCES))}")
 
     splits = DATA_SOURCES[source](path, val_size=val_size, seed=seed, limit=limit)
+    transform = splits.pop("train_transform", None)
     num_classes = _num_classes(splits)  # before limit: the class count is the dataset's
 
-    if limit is not None and limit < len(splits["train"]["x"]):
+    if limit is not None and limit < len(next(iter(splits["train"].values()))):
         # Copy the kept rows so that the full training array can be freed.
         splits["train"] = {k: v[:limit].copy() for k, v in splits["train"].items()}
 
     # Binarize after limiting: less work, and the same result (see binarize_fixed).
     splits = _binarize_splits(splits, binarize, seed)
-    h, w, c = splits["train"]["x"].shape[1:]
+    h, w, c = splits["val"]["x"].shape[1:]
     return Splits(
         train=splits["train"],
         val=splits["val"],
@@ -208,4 +235,5 @@ def load_data(
         image_shape=(int(h), int(w), int(c)),
         num_classes=num_classes,
         binarize=binarize,
+        train_transform=transform,
     )

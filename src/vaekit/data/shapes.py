@@ -39,14 +39,19 @@ clipped. The square's half-side ``BASE_SIZE * scale`` (5.25, 6.3, 7.35, 8.4, 9.4
 center and its pixel area is exactly ``(2 * floor(BASE_SIZE * scale) + 1)^2``, 441 at
 scale 1 (see :func:`expected_square_area`).
 
-Rendering is vectorized numpy over a 31x31 window around each shape center (the
-shape always fits in it); it is deterministic and needs no data files.
+Rendering is one jitted JAX function over the whole 64x64 frame, in float32: fast on the host
+(:func:`render`) and traceable, so training renders its batches on the device straight from grid
+indices (:func:`render_batch`) and the whole grid never has to exist in memory. It is
+deterministic and needs no data files. (Two backends may round ``cos``/``sin`` differently in the
+last bit, which could flip a pixel whose center lies within about 1e-6 px of an edge.)
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vaekit.errors import VaekitError
@@ -76,15 +81,12 @@ SHAPE_RADIUS = (math.sqrt(2.0), ELLIPSE_AXES[0], 1.2935)
 #: Largest number of images materialized at once (train split of load_shapes_splits).
 MAX_MATERIALIZE = 200_000
 
-# Half-width of the square window rendered around each center: every shape fits,
-# since BASE_SIZE * max(SHAPE_RADIUS) = 14.85 < _HALF_WINDOW.
-_HALF_WINDOW = 15
-_OFFSETS = np.arange(-_HALF_WINDOW, _HALF_WINDOW + 1, dtype=np.float64)
-# Images rendered per vectorized step (bounds temporary memory to a few tens of MB).
-_CHUNK = 4_096
+# Images rendered per compiled call of `render` (bounds temporary memory to about 100 MB).
+_CHUNK = 2_048
 
 assert int(np.prod(FACTOR_SIZES)) == NUM_IMAGES
-assert BASE_SIZE * max(SHAPE_RADIUS) < min(_HALF_WINDOW, POSITION_START - 0.5 - 1.0)
+assert BASE_SIZE * max(SHAPE_RADIUS) < POSITION_START - 0.5 - 1.0  # every shape stays inside the frame
+assert POSITIONS[1] * POSITION_SPAN == 1.0  # position classes are one pixel apart
 
 
 def _as_classes(classes: np.ndarray) -> np.ndarray:
@@ -143,10 +145,10 @@ def classes_to_values(classes: np.ndarray) -> np.ndarray:
     )
 
 
-def _inside(shape_id: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _inside(shape_id: int, u, v) -> jax.Array:
     """Implicit inside-test of one shape in its own frame (shape units, y up)."""
     if shape_id == 0:
-        return np.maximum(np.abs(u), np.abs(v)) <= 1.0
+        return jnp.maximum(jnp.abs(u), jnp.abs(v)) <= 1.0
     if shape_id == 1:
         a, b = ELLIPSE_AXES
         return (u / a) ** 2 + (v / b) ** 2 <= 1.0
@@ -155,40 +157,55 @@ def _inside(shape_id: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (u2 + w * w - 1.0) ** 3 - u2 * w**3 <= 0.0
 
 
-def _render_window(classes: np.ndarray) -> np.ndarray:
-    """Boolean (N, 31, 31) masks of the window centered on each shape center."""
-    n = classes.shape[0]
-    angle = ORIENTATIONS[classes[:, 2]][:, None, None]
-    radius = (BASE_SIZE * SCALES[classes[:, 1]])[:, None, None]
-    cos, sin = np.cos(angle) / radius, np.sin(angle) / radius
-    dx = _OFFSETS[None, None, :]  # column offset from the center: right is +x
-    dy = -_OFFSETS[None, :, None]  # row offset, flipped so that up is +y
+def _render_jax(classes: jax.Array) -> jax.Array:
+    """Traceable renderer: int (N, 5) classes -> float32 (N, 64, 64, 1) in {0, 1}."""
+    scale = jnp.asarray(SCALES, jnp.float32)[classes[:, 1]] * BASE_SIZE
+    angle = jnp.asarray(ORIENTATIONS, jnp.float32)[classes[:, 2]]
+    # Position class k puts the center on the center of pixel 16 + k (coordinate 16.5 + k).
+    cx = (POSITION_START + classes[:, 3].astype(jnp.float32))[:, None, None]
+    cy = (POSITION_START + classes[:, 4].astype(jnp.float32))[:, None, None]
+    centers = jnp.arange(IMAGE_SIZE, dtype=jnp.float32) + 0.5
+    dx = centers[None, None, :] - cx  # right is +x
+    dy = cy - centers[None, :, None]  # rows grow downwards, so up is +y
+    cos = (jnp.cos(angle) / scale)[:, None, None]
+    sin = (jnp.sin(angle) / scale)[:, None, None]
     u = cos * dx + sin * dy  # rotate by -orientation, then divide by the size
     v = cos * dy - sin * dx
-    masks = np.zeros((n, _OFFSETS.size, _OFFSETS.size), dtype=bool)
-    for shape_id in range(FACTOR_SIZES[0]):
-        sel = classes[:, 0] == shape_id
-        if sel.any():
-            masks[sel] = _inside(shape_id, u[sel], v[sel])
-    return masks
+    square, ellipse, heart = (_inside(k, u, v) for k in range(FACTOR_SIZES[0]))
+    shape = classes[:, 0][:, None, None]
+    inside = jnp.where(shape == 0, square, jnp.where(shape == 1, ellipse, heart))
+    return inside.astype(jnp.float32)[..., None]
+
+
+_render_jit = jax.jit(_render_jax)
 
 
 def render(classes: np.ndarray) -> np.ndarray:
     """Rasterize factor classes (N, 5) into float32 images (N, 64, 64, 1) in {0, 1}."""
     classes = _as_classes(classes)
-    n = classes.shape[0]
-    out = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)
-    span = np.arange(_OFFSETS.size)
-    # Position class k puts the center on pixel 16 + k; its window starts 15 pixels before.
-    first = int(POSITION_START - 0.5) - _HALF_WINDOW
-    for start in range(0, n, _CHUNK):
-        part = classes[start : start + _CHUNK]
-        masks = _render_window(part)
-        rows = (first + part[:, 4])[:, None, None] + span[None, :, None]
-        cols = (first + part[:, 3])[:, None, None] + span[None, None, :]
-        images = np.arange(start, start + part.shape[0])[:, None, None]
-        out[images, rows, cols, 0] = masks
+    out = np.zeros((classes.shape[0], IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.float32)
+    for start in range(0, classes.shape[0], _CHUNK):
+        part = classes[start : start + _CHUNK].astype(np.int32)
+        size = min(_CHUNK, 1 << (len(part) - 1).bit_length())  # pad to a power of two: few compiled shapes
+        if len(part) < size:
+            part = np.concatenate([part, np.zeros((size - len(part), part.shape[1]), np.int32)])
+        images = np.asarray(_render_jit(part))
+        out[start : start + _CHUNK] = images[: len(out) - start]
     return out
+
+
+def render_batch(batch: dict) -> dict:
+    """Traceable: a batch of grid indices ``{"index": (B,), ...}`` -> ``{"x": images, ...}``.
+
+    The training split of the ``shapes`` source holds grid indices only; the trainer gathers
+    a batch of them on the device and calls this to draw its images there.
+    """
+    batch = dict(batch)
+    index = batch.pop("index")
+    strides = jnp.asarray(FACTOR_STRIDES, jnp.int32)
+    sizes = jnp.asarray(FACTOR_SIZES, jnp.int32)
+    batch["x"] = _render_jax((index[:, None] // strides) % sizes)
+    return batch
 
 
 def sample_classes(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -293,15 +310,34 @@ class ShapesData:
         return render(classes)
 
 
+def split_indices(
+    *, limit: int | None = None, seed: int = 0, val_size: int = 2_000, test_size: int = 2_000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grid indices of the train/val/test splits, slices of one seeded permutation of the grid.
+
+    Test is the permutation's last ``test_size`` indices and val the ``val_size`` before those,
+    so the held-out splits do not depend on ``limit``. Train is its first ``limit`` indices, or,
+    with ``limit=None``, every index that is not held out (the whole grid but val and test).
+    The train indices for a ``limit`` equal ``ShapesData(limit=limit, seed=seed).indices``.
+    """
+    val_size = _check_size("shapes val_size", val_size, 1, NUM_IMAGES)
+    test_size = _check_size("shapes test_size", test_size, 1, NUM_IMAGES)
+    held_out = val_size + test_size
+    if held_out >= NUM_IMAGES:
+        raise VaekitError(f"shapes: val_size + test_size leaves no training images in the {NUM_IMAGES:,}-image grid")
+    limit = NUM_IMAGES - held_out if limit is None else _check_size("shapes limit", limit, 1, NUM_IMAGES)
+    if limit + held_out > NUM_IMAGES:
+        raise VaekitError(f"shapes: limit + val_size + test_size exceeds the {NUM_IMAGES:,} images of the grid")
+    perm = _permutation(int(seed))
+    return perm[:limit], perm[NUM_IMAGES - held_out : NUM_IMAGES - test_size], perm[NUM_IMAGES - test_size :]
+
+
 def load_shapes_splits(
     *, limit: int | None = None, seed: int = 0, val_size: int = 2_000, test_size: int = 2_000
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Rendered train/val/test splits of the shapes grid.
+    """Rendered train/val/test splits of the shapes grid (see :func:`split_indices`).
 
-    One seeded permutation of the grid is sliced: train is its first ``limit``
-    indices (default 50,000; the same subset as ``ShapesData(limit=limit, seed=seed)``),
-    test its last ``test_size`` and val the ``val_size`` before those, so the three
-    are disjoint and val/test do not depend on ``limit``.
+    ``limit`` defaults to 50,000 here: every split is rendered into host memory.
 
     Returns:
         ``(train, val, test)``, each ``{"x": float32 (N, 64, 64, 1), "y": int32 (N,)
@@ -312,29 +348,28 @@ def load_shapes_splits(
             than the grid holds.
     """
     limit = 50_000 if limit is None else _check_size("shapes limit", limit, 1, MAX_MATERIALIZE)
-    val_size = _check_size("shapes val_size", val_size, 1, NUM_IMAGES)
-    test_size = _check_size("shapes test_size", test_size, 1, NUM_IMAGES)
-    if limit + val_size + test_size > NUM_IMAGES:
-        raise VaekitError(f"shapes: limit + val_size + test_size exceeds the {NUM_IMAGES:,} images of the grid")
-    perm = _permutation(int(seed))
-    train = perm[:limit]
-    val = perm[NUM_IMAGES - test_size - val_size : NUM_IMAGES - test_size]
-    test = perm[NUM_IMAGES - test_size :]
-    return tuple(_examples(index_to_classes(part)) for part in (train, val, test))
+    parts = split_indices(limit=limit, seed=seed, val_size=val_size, test_size=test_size)
+    return tuple(_examples(index_to_classes(part)) for part in parts)
 
 
 def load_shapes_source(
     path: str | None = None, *, val_size: int = 2_000, seed: int = 0, limit: int | None = None
-) -> dict[str, dict[str, np.ndarray]]:
-    """:func:`load_shapes_splits` in the data-source loader form of ``vaekit.data``.
+) -> dict:
+    """The ``shapes`` data source of ``vaekit.data`` (see :func:`split_indices`).
 
-    ``val_size`` sets both the validation and the test size; ``path`` must be ``None``
-    (the data is generated, there is no file).
-
-    Returns:
-        ``{"train": ..., "val": ..., "test": ...}`` as :func:`load_shapes_splits`.
+    The training split holds grid indices, not images: ``{"index": int32 (N,), "y": int32
+    (N,)}``, N being ``limit`` or, without one, the whole grid but the held-out images
+    (733,280 with the default sizes). Its images are drawn on the device, batch by batch,
+    by :func:`render_batch`, returned as ``"train_transform"``. Val and test (``val_size``
+    images each) are rendered as usual. ``path`` must be ``None``: the data is generated.
     """
     if path is not None:
         raise VaekitError(f"data source 'shapes' is generated and takes no path (got {path!r})")
-    train, val, test = load_shapes_splits(limit=limit, seed=seed, val_size=val_size, test_size=val_size)
-    return {"train": train, "val": val, "test": test}
+    train, val, test = split_indices(limit=limit, seed=seed, val_size=val_size, test_size=val_size)
+    classes = index_to_classes(train)
+    return {
+        "train": {"index": train.astype(np.int32), "y": classes[:, 0].astype(np.int32)},
+        "val": _examples(index_to_classes(val)),
+        "test": _examples(index_to_classes(test)),
+        "train_transform": render_batch,
+    }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -109,12 +110,25 @@ def log_likelihood(
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
-def posterior_means(model: nnx.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """E_q[z|x] for images (N, H, W, C), jitted, in batches: (N, D) on the host."""
+def posterior_mean_fn(model: nnx.Module, batch_size: int = 512) -> Callable[[np.ndarray], np.ndarray]:
+    """A function images (N, H, W, C) -> E_q[z|x] (N, D) on the host, compiled once per batch shape.
+
+    Build it once and call it many times (the disentanglement metrics encode hundreds of small
+    batches); each call of :func:`posterior_means` compiles afresh.
+    """
     graphdef, state = nnx.split(model)
     mean = jax.jit(lambda st, xb: nnx.merge(graphdef, st).encode(xb).mean)
-    return np.concatenate([np.asarray(mean(state, jnp.asarray(x[i : i + batch_size])))
-                           for i in range(0, len(x), batch_size)])
+
+    def encode(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.asarray(mean(state, jnp.asarray(x[i : i + batch_size])))
+                               for i in range(0, len(x), batch_size)])
+
+    return encode
+
+
+def posterior_means(model: nnx.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """E_q[z|x] for images (N, H, W, C), jitted, in batches: (N, D) on the host."""
+    return posterior_mean_fn(model, batch_size)(x)
 
 
 def active_units(model: nnx.Module, x: np.ndarray, threshold: float = ACTIVE_UNIT_VARIANCE) -> tuple[int, np.ndarray]:
