@@ -99,13 +99,17 @@ def main() -> None:
         run_dir = vaekit.train(cfg, runs_dir=runs, name=f"beta{beta:g}", progress=False)
         train_s = time.perf_counter() - t0
         run = vaekit.load_run(run_dir, checkpoint="latest")
+        last = run.history[-1]
+        # Record the training numbers before scoring, so a run cut short still leaves them.
+        result.setdefault("trained", []).append({"beta": beta, "steps": steps, "train_seconds": round(train_s, 1),
+                                                 "val_elbo": last["val/elbo"], "val_kl": last["val/kl"]})
+        (out / "results.json").write_text(json.dumps(result, indent=2, default=float))
         scores = evaluate_run(run, num_train=args.num_train, num_test=args.num_test, seed=args.seed,
                               n_jobs=args.n_jobs)
         val = run.data().examples("val", 1000)
         images, labels, values = latent_traversal(run.model, val["x"], val.get("y"))
         picture = out / f"traversal_beta{beta:g}.png"
         plots.save_traversal(picture, images, labels, values)
-        last = run.history[-1]
         row = {
             "beta": beta, "steps": steps, "train_seconds": round(train_s, 1),
             "val_elbo": last["val/elbo"], "val_kl": last["val/kl"], "active_units": last["val/active_units"],
