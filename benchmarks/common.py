@@ -43,6 +43,7 @@ def matmul_flops_per_s(n: int = 2048, repeats: int = 10, dtype: str = "float32")
     term). The best time is used (the least disturbed by other processes); JAX uses
     every core it sees, so on this machine the number is for both cores.
     """
+    import vaekit  # noqa: F401  (first: its XLA CPU settings must be in place before JAX starts)
     import jax
     import jax.numpy as jnp
 

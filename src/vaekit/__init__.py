@@ -6,12 +6,16 @@
     x_hat = run.model.reconstruct(x)   # decoder mean at the posterior mean
 """
 
-from vaekit.checkpoint import Run, load_run
-from vaekit.config import Config, DataConfig, ModelConfig, ObjectiveConfig, TrainConfig, list_presets, resolve
-from vaekit.data import Splits, load_data
-from vaekit.errors import VaekitError
-from vaekit.models import MODELS, VAE, build_model
-from vaekit.train import Trainer, train
+from vaekit import _xla
+
+_xla.configure()  # before anything below can start JAX's backends
+
+from vaekit.checkpoint import Run, load_run  # noqa: E402
+from vaekit.config import Config, DataConfig, ModelConfig, ObjectiveConfig, TrainConfig, list_presets, resolve  # noqa: E402
+from vaekit.data import Splits, load_data  # noqa: E402
+from vaekit.errors import VaekitError  # noqa: E402
+from vaekit.models import MODELS, VAE, build_model  # noqa: E402
+from vaekit.train import Trainer, train  # noqa: E402
 
 __all__ = [
     "MODELS",

@@ -1,0 +1,51 @@
+"""vaekit's XLA CPU defaults: applied once, never over a user's own setting, and in effect."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vaekit import _xla
+
+
+@pytest.fixture
+def env(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.delenv("VAEKIT_XLA_DEFAULTS", raising=False)
+    return monkeypatch
+
+
+def test_configure_adds_the_flag_once(env):
+    env.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert _xla.configure()
+    import os
+
+    assert os.environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {_xla.YNN_FLAG}="
+    assert not _xla.configure()  # already there: unchanged
+
+
+def test_configure_respects_the_user(env):
+    import os
+
+    env.setenv("XLA_FLAGS", f"{_xla.YNN_FLAG}=dot")
+    assert not _xla.configure() and os.environ["XLA_FLAGS"] == f"{_xla.YNN_FLAG}=dot"
+    env.delenv("XLA_FLAGS")
+    env.setenv("VAEKIT_XLA_DEFAULTS", "0")
+    assert not _xla.configure() and "XLA_FLAGS" not in os.environ
+
+
+def test_configure_leaves_untested_jaxlib_alone(env):
+    import os
+
+    from jaxlib import version
+
+    env.setattr(version, "__version__", "9.0.0")
+    assert not _xla.configure() and "XLA_FLAGS" not in os.environ
+
+
+def test_no_ynnpack_fusions_in_compiled_code():
+    """Importing vaekit (conftest does) turned the YNNPACK fusions off for this process."""
+    if jax.default_backend() != "cpu" or not __import__("jaxlib").version.__version__.startswith(_xla.TESTED_JAXLIB):
+        pytest.skip("the flag concerns XLA's CPU backend in the tested jaxlib series")
+    x = jnp.ones((100, 28, 28, 1))
+    text = jax.jit(lambda v: jnp.sum(jax.nn.log_sigmoid(v) * 2.0) + (v.reshape(100, -1) @ jnp.ones((784, 8))).sum()).lower(x).compile().as_text()
+    assert "__ynn_fusion" not in text
