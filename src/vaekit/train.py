@@ -143,7 +143,7 @@ class Trainer:
         self.graphdef_eval = nnx.graphdef(self.model)
         self.model.train()
         self.tx, self.lr_fn = make_optimizer(t, data_epoch)
-        self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items() if k != "factors"}
+        self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items()}
         self.root = jax.random.PRNGKey(t.seed)
         self.chunk_callback = chunk_callback
         self.loop = resolve_loop(cfg)
@@ -224,8 +224,11 @@ class Trainer:
     def fit_epoch(self) -> dict:
         """One epoch of training. Returns epoch-mean metrics (host floats) and throughput."""
         epoch, step0 = int(self.state["epoch"]), int(self.state["step"])
-        # Every epoch has steps_per_epoch steps, except a last one cut short by train.steps.
-        steps = max(1, min(self.steps_per_epoch, self.total_steps - step0))
+        # Every epoch has steps_per_epoch steps, except the last one of a run counted in
+        # train.steps, cut short at the total.
+        remaining = self.total_steps - step0
+        steps = self.steps_per_epoch if self.cfg.train.steps is None or remaining <= 0 else min(
+            self.steps_per_epoch, remaining)
         idx = self.epoch_indices(epoch, steps)
         s = self.cfg.train.chunk_steps
         sums: dict[str, np.ndarray] = {}
