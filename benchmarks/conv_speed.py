@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import time
 
+import vaekit  # noqa: F401  (first: its XLA CPU settings must be in place before JAX starts)
+
 
 def trainer_step_seconds(loop: str, steps: int) -> float:
     import jax

@@ -145,7 +145,7 @@ def test_resume_through_cli(run_dir, tmp_path, capsys):
     assert main(["train", "--resume", str(copy), "--set", "train.epochs=2", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(copy)
     assert json.loads((copy / "run.json").read_text())["epoch"] == 2
-    _err(capsys, ["train", "--resume", str(copy), "--set", "model.latent_dim=3"], "only train.epochs or train.steps may change")
+    _err(capsys, ["train", "--resume", str(copy), "--set", "model.latent_dim=3"], "only train.epochs may change")
 
 
 def test_shapes_run_traverse_and_disentanglement(tmp_path, capsys):
@@ -164,6 +164,11 @@ def test_shapes_run_traverse_and_disentanglement(tmp_path, capsys):
     # Resuming counts on in steps.
     assert main(["train", "--resume", str(run), "--set", "train.steps=8", "--no-progress"]) == 0
     assert json.loads((run / "run.json").read_text())["step"] == 8
+    capsys.readouterr()
+    _err(capsys, ["train", "--resume", str(run), "--set", "train.epochs=3"], "only train.steps may change")
+    assert main(["evaluate", str(run), "--split", "train", "--limit", "4", "--samples", "10", "--no-progress"]) == 0
+    capsys.readouterr()
+    _err(capsys, ["evaluate", str(run), "--split", "train", "--samples", "10"], "ask for at most 200,000")
     assert main(["traverse", str(run), "--out", str(tmp_path / "t.png"), "--steps", "5"]) == 0
     assert main(["reconstruct", str(run), "--split", "train", "-n", "4", "--out", str(tmp_path / "r.png")]) == 0
     assert (tmp_path / "t.png").stat().st_size > 1000

@@ -133,19 +133,24 @@ def test_collapse_is_detected_on_a_model_forced_to_collapse():
 
 def test_steps_mode_counts_steps_validates_every_n_and_resumes_exactly(tmp_path, monkeypatch, splits):
     _fake_data(monkeypatch, splits)
-    cfg = tiny_config(train={"steps": 7, "eval_every": 3})
+    cfg = tiny_config(train={"steps": 10, "eval_every": 3})
     full = train(cfg, runs_dir=tmp_path, name="full", progress=False)
     hist = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in hist] == [3, 6, 7] and [r["epoch"] for r in hist] == [1, 2, 3]
-    part = train(replace(cfg, "train", steps=3), runs_dir=tmp_path, name="part", progress=False)
+    assert [r["step"] for r in hist] == [3, 6, 9, 10] and [r["epoch"] for r in hist] == [1, 2, 3, 4]
+    # A shorter run ends off the eval_every grid (step 7); resumed with more steps, it gets back
+    # on the grid and trains on the very batches of the uninterrupted run (keyed by the step).
+    part = train(replace(cfg, "train", steps=7), runs_dir=tmp_path, name="part", progress=False)
     resumed = train(cfg, resume=part, progress=False)
+    hist = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in hist] == [3, 6, 7, 9, 10]
     a = ck.load_run(full, checkpoint="latest").model
     b = ck.load_run(resumed, checkpoint="latest").model
     from flax import nnx
 
     for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert json.loads((resumed / "run.json").read_text())["step"] == 7
+    info = json.loads((resumed / "run.json").read_text())
+    assert info["step"] == 10 and info["status"] == "complete"
 
 
 def test_steps_mode_draws_batches_with_replacement(splits):
@@ -153,7 +158,10 @@ def test_steps_mode_draws_batches_with_replacement(splits):
     idx = np.asarray(tr.epoch_indices(0))
     assert idx.shape == (40, 20) and idx.min() >= 0 and idx.max() < splits.num_train
     assert np.unique(idx).size < idx.size  # with replacement: 800 draws from 200 examples repeat
-    assert not np.array_equal(idx, np.asarray(tr.epoch_indices(1)))
+    later = np.asarray(tr.epoch_indices(1, 10, first_step=40))
+    assert not np.array_equal(idx[:10], later)
+    # A step's batch depends on its global step only, not on where its epoch starts.
+    np.testing.assert_array_equal(np.asarray(tr.epoch_indices(5, 15, first_step=30))[10:], later[:5])
     assert tr.num_epochs == 2 and tr.fit_epoch()["train/examples_per_s"] > 0
     assert tr.fit_epoch() and int(tr.state["step"]) == 50  # the last epoch is cut short at train.steps
 
@@ -180,3 +188,13 @@ def test_scan_and_step_loops_train_the_same_model(splits):
         if compare_params:
             for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
                 np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
+def test_resume_refuses_data_of_another_size(tmp_path, monkeypatch, splits):
+    _fake_data(monkeypatch, splits)
+    cfg = tiny_config(train={"epochs": 2})
+    part = train(replace(cfg, "train", epochs=1), runs_dir=tmp_path, name="part", progress=False)
+    _fake_data(monkeypatch, synthetic_splits(n=120))
+    with pytest.raises(VaekitError, match="cannot be resumed"):
+        train(cfg, resume=part, progress=False)
+    assert json.loads((part / "run.json").read_text())["status"] == "complete"  # untouched

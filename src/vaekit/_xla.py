@@ -4,9 +4,9 @@ XLA's CPU backend in jaxlib 0.10 hands some fusions to the YNNPACK library
 (`--xla_cpu_experimental_ynn_fusion_type`). For vaekit's workloads that is slower: a profile of
 the `mnist-mlp` training step showed one YNNPACK reduce fusion (the Bernoulli log-likelihood
 summed over a batch of 100 images, 78,400 values) taking 0.49 ms of a 3.4 ms step. With those
-fusions off, XLA's own emitters run the step at 2.7 ms (30,000 -> 36,400 training examples/s),
-the importance-sampled NLL 1.3x faster and the `shapes-beta` conv step 1.1x faster, on the
-project's 2-core CPU (docs/benchmarks.md).
+fusions off, XLA's own emitters run the step at 2.7 ms (30,000 -> 36,400 training examples/s)
+and the importance-sampled NLL 1.3x faster on the project's 2-core CPU; the `shapes-beta` conv
+step is the same within noise (docs/benchmarks.md).
 
 `configure()` turns them off by adding `--xla_cpu_experimental_ynn_fusion_type=` to XLA_FLAGS,
 unless the user's XLA_FLAGS already set that flag, `VAEKIT_XLA_DEFAULTS=0` opts out, or the

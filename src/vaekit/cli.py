@@ -36,10 +36,12 @@ def cmd_train(args) -> None:
         if args.preset or args.config:
             raise VaekitError("--resume continues a run with its own config; drop --preset/--config")
         cfg = ck.read_config(run_dir)
+        length = "train.steps" if cfg.train.steps is not None else "train.epochs"  # how this run counts
         for text in args.set:
             update = config_lib.parse_override(text)
-            if list(update) != ["train"] or list(update["train"]) not in (["epochs"], ["steps"]):
-                raise VaekitError(f"with --resume only train.epochs or train.steps may change; got '{text}'")
+            if list(update) != ["train"] or [f"train.{k}" for k in update["train"]] != [length]:
+                raise VaekitError(f"with --resume only {length} may change (this run is counted in "
+                                  f"{length.split('.')[1]}); got '{text}'")
             cfg = config_lib.merge(cfg, update)
         config_lib.validate(cfg)
     else:

@@ -3,9 +3,11 @@ model's internals, so a variant's own objective (beta, free bits, capacity, IWAE
 gets optimized.
 
 Speed: the model is split once into a static graph definition and array state (`nnx.split`);
-a whole chunk of `train.chunk_steps` optimizer steps runs as one `jax.jit`-compiled `lax.scan`
-over a device-resident copy of the training data (batches gathered by a per-epoch permutation,
-dynamic binarization drawn inside the scan). The host syncs once per chunk: progress bar,
+a chunk of `train.chunk_steps` optimizer steps runs as one `jax.jit`-compiled `lax.scan`, or, for
+conv nets on CPU (`train.loop`), as a loop of asynchronously dispatched jitted steps, over a
+device-resident copy of the training data (batches gathered by a per-epoch permutation, or drawn
+with replacement per step when the run is counted in `train.steps`; dynamic binarization and a
+generated source's rendering happen on the device). The host syncs once per chunk: progress bar,
 NaN/Inf guard, TensorBoard scalars.
 
 Determinism: every random draw comes from keys derived from `train.seed` and the step or epoch
@@ -143,7 +145,9 @@ class Trainer:
         self.graphdef_eval = nnx.graphdef(self.model)
         self.model.train()
         self.tx, self.lr_fn = make_optimizer(t, data_epoch)
-        self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items()}
+        # Images and labels; a generated source's records (all of them: its transform reads them).
+        keep = splits.train.keys() if splits.train_transform is not None else ("x", "y")
+        self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items() if k in keep}
         self.root = jax.random.PRNGKey(t.seed)
         self.chunk_callback = chunk_callback
         self.loop = resolve_loop(cfg)
@@ -208,28 +212,34 @@ class Trainer:
 
     # -- host loop --------------------------------------------------------------------
 
-    def epoch_indices(self, epoch: int, steps: int | None = None) -> jax.Array:
-        """(steps, B) example indices of an epoch, derived from the seed and the epoch number.
+    def epoch_indices(self, epoch: int, steps: int | None = None, first_step: int = 0) -> jax.Array:
+        """(steps, B) example indices of an epoch, derived from the seed.
 
-        A pass over the data takes a fresh permutation; with train.steps, every index is drawn
-        uniformly with replacement (the whole shapes grid is far too large for passes).
+        A pass over the data takes a fresh permutation keyed by the epoch number. With
+        train.steps every index is drawn uniformly with replacement, keyed by the global step
+        (`first_step` + i), so a step's batch never depends on where epochs begin and end.
         """
-        key = jax.random.fold_in(jax.random.fold_in(self.root, _SHUFFLE), epoch)
+        shuffle = jax.random.fold_in(self.root, _SHUFFLE)
         n, b = self.splits.num_train, self.cfg.train.batch_size
         steps = self.steps_per_epoch if steps is None else steps
         if self.cfg.train.steps is not None:
-            return jax.random.randint(key, (steps, b), 0, n)
+            draw = lambda i: jax.random.randint(jax.random.fold_in(shuffle, i), (b,), 0, n)  # noqa: E731
+            return jax.vmap(draw)(jnp.arange(first_step, first_step + steps))
+        key = jax.random.fold_in(shuffle, epoch)
         return jax.random.permutation(key, n)[: steps * b].reshape(steps, b)
 
     def fit_epoch(self) -> dict:
         """One epoch of training. Returns epoch-mean metrics (host floats) and throughput."""
         epoch, step0 = int(self.state["epoch"]), int(self.state["step"])
-        # Every epoch has steps_per_epoch steps, except the last one of a run counted in
-        # train.steps, cut short at the total.
-        remaining = self.total_steps - step0
-        steps = self.steps_per_epoch if self.cfg.train.steps is None or remaining <= 0 else min(
-            self.steps_per_epoch, remaining)
-        idx = self.epoch_indices(epoch, steps)
+        if self.cfg.train.steps is None:
+            steps = self.steps_per_epoch  # a pass over the data
+        else:
+            # Up to the next multiple of eval_every (validations stay on that grid, also after a
+            # resume that raised train.steps), and no further than train.steps.
+            to_grid = self.steps_per_epoch - step0 % self.steps_per_epoch
+            remaining = self.total_steps - step0
+            steps = min(to_grid, remaining) if remaining > 0 else to_grid
+        idx = self.epoch_indices(epoch, steps, first_step=step0)
         s = self.cfg.train.chunk_steps
         sums: dict[str, np.ndarray] = {}
         t0 = time.perf_counter()
@@ -392,7 +402,12 @@ def train(
     splits = load_configured(cfg.data)
     trainer = Trainer(cfg, splits)
     history: list[dict] = []
+    info: dict = {}
     if resume is not None:
+        info = ck.read_json(run_dir / ck.RUN_FILE)
+        if info.get("num_train", splits.num_train) != splits.num_train:
+            raise VaekitError(f"run '{run_dir}' was trained on {info['num_train']:,} examples but its data now "
+                              f"has {splits.num_train:,}; it cannot be resumed")
         ckpt = ck.Checkpointer(run_dir, keep=cfg.train.keep_checkpoints)
         if ckpt.latest_epoch() is None:
             raise VaekitError(f"run '{run_dir}' has no checkpoint to resume from")
@@ -406,7 +421,7 @@ def train(
         ck.create_run_dir(run_dir, overwrite)
         ckpt = ck.Checkpointer(run_dir, keep=cfg.train.keep_checkpoints)
     ck.write_config(run_dir, cfg)
-    info = {
+    info |= {
         "vaekit_version": _version(),
         "image_shape": list(splits.image_shape),
         "num_classes": splits.num_classes,
@@ -414,6 +429,7 @@ def train(
         "steps_per_epoch": trainer.steps_per_epoch,
         "status": "running",
     }
+    info.pop("final", None)
     ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
 
     writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -446,11 +462,12 @@ def train(
                 record = jsonable(record)
                 with open(run_dir / ck.METRICS_FILE, "a") as f:
                     f.write(json.dumps(record) + "\n")
+                x_axis = record["step"] if counted_in_steps else epoch + 1
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "epoch":
-                        writer.add_scalar(f"epoch/{k}", v, epoch + 1)
+                        writer.add_scalar(f"epoch/{k}", v, x_axis)
                 for j, v in enumerate(record["val/kl_per_dim"]):
-                    writer.add_scalar(f"kl_per_dim/{j:03d}", v, epoch + 1)
+                    writer.add_scalar(f"kl_per_dim/{j:03d}", v, x_axis)
                 writer.flush()
                 history.append(record)
                 bar.console.print(_epoch_line(record, num_epochs, latent_dim, counted_in_steps))

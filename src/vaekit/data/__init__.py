@@ -61,6 +61,9 @@ __all__ = [
 #: binary images and their numbers can be compared.
 EVAL_BINARIZATION_SEED = 20151101
 
+#: Most examples :meth:`Splits.examples` renders from a generated training split.
+MAX_GENERATED_EXAMPLES = 200_000
+
 #: Valid values of ``binarize``.
 BINARIZE_MODES = ("none", "dynamic", "static")
 
@@ -108,13 +111,24 @@ class Splits:
 
     def examples(self, split: str, n: int | None = None) -> Split:
         """The first ``n`` examples of a split as host arrays with ``"x"`` (rendering a
-        generated training split through :attr:`train_transform`)."""
+        generated training split through :attr:`train_transform`, in jitted chunks).
+
+        Raises:
+            VaekitError: ``n`` is ``None`` or above 200,000 for a generated training split
+                (the whole shapes grid would be 12 GB of float32 images).
+        """
         rows = {k: v[:n] for k, v in getattr(self, split).items()}
         if "x" in rows or self.train_transform is None:
             return rows
+        size = len(next(iter(rows.values())))
+        if n is None or size > MAX_GENERATED_EXAMPLES:
+            raise VaekitError(f"the generated training split has {self.num_train:,} examples; ask for at most "
+                              f"{MAX_GENERATED_EXAMPLES:,} of them (e.g. --limit)")
         import jax
 
-        return {k: np.asarray(v) for k, v in jax.device_get(self.train_transform(rows)).items()}
+        transform = jax.jit(self.train_transform)
+        parts = [jax.device_get(transform({k: v[i : i + 2048] for k, v in rows.items()})) for i in range(0, size, 2048)]
+        return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
 
     def __repr__(self) -> str:
         # The default repr would print pixel arrays; a summary is what one wants to see.

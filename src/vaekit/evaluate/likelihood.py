@@ -169,9 +169,7 @@ def evaluate(
         raise VaekitError(f"--split must be train, val or test, got '{split}'")
     if limit is not None and limit <= 0:
         raise VaekitError(f"--limit must be positive, got {limit}")
-    data = getattr(run.data(), split)
-    if limit is not None:
-        data = {k: v[:limit] for k, v in data.items()}
+    data = run.data().examples(split, limit)
     n = len(data["x"])
     model = run.model
     model.eval()

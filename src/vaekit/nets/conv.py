@@ -61,6 +61,9 @@ def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array) -> jax.Array:
     """`layer(x)` for a 4x4 stride-2 SAME `nnx.ConvTranspose`, in sub-pixel form on CPU."""
     if jax.default_backend() != "cpu":
         return layer(x)
+    strides = (layer.strides,) * 2 if isinstance(layer.strides, int) else tuple(layer.strides)
+    if tuple(layer.kernel_size) != (4, 4) or strides != (2, 2) or layer.padding != "SAME":
+        raise ValueError("conv_transpose implements 4x4 stride-2 SAME transposed convolutions only")
     kernel = layer.kernel[...]
     n, h, w, _ = x.shape
     o = kernel.shape[-1]
