@@ -4,6 +4,7 @@
   yardstick to express a training throughput as a fraction of what the CPU can do;
 * :func:`mlp_vae_flops_per_example` -- forward+backward FLOPs of one training example
   of the MLP VAE (``mnist-mlp``: 784-200-200-50);
+* :func:`seconds_per_step` -- a vaekit `Trainer`'s time per optimizer step, after compilation;
 * :func:`run_peer` -- runs the Pythae (PyTorch) peer, ``benchmarks/peers/pythae_mnist.py``,
   in its own venv ``.venv-bench`` as a subprocess and returns its JSON, so a vaekit
   benchmark can measure both libraries in the same run.
@@ -13,8 +14,8 @@ Import from a script in ``benchmarks/`` with::
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from common import matmul_flops_per_s, mlp_vae_flops_per_example, run_peer
 
-This module imports JAX only inside :func:`matmul_flops_per_s`, so the other helpers
-work in any Python.
+This module imports JAX only inside :func:`matmul_flops_per_s` and :func:`seconds_per_step`,
+so the other helpers work in any Python.
 """
 
 from __future__ import annotations
@@ -33,6 +34,27 @@ REPO_ROOT = BENCH_DIR.parent
 #: The peer's interpreter: the separate venv that holds torch and pythae.
 BENCH_PYTHON = REPO_ROOT / ".venv-bench" / "bin" / "python"
 PEER_SCRIPT = BENCH_DIR / "peers" / "pythae_mnist.py"
+
+
+def seconds_per_step(cfg, steps: int) -> float:
+    """Wall seconds per optimizer step of a vaekit `Trainer` for `cfg`, after compilation.
+
+    One chunk of `steps` steps compiles (and warms up), the next chunk of `steps` is timed up to
+    the host reading its metrics, as `Trainer.fit_epoch` does.
+    """
+    import vaekit  # noqa: F401  (first: its XLA CPU settings must be in place before JAX starts)
+    import jax
+    from vaekit.data import load_configured
+    from vaekit.train import Trainer
+
+    tr = Trainer(cfg, load_configured(cfg.data))
+    idx = tr.epoch_indices(0, 2 * steps)
+    state, metrics = tr._chunk(tr.state, tr.train_data, idx[:steps])
+    jax.device_get(metrics)
+    t0 = time.perf_counter()
+    state, metrics = tr._chunk(state, tr.train_data, idx[steps:])
+    jax.device_get(metrics)
+    return (time.perf_counter() - t0) / steps
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:

@@ -16,27 +16,21 @@ loops, and the decoder's gradient time with `nnx.ConvTranspose` against the sub-
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import vaekit  # noqa: F401  (first: its XLA CPU settings must be in place before JAX starts)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import seconds_per_step  # noqa: E402
+
 
 def trainer_step_seconds(loop: str, steps: int) -> float:
-    import jax
-
     import vaekit
-    from vaekit.data import load_configured
-    from vaekit.train import Trainer
 
     cfg = vaekit.resolve("shapes-beta", None, ["data.val_size=100", f"train.loop={loop}", f"train.chunk_steps={steps}"])
-    tr = Trainer(cfg, load_configured(cfg.data))
-    idx = tr.epoch_indices(0, 2 * steps)
-    state, m = tr._chunk(tr.state, tr.train_data, idx[:steps])  # compile
-    jax.device_get(m)
-    t0 = time.perf_counter()
-    state, m = tr._chunk(state, tr.train_data, idx[steps:])
-    jax.device_get(m)
-    return (time.perf_counter() - t0) / steps
+    return seconds_per_step(cfg, steps)
 
 
 def decoder_grad_seconds(native: bool, repeats: int = 5) -> float:

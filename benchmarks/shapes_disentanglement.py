@@ -22,9 +22,13 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import seconds_per_step  # noqa: E402
 
 
 def machine() -> dict:
@@ -33,25 +37,6 @@ def machine() -> dict:
     dev = jax.devices()[0]
     return {"backend": jax.default_backend(), "device": getattr(dev, "device_kind", str(dev)),
             "cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__}
-
-
-def step_rate(cfg) -> float:
-    """Training steps per second of `cfg` on this machine, after compilation."""
-    import jax
-
-    from vaekit.data import load_configured
-    from vaekit.train import Trainer
-
-    tr = Trainer(cfg, load_configured(cfg.data))
-    n = cfg.train.chunk_steps
-    idx = tr.epoch_indices(0, 3 * n)
-    state, _ = tr._chunk(tr.state, tr.train_data, idx[:n])  # compile
-    jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for i in (1, 2):
-        state, m = tr._chunk(state, tr.train_data, idx[i * n : (i + 1) * n])
-    jax.device_get(m)
-    return 2 * n / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -84,7 +69,8 @@ def main() -> None:
     result = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": []}
 
     if args.steps == "auto":
-        rate = step_rate(vaekit.resolve("shapes-beta", None, base))
+        cfg = vaekit.resolve("shapes-beta", None, base)
+        rate = 1.0 / seconds_per_step(cfg, cfg.train.chunk_steps)
         steps = int(rate * args.train_budget / len(betas)) // args.eval_every * args.eval_every
         steps = max(args.eval_every, min(args.max_steps, steps))
         print(f"{rate:.0f} steps/s measured: {steps} steps per beta", flush=True)

@@ -107,18 +107,20 @@ def init_state(cfg: Config, image_shape, num_classes, steps_per_epoch: int):
 # --------------------------------------------------------------------------- trainer
 
 
-def resolve_loop(cfg: Config) -> str:
-    """`train.loop` with "auto" decided: "steps" for conv nets on CPU, else "scan".
+def resolve_loop(loop: str, model: nnx.Module) -> str:
+    """`train.loop` with "auto" decided: "steps" for a model with convolutions on CPU, else "scan".
 
     XLA's CPU backend runs convolutions inside a loop body (a `lax.scan`) several times slower
     than the same convolutions outside one (jax-ml/jax#12868): a scanned chunk of the
     `shapes-beta` conv VAE took 2.4 s a step against 0.4 s for the same step jitted alone. A
     conv step costs far more than dispatching it, so a host loop of jitted steps loses nothing
-    there, while an MLP step is short enough that one scan per chunk wins.
+    there, while an MLP step is short enough that one scan per chunk wins. The model's own
+    layers decide, so any variant with convolutions gets the same treatment.
     """
-    if cfg.train.loop != "auto":
-        return cfg.train.loop
-    return "steps" if cfg.model.net == "conv" and jax.default_backend() == "cpu" else "scan"
+    if loop != "auto":
+        return loop
+    has_conv = any(isinstance(node, (nnx.Conv, nnx.ConvTranspose)) for _, node in nnx.iter_graph(model))
+    return "steps" if has_conv and jax.default_backend() == "cpu" else "scan"
 
 
 class Trainer:
@@ -150,7 +152,7 @@ class Trainer:
         self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items() if k in keep}
         self.root = jax.random.PRNGKey(t.seed)
         self.chunk_callback = chunk_callback
-        self.loop = resolve_loop(cfg)
+        self.loop = resolve_loop(t.loop, self.model)
         if self.loop == "scan":
             self._chunk = jax.jit(self._train_chunk, donate_argnums=(0,))
         else:
@@ -165,7 +167,7 @@ class Trainer:
         source's device-side transform when it has one (the shapes grid renders its images)."""
         batch = {k: v[batch_idx] for k, v in data.items()}
         transform = self.splits.train_transform
-        return dict(batch) if transform is None else transform(batch)
+        return batch if transform is None else transform(batch)
 
     def _train_step(self, state: dict, data: dict, batch_idx: jax.Array):
         """One optimizer step on the examples ``batch_idx`` (B,) of the resident training data."""
@@ -332,14 +334,15 @@ __all__ = [
 # --------------------------------------------------------------------------- a whole run
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool, label: str, unit: str):
+    """The rich progress bar of training and evaluation: label, bar, done/total unit, times, status."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("steps"),
+        TextColumn(unit),
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -433,7 +436,7 @@ def train(
     ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
 
     writer = SummaryWriter(str(run_dir / "tensorboard"))
-    bar = _progress(progress)
+    bar = progress_bar(progress, "training", "steps")
     start_epoch = int(trainer.state["epoch"])
     num_epochs = trainer.num_epochs
     start_step = int(trainer.state["step"])

@@ -124,6 +124,12 @@ def _check_count(name: str, value: int, low: int = 1) -> int:
     return int(value)
 
 
+def _interventional_sizes(num_train: int, num_test: int, batch_size: int, min_batch: int) -> tuple[int, int, int]:
+    """The checked (num_train, num_test, batch_size) of an interventional score."""
+    return _check_count("num_train", num_train), _check_count("num_test", num_test), _check_count(
+        "batch_size", batch_size, min_batch)
+
+
 def _top_two_gap(matrix: np.ndarray) -> np.ndarray:
     """Per column, the largest entry minus the second largest (0 stands in when L == 1)."""
     ordered = np.sort(matrix, axis=0)[::-1]
@@ -445,9 +451,7 @@ def factorvae_score(
         ``{"train_accuracy", "eval_accuracy", "num_active_dims"}`` (accuracies 0.0
         when every latent is pruned).
     """
-    num_train = _check_count("num_train", num_train)
-    num_test = _check_count("num_test", num_test)
-    batch_size = _check_count("batch_size", batch_size, 2)
+    num_train, num_test, batch_size = _interventional_sizes(num_train, num_test, batch_size, 2)
     num_variance_estimate = _check_count("num_variance_estimate", num_variance_estimate, 2)
     rng = np.random.default_rng(seed)
     classes = np.asarray(source.sample_classes(num_variance_estimate, rng))
@@ -503,9 +507,7 @@ def betavae_score(
     Returns:
         ``{"train_accuracy", "eval_accuracy"}``.
     """
-    num_train = _check_count("num_train", num_train)
-    num_test = _check_count("num_test", num_test)
-    batch_size = _check_count("batch_size", batch_size)
+    num_train, num_test, batch_size = _interventional_sizes(num_train, num_test, batch_size, 1)
     rng = np.random.default_rng(seed)
     xtr, ytr = _betavae_points(encode_fn, source, num_train, batch_size, rng, encode_batch_size)
     xte, yte = _betavae_points(encode_fn, source, num_test, batch_size, rng, encode_batch_size)
@@ -650,7 +652,7 @@ def latent_traversal(model, x, y=None, *, index: int = 0, steps: int = 11, span:
     import jax.numpy as jnp
 
     if steps < 2 or span <= 0:
-        raise VaekitError("a traversal needs steps >= 2 and a positive span")
+        raise VaekitError("a traversal needs steps >= 2 and a positive span (--steps, --range)")
     if not 0 <= index < len(x):
         raise VaekitError(f"seed index must be in [0, {len(x)}), got {index}")
     q = model.encode(jnp.asarray(x), None if y is None else jnp.asarray(y))

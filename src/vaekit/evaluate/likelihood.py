@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from vaekit.errors import VaekitError
-from vaekit.train import ACTIVE_UNIT_VARIANCE
+from vaekit.train import ACTIVE_UNIT_VARIANCE, progress_bar
 
 IWAE_BOUNDS = (1, 5, 50)
 EVAL_SEED = 20151102  # seed of the posterior draws of every evaluation (results are reproducible)
@@ -174,12 +174,9 @@ def evaluate(
     model = run.model
     model.eval()
     t0 = time.perf_counter()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("[bold]NLL"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), disable=not progress)
+    bar = progress_bar(progress, "NLL", "images")
     with bar:
-        task = bar.add_task("nll", total=n)
+        task = bar.add_task("nll", total=n, status="")
         est = log_likelihood(model, data, samples=samples, chunk=chunk, batch_size=batch_size, seed=seed,
                              progress=lambda k: bar.update(task, advance=k))
     seconds = time.perf_counter() - t0
