@@ -211,12 +211,13 @@ def test_arrays_basic_carving(tmp_path):
     s = load_data(path=path)  # path alone selects the "arrays" source
     assert s.image_shape == (6, 5, 1)  # (N, H, W) gets a channel axis
     assert s.num_classes == 3
-    assert s.train["x"].shape == (45, 6, 5, 1) and s.val["x"].shape == (5, 6, 5, 1)
-    np.testing.assert_array_equal(s.train["x"][..., 0], x[:45])
+    assert s.train["x"].shape == (40, 6, 5, 1) and s.val["x"].shape == (5, 6, 5, 1)
+    np.testing.assert_array_equal(s.train["x"][..., 0], x[:40])
     np.testing.assert_array_equal(s.val["x"][..., 0], x[45:])
     np.testing.assert_array_equal(s.val["y"], y[45:])
     assert s.train["y"].dtype == np.int32
-    assert s.test["x"] is s.val["x"] and s.test["y"] is s.val["y"]  # test = validation
+    np.testing.assert_array_equal(s.test["x"][..., 0], x[40:45])  # test: the block before validation
+    np.testing.assert_array_equal(s.test["y"], y[40:45])
 
 
 def test_arrays_val_size_and_limit(tmp_path):
@@ -225,8 +226,8 @@ def test_arrays_val_size_and_limit(tmp_path):
     assert len(s.val["x"]) == 7 and len(s.train["x"]) == 20
     assert s.num_classes is None and set(s.train) == {"x"}
     # At least one validation example even for tiny data.
-    tiny = load_data(path=_npz(tmp_path, "tiny.npz", x=_images(3, (2, 2))))
-    assert len(tiny.train["x"]) == 2 and len(tiny.val["x"]) == 1
+    tiny = load_data(path=_npz(tmp_path, "tiny.npz", x=_images(4, (2, 2))))
+    assert len(tiny.train["x"]) == 2 and len(tiny.val["x"]) == 1 and len(tiny.test["x"]) == 1
 
 
 def test_arrays_explicit_splits(tmp_path):
@@ -238,9 +239,10 @@ def test_arrays_explicit_splits(tmp_path):
     assert len(s.train["x"]) == 40 and len(s.val["x"]) == 8 and len(s.test["x"]) == 9
     np.testing.assert_array_equal(s.test["x"], xt)
     assert s.num_classes == 5  # max over all splits + 1
-    # x_val only: test falls back to the given validation set.
+    # x_val only: test is carved from the end of x.
     s2 = load_data(path=_npz(tmp_path, "b.npz", x=x, x_val=xv))
-    assert len(s2.train["x"]) == 40 and s2.test["x"] is s2.val["x"]
+    assert len(s2.train["x"]) == 36 and len(s2.test["x"]) == 4
+    np.testing.assert_array_equal(s2.test["x"], x[36:])
 
 
 def test_arrays_uint8_and_bool(tmp_path):
@@ -248,17 +250,18 @@ def test_arrays_uint8_and_bool(tmp_path):
     x[0, 0, 0, 0], x[0, 0, 1, 0] = 0, 255
     s = load_data(path=_npz(tmp_path, x=x))
     assert s.train["x"].dtype == np.float32 and s.train["x"].min() == 0.0 and s.train["x"].max() == 1.0
-    np.testing.assert_allclose(s.train["x"] * 255, x[:18], atol=1e-4)
+    np.testing.assert_allclose(s.train["x"] * 255, x[:16], atol=1e-4)
     b = load_data(path=_npz(tmp_path, "b.npz", x=x > 128))
-    np.testing.assert_array_equal(b.train["x"], (x[:18] > 128).astype(np.float32))
+    np.testing.assert_array_equal(b.train["x"], (x[:16] > 128).astype(np.float32))
 
 
-def test_arrays_binarization_keeps_test_equal_to_val(tmp_path):
+def test_arrays_binarization_of_carved_test(tmp_path):
     path = _npz(tmp_path, x=_images(100))
     for mode in ("static", "dynamic"):
         s = load_data(path=path, binarize=mode)
-        assert s.test["x"] is s.val["x"]
-        assert set(np.unique(s.val["x"]).tolist()) == {0.0, 1.0}
+        assert s.test["x"] is not s.val["x"]
+        for name in ("val", "test"):
+            assert set(np.unique(getattr(s, name)["x"]).tolist()) == {0.0, 1.0}
 
 
 def test_registry_is_used(monkeypatch):
@@ -277,7 +280,7 @@ def test_registry_is_used(monkeypatch):
 # Each bad input, with a substring its message must contain.
 BAD_NPZ = {
     "no_x": (dict(images=_images(10)), ["no array 'x'", "'images'"]),
-    "ndim": (dict(x=_images(10).reshape(10, 30)), ["ndim 2", "(N, H, W)"]),
+    "ndim": (dict(x=np.zeros(10, np.float32)), ["ndim 1", "(N, D)", "(N, H, W)"]),
     "ndim5": (dict(x=np.zeros((2, 2, 2, 2, 2), np.float32)), ["ndim 5"]),
     "empty": (dict(x=np.zeros((0, 3, 3), np.float32)), ["empty"]),
     "strings": (dict(x=np.array([[["a"]]] * 3)), ["non-numeric dtype"]),
@@ -288,10 +291,10 @@ BAD_NPZ = {
     "y_float": (dict(x=_images(10), y=np.zeros(10, np.float32)), ["'y'", "float32", "integers"]),
     "y_negative": (dict(x=_images(10), y=np.array([0, 1, -1, -2, 3, 0, 0, 0, 0, 0])), ["2 negative labels"]),
     "y_val_without_x_val": (dict(x=_images(10), y_val=np.zeros(3, np.int64)), ["'y_val' but no 'x_val'"]),
-    "labels_inconsistent": (dict(x=_images(10), y=np.zeros(10, np.int64), x_val=_images(3)), ["'y_val' is missing"]),
+    "labels_inconsistent": (dict(x=_images(10), y=np.zeros(10, np.int64), x_val=_images(3)), ["has 'y' but no 'y_val'", "(y, y_val)"]),
     "val_shape": (dict(x=_images(10), x_val=_images(3, (5, 5))), ["'x_val' images have shape"]),
     "bad_x_val": (dict(x=_images(10), x_val=_images(3) + 1), ["'x_val'", "out of range"]),
-    "too_few": (dict(x=_images(2)), ["1 training examples", "at least 2"]),
+    "too_few": (dict(x=_images(3)), ["1 training examples", "at least 2"]),
 }
 
 

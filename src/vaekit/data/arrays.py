@@ -1,17 +1,45 @@
 """User data from an ``.npz`` file.
 
-The file holds an image array ``x`` of shape (N, H, W) or (N, H, W, C) and,
-optionally, integer class labels ``y`` of shape (N,). Separate validation and test
-sets may be given as ``x_val``/``y_val`` and ``x_test``/``y_test``; other keys are
-ignored. Pixels must be uint8 in 0..255 (scaled to [0, 1]), floats in [0, 1], or
-booleans. Every problem is reported as a one-line :class:`~vaekit.errors.VaekitError`
-naming the file, the array and what is wrong, because a bad array would otherwise
-surface as a NaN loss or a shape error deep inside a jitted training step.
+Arrays read (other keys are ignored):
+
+* ``x``: the training data, one of
+    - images (N, H, W) (greyscale, returned as (N, H, W, 1)) or (N, H, W, C);
+      pixels uint8 in 0..255 (scaled to [0, 1]), floats in [0, 1], or booleans;
+    - vectors (N, D): floats are any finite values (returned as float32, not
+      range-checked); uint8 is scaled to [0, 1] and booleans become 0/1, as for pixels.
+* ``y`` (optional): integer class labels (N,), non-negative.
+* ``x_val``/``y_val`` and ``x_test``/``y_test`` (optional): a validation and a test
+  set, of the same per-example shape as ``x``.
+
+Splits. Arrays given in the file always win. What is missing is carved off the END of
+``x`` (no shuffling: shuffle your data first if it is ordered), the same way every
+time (the carve does not depend on the seed), each carved split having
+``max(1, min(val_size, N // 10))`` examples, N being the length of ``x``:
+
+* no ``x_val``: validation is the last such block of ``x``;
+* no ``x_test``: test is the block just before it (or the last block of ``x`` when
+  ``x_val`` is given), so test never overlaps validation or training, and the numbers
+  ``vaekit evaluate`` reports for the test split are not those of the split that chose
+  the best checkpoint. With neither given, ``x`` is ``[train | test | val]``.
+
+Labels: give them for every split in the file or for none. With ``y`` and ``x_val``
+in the file, ``y_val`` is required too (likewise ``y_test`` with ``x_test``); carved
+splits take their labels from ``y``. A split without labels would break code that
+expects labels on every split, so a partial set is refused with a message naming the
+missing arrays.
+
+Folders of image files are not read (yet); the error for a directory gives a
+one-line command that converts a folder of PNGs into an ``.npz``.
+
+Every problem is reported as a one-line :class:`~vaekit.errors.VaekitError` naming the
+file, the array and what is wrong, because a bad array would otherwise surface as a
+NaN loss or a shape error deep inside a jitted training step.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import zipfile
 import zlib
 
@@ -23,12 +51,40 @@ from vaekit.errors import VaekitError
 KNOWN_KEYS = ("x", "y", "x_val", "y_val", "x_test", "y_test")
 
 
+#: Suffixes counted as image files in the message for a directory.
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def convert_command(folder: str, out: str) -> str:
+    """A shell command that stacks the PNG files of ``folder`` (sorted by name) into ``out``
+    as ``x`` uint8 (N, H, W) or (N, H, W, C); the images must share one size and mode."""
+    code = ("import glob,sys,numpy as np;from PIL import Image;"
+            "f=sorted(glob.glob(glob.escape(sys.argv[1])+'/*.png'));"
+            "np.savez(sys.argv[2],x=np.stack([np.asarray(Image.open(p)) for p in f]))")
+    return f'python -c "{code}" {shlex.quote(folder)} {shlex.quote(out)}'
+
+
+def _directory_message(path: str) -> str:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        names = []
+    images = sum(os.path.splitext(n)[1].lower() in _IMAGE_SUFFIXES for n in names)
+    found = f" ({images} image files)" if images else ""
+    out = os.path.normpath(path) + ".npz"
+    return (
+        f"data path {path} is a directory{found}; folders of images are not supported yet: give an .npz file, "
+        f"e.g. convert a folder of same-size PNGs with `{convert_command(path, out)}` "
+        f"(or np.savez({out!r}, x=array of shape (N, H, W[, C]) uint8)) and use {out}"
+    )
+
+
 def _read_npz(path: str) -> dict[str, np.ndarray]:
     """Open ``path`` and return the known arrays it contains (read eagerly, file closed)."""
     if not os.path.exists(path):
         raise VaekitError(f"data file not found: {path}")
     if os.path.isdir(path):
-        raise VaekitError(f"data path {path} is a directory; expected an .npz file")
+        raise VaekitError(_directory_message(path))
     try:
         # allow_pickle=False: a data file must never be able to run code.
         archive = np.load(path, allow_pickle=False)
@@ -62,21 +118,26 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 
 
 def validate_images(x: np.ndarray, key: str, path: str) -> np.ndarray:
-    """Check one image array and return it as float32 (N, H, W, C) in [0, 1].
+    """Check one data array and return it as float32: images (N, H, W, C) in [0, 1], vectors (N, D).
 
     Args:
-        x: the array as stored; (N, H, W) gets a trailing channel axis.
+        x: the array as stored; (N, H, W) gets a trailing channel axis; (N, D) is a set
+            of D-dimensional vectors (floats: any finite values).
         key: its name in the archive, used in error messages.
         path: the file, used in error messages.
 
     Raises:
-        VaekitError: wrong ndim, empty, non-numeric dtype, NaN/Inf, or values
-            outside [0, 1] (floats) / 0..255 (uint8); other integer dtypes are refused
-            because 0/1 data and 0..255 data cannot be told apart safely.
+        VaekitError: wrong ndim, empty, non-numeric dtype, NaN/Inf, values outside
+            [0, 1] (float images) / 0..255 (uint8), or float vectors too large for
+            float32; other integer dtypes are refused because 0/1 data and 0..255 data
+            cannot be told apart safely.
     """
     where = f"data file {path}: array '{key}'"
-    if x.ndim not in (3, 4):
-        raise VaekitError(f"{where} has shape {x.shape} (ndim {x.ndim}); expected (N, H, W) or (N, H, W, C)")
+    if x.ndim not in (2, 3, 4):
+        raise VaekitError(
+            f"{where} has shape {x.shape} (ndim {x.ndim}); expected vectors (N, D) or images (N, H, W) or (N, H, W, C)"
+        )
+    vectors = x.ndim == 2
     if x.size == 0:
         raise VaekitError(f"{where} is empty (shape {x.shape})")
 
@@ -96,7 +157,11 @@ def validate_images(x: np.ndarray, key: str, path: str) -> np.ndarray:
             num_nan = int(np.isnan(x).sum())
             raise VaekitError(f"{where} contains {num_bad} non-finite values ({num_nan} NaN, {num_bad - num_nan} Inf)")
         lo, hi = float(x.min()), float(x.max())
-        if lo < 0.0 or hi > 1.0:
+        if vectors:
+            limit = float(np.finfo(np.float32).max)
+            if lo < -limit or hi > limit:
+                raise VaekitError(f"{where} has values too large for float32: min {lo:g}, max {hi:g}")
+        elif lo < 0.0 or hi > 1.0:
             raise VaekitError(f"{where} has values out of range [0, 1]: min {lo:g}, max {hi:g}; float pixels must lie in [0, 1]")
         # float32 inputs are used as they are (no copy); others are converted once.
         out = x.astype(np.float32, copy=False)
@@ -109,14 +174,14 @@ def validate_images(x: np.ndarray, key: str, path: str) -> np.ndarray:
 
 
 def validate_labels(y: np.ndarray, n: int, key: str, path: str) -> np.ndarray:
-    """Check integer labels for ``n`` images and return them as int32 (N,).
+    """Check integer labels for ``n`` examples and return them as int32 (N,).
 
     Raises:
         VaekitError: not 1-D of length ``n``, not an integer dtype, or negative.
     """
     where = f"data file {path}: array '{key}'"
     if y.ndim != 1 or y.shape[0] != n:
-        raise VaekitError(f"{where} has shape {y.shape}; expected ({n},), one label per image")
+        raise VaekitError(f"{where} has shape {y.shape}; expected ({n},), one label per example")
     if not np.issubdtype(y.dtype, np.integer):
         raise VaekitError(f"{where} has dtype {y.dtype}; labels must be non-negative integers")
     num_negative = int((y < 0).sum())
@@ -132,25 +197,26 @@ def load_arrays_splits(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Data-source loader for ``"arrays"`` (see ``vaekit.data.DATA_SOURCES``).
 
-    Splits:
-      * ``x_val``/``y_val`` in the file become the validation split; without them,
-        validation is carved from the END of ``x`` (no shuffling, so shuffle your data
-        first if it is ordered): the last ``max(1, min(val_size, N // 10))`` examples.
-      * ``x_test``/``y_test`` become the test split; without them **test is the
-        validation split** (the very same arrays, ``test["x"] is val["x"]``), so the
-        reported "test" numbers are then validation numbers.
-      * Labels must be given for every split or for none.
+    Splits (see the module docstring): ``x_val``/``x_test`` in the file are used as
+    they are; a missing one is carved off the end of ``x``, validation last and test
+    just before it, each of ``max(1, min(val_size, len(x) // 10))`` examples. The
+    three splits never share examples. Carved splits are views of ``x`` (no copy).
 
     Args:
         path: the ``.npz`` file (required).
-        val_size: largest number of examples to carve for validation.
+        val_size: largest number of examples to carve for validation (and for test).
         seed, limit: unused (the carve is deterministic and ``load_data`` applies
             ``limit`` after it); part of the loader signature.
 
+    Returns:
+        ``{"train": {"x", ["y"]}, "val": {...}, "test": {...}}``; ``x`` float32
+        (N, H, W, C) images in [0, 1] or (N, D) vectors, ``y`` int32 (N,).
+
     Raises:
         VaekitError: for any of the problems listed in :func:`validate_images` and
-            :func:`validate_labels`, a missing/invalid file, inconsistent keys or image
-            shapes across splits, or fewer than 2 training examples.
+            :func:`validate_labels`, a missing/invalid file, labels for some splits but
+            not all, inconsistent shapes across splits, or fewer than 2 training
+            examples left after carving.
     """
     del seed, limit
     if path is None:
@@ -159,43 +225,60 @@ def load_arrays_splits(
     if val_size < 1:
         raise VaekitError(f"val_size must be at least 1, got {val_size}")
     arrays = _read_npz(path)
-    has_labels = "y" in arrays
+
+    for x_key, y_key in (("x_val", "y_val"), ("x_test", "y_test")):
+        if y_key in arrays and x_key not in arrays:
+            raise VaekitError(f"data file {path} has '{y_key}' but no '{x_key}'")
+    # Labels for every split in the file or for none (the label key of each x present).
+    label_keys = ["y"] + [y for x, y in (("x_val", "y_val"), ("x_test", "y_test")) if x in arrays]
+    given = [k for k in label_keys if k in arrays]
+    missing = [k for k in label_keys if k not in arrays]
+    if given and missing:
+        names = lambda keys: ", ".join(f"'{k}'" for k in keys)  # noqa: E731
+        raise VaekitError(
+            f"data file {path} has {names(given)} but no {names(missing)}: give labels for every split "
+            f"({', '.join(label_keys)}) or for none"
+        )
 
     def split(x_key: str, y_key: str) -> dict[str, np.ndarray] | None:
         if x_key not in arrays:
-            if y_key in arrays:
-                raise VaekitError(f"data file {path} has '{y_key}' but no '{x_key}'")
             return None
         x = validate_images(arrays.pop(x_key), x_key, path)
         out = {"x": x}
         if y_key in arrays:
             out["y"] = validate_labels(arrays.pop(y_key), x.shape[0], y_key, path)
-        if ("y" in out) != has_labels:
-            missing = y_key if has_labels else "y"
-            raise VaekitError(f"data file {path}: labels must be given for every split or none, but '{missing}' is missing")
         return out
 
     train = split("x", "y")
     val = split("x_val", "y_val")
     test = split("x_test", "y_test")
 
-    image_shape = train["x"].shape[1:]
+    shape = train["x"].shape[1:]
     for name, part in (("x_val", val), ("x_test", test)):
-        if part is not None and part["x"].shape[1:] != image_shape:
+        if part is not None and part["x"].shape[1:] != shape:
+            kind = "examples" if len(shape) == 1 else "images"
             raise VaekitError(
-                f"data file {path}: '{name}' images have shape {part['x'].shape[1:]} but 'x' images have {image_shape}"
+                f"data file {path}: '{name}' {kind} have shape {part['x'].shape[1:]} but 'x' {kind} have {shape}"
             )
 
+    n = train["x"].shape[0]
+    # At least one example per carved split so that evaluation never averages over nothing.
+    n_carve = max(1, min(val_size, n // 10))
+    end = n  # train is x[:end] once the missing splits are carved off its end
+    carved = []
+    # Slices are views: carving costs no memory. Validation is the last block (as it was
+    # before test was carved too, so a run's validation data did not change); test precedes it.
     if val is None:
-        n = train["x"].shape[0]
-        # At least one validation example so that evaluation never averages over nothing.
-        n_val = max(1, min(val_size, n // 10))
-        # Slices are views: carving costs no memory.
-        val = {k: v[n - n_val :] for k, v in train.items()}
-        train = {k: v[: n - n_val] for k, v in train.items()}
-
-    if train["x"].shape[0] < 2:
-        raise VaekitError(f"data file {path} leaves {train['x'].shape[0]} training examples; at least 2 are needed")
+        val = {k: v[end - n_carve : end] for k, v in train.items()}
+        end -= n_carve
+        carved.append(f"{n_carve} for validation")
     if test is None:
-        test = dict(val)  # same arrays, separate dict
+        test = {k: v[end - n_carve : end] for k, v in train.items()}
+        end -= n_carve
+        carved.append(f"{n_carve} for test")
+    if end < 2:
+        detail = f" after carving {' and '.join(carved)} from the {n} in 'x'" if carved else ""
+        hint = " (give x_val/x_test in the file, or more examples in 'x')" if carved else ""
+        raise VaekitError(f"data file {path} leaves {max(end, 0)} training examples{detail}; at least 2 are needed{hint}")
+    train = {k: v[:end] for k, v in train.items()}
     return {"train": train, "val": val, "test": test}
