@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vaekit import config as config_lib
-from vaekit.data import Splits
+from vaekit.data import DataSpec, Splits
 
 
 def tiny_config(**sections) -> config_lib.Config:
@@ -37,7 +37,7 @@ def synthetic_splits(n=200, shape=(8, 8, 1), seed=0, binarize="none") -> Splits:
         x = np.repeat(x, c, axis=-1).astype(np.float32)
         return {"x": x, "y": lab.astype(np.int32)}
 
-    return Splits(train=make(n), val=make(n // 4), test=make(n // 4), image_shape=shape, num_classes=2,
+    return Splits(train=make(n), val=make(n // 4), test=make(n // 4), spec=DataSpec("images", shape, 2),
                   binarize=binarize)
 
 

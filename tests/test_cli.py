@@ -30,7 +30,7 @@ def test_train_writes_a_complete_run(run_dir):
     for name in ("config.yaml", "run.json", "metrics.jsonl", "samples.png", "reconstructions.png", "curves.png"):
         assert (run_dir / name).exists()
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["status"] == "complete" and info["num_train"] == 512 and info["image_shape"] == [28, 28, 1]
+    assert info["status"] == "complete" and info["num_train"] == 512 and info["data_spec"]["shape"] == [28, 28, 1] and info["data_spec"]["kind"] == "images"
 
 
 def test_sample_reconstruct_interpolate_info(run_dir, tmp_path, capsys):

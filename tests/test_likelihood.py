@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
+from vaekit.data.spec import DataSpec
 from vaekit.distributions import DiagonalGaussian, standard_normal_log_prob
 from vaekit.evaluate import log_likelihood
 from vaekit.evaluate.likelihood import evaluate
@@ -74,7 +75,7 @@ def test_approximate_posterior_converges_with_large_k(ppca):
 
 def test_bounds_increase_with_k_and_nll_below_negative_elbo():
     splits = synthetic_splits(n=60)
-    model = build_model(tiny_config(), (8, 8, 1), rngs=nnx.Rngs(params=0))  # untrained: a loose posterior
+    model = build_model(tiny_config(), DataSpec("images", (8, 8, 1)), rngs=nnx.Rngs(params=0))  # untrained: a loose posterior
     model.eval()
     x = splits.train["x"][:60]
     est = log_likelihood(model, {"x": x}, samples=1000, chunk=100, batch_size=30)
@@ -86,7 +87,7 @@ def test_bounds_increase_with_k_and_nll_below_negative_elbo():
 
 
 def test_k1_equals_elbo():
-    model = build_model(tiny_config(), (8, 8, 1), rngs=nnx.Rngs(params=0))
+    model = build_model(tiny_config(), DataSpec("images", (8, 8, 1)), rngs=nnx.Rngs(params=0))
     x = synthetic_splits(n=20).train["x"]
     est = log_likelihood(model, {"x": x}, samples=1, batch_size=7)
     np.testing.assert_allclose(est["log_px"], est["elbo"], rtol=1e-6)
@@ -94,7 +95,7 @@ def test_k1_equals_elbo():
 
 
 def test_results_do_not_depend_on_batching():
-    model = build_model(tiny_config(), (8, 8, 1), rngs=nnx.Rngs(params=0))
+    model = build_model(tiny_config(), DataSpec("images", (8, 8, 1)), rngs=nnx.Rngs(params=0))
     x = synthetic_splits(n=20).train["x"][:10]
     a = log_likelihood(model, {"x": x}, samples=200, chunk=50, batch_size=10)["log_px"]
     b = log_likelihood(model, {"x": x}, samples=200, chunk=50, batch_size=10)["log_px"]

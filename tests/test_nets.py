@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from vaekit.config import ModelConfig, ObjectiveConfig
+from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.models import VAE
 from vaekit.nets import build_decoder, build_encoder
@@ -31,7 +32,7 @@ def test_encoder_decoder_shapes(net, shape, channels):
 @pytest.mark.parametrize("likelihood,width", [("bernoulli", 1), ("categorical", 256), ("gaussian_learned", 2)])
 def test_vae_images_in_images_out(likelihood, width):
     cfg = ModelConfig(net="conv", conv_channels=(8, 8), latent_dim=3, likelihood=likelihood)
-    model = VAE(cfg, ObjectiveConfig(), (28, 28, 1), rngs=nnx.Rngs(0))
+    model = VAE(cfg, ObjectiveConfig(), DataSpec("images", (28, 28, 1)), rngs=nnx.Rngs(0))
     model.eval()
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 28, 28)), jnp.float32)  # (N, H, W) accepted
     assert model.encode(x).mean.shape == (2, 3)

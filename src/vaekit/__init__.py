@@ -12,13 +12,17 @@ _xla.configure()  # before anything below can start JAX's backends
 
 from vaekit.checkpoint import Run, load_run  # noqa: E402
 from vaekit.config import Config, DataConfig, ModelConfig, ObjectiveConfig, TrainConfig, list_presets, resolve  # noqa: E402
-from vaekit.data import Splits, load_data  # noqa: E402
+from vaekit.data import DataSpec, Splits, load_data  # noqa: E402
 from vaekit.errors import VaekitError  # noqa: E402
-from vaekit.models import MODELS, VAE, build_model  # noqa: E402
+from vaekit.models import CVAE, MODELS, VAE, Capabilities, ParamGroup, build_model  # noqa: E402
 from vaekit.train import Trainer, train  # noqa: E402
 
 __all__ = [
+    "CVAE",
+    "Capabilities",
+    "DataSpec",
     "MODELS",
+    "ParamGroup",
     "VAE",
     "Config",
     "DataConfig",

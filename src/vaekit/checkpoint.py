@@ -2,7 +2,7 @@
 
     runs/<name>/
       config.yaml          the fully resolved Config (enough to rebuild the model)
-      run.json             image shape, classes, status, progress, final metrics
+      run.json             data spec, model kind and capabilities, status, progress, final metrics
       metrics.jsonl        one JSON record per epoch (train/..., val/... metrics)
       tensorboard/         TensorBoard event files (per-step and per-epoch scalars)
       checkpoints/latest/  the last `train.keep_checkpoints` periodic checkpoints (by epoch)
@@ -29,6 +29,7 @@ import yaml
 from flax import nnx
 
 from vaekit import config as config_lib
+from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 
 CONFIG_FILE = "config.yaml"
@@ -133,9 +134,11 @@ def read_config(run_dir: Path) -> config_lib.Config:
 class Checkpointer:
     """Periodic ("latest", keep N) and best-by-validation ("best", keep 1) Orbax checkpoints.
 
-    A checkpoint is the whole training state pytree: parameters, other model state (BatchNorm
-    statistics), optimizer state, step, epoch, RNG key and the best validation ELBO so far.
-    Steps of the Orbax managers are epochs.
+    A checkpoint holds two items: "model" (the model's whole state: parameters of every group,
+    frozen parameters, BatchNorm statistics and other non-gradient state) and "train"
+    (optimizer states, step, epoch, RNG key, best validation value). `load_run` restores only
+    "model", so a change to the optimizer or the training state never breaks loading a finished
+    run. Steps of the Orbax managers are epochs.
     """
 
     def __init__(self, run_dir: Path, keep: int = 2):
@@ -149,29 +152,41 @@ class Checkpointer:
             "best": ocp.CheckpointManager(root / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts)),
         }
 
-    def save(self, which: str, epoch: int, state: dict) -> None:
+    def save(self, which: str, epoch: int, items: dict) -> None:
+        """Save {item name: pytree} as checkpoint `epoch` of `which`."""
         mngr = self.managers[which]
         if epoch in mngr.all_steps():  # re-saving an epoch (e.g. best after resume): replace it
             mngr.delete(epoch)
-        mngr.save(epoch, args=self._ocp.args.StandardSave(state))
+        args = {name: self._ocp.args.StandardSave(tree) for name, tree in items.items()}
+        mngr.save(epoch, args=self._ocp.args.Composite(**args))
         mngr.wait_until_finished()
 
     def latest_epoch(self, which: str = "latest") -> int | None:
         return self.managers[which].latest_step()
 
-    def restore(self, which: str, target: dict, epoch: int | None = None) -> dict:
+    def restore(self, which: str, targets: dict, epoch: int | None = None) -> dict:
+        """Restore the items named in `targets` ({name: pytree of arrays or ShapeDtypeStructs})."""
         mngr = self.managers[which]
         epoch = mngr.latest_step() if epoch is None else epoch
         if epoch is None:
             raise VaekitError(f"no '{which}' checkpoint in {mngr.directory}")
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
+        where = Path(str(mngr.directory)) / str(epoch)
+        missing = [name for name in targets if not (where / name).exists()]
+        if missing:
+            if (where / "default").exists():
+                raise VaekitError(f"checkpoint {where} was written by vaekit 0.1 (one item holding model and "
+                                  f"optimizer together); this version reads 'model' and 'train' items: retrain the run")
+            raise VaekitError(f"checkpoint {where} has no '{missing[0]}' item")
+        args = {}
+        for name, tree in targets.items():
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+            args[name] = self._ocp.args.StandardRestore(abstract)
         try:
-            return mngr.restore(epoch, args=self._ocp.args.StandardRestore(abstract))
+            restored = mngr.restore(epoch, args=self._ocp.args.Composite(**args))
         except Exception as e:  # Orbax raises many types for truncated / corrupted files
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise VaekitError(
-                f"checkpoint {mngr.directory}/{epoch} is corrupted or incomplete ({first[:160]})"
-            ) from None
+            raise VaekitError(f"checkpoint {where} is corrupted or incomplete ({first[:160]})") from None
+        return {name: restored[name] for name in targets}
 
     def close(self) -> None:
         for m in self.managers.values():
@@ -188,9 +203,13 @@ class Run:
     path: Path
     config: config_lib.Config
     model: nnx.Module
-    info: dict  # run.json: image_shape, num_classes, status, epoch, final metrics
+    info: dict  # run.json: data_spec, status, epoch, final metrics
     history: list[dict]  # metrics.jsonl epoch records
     checkpoint: str  # "best" or "latest"
+
+    @property
+    def spec(self) -> DataSpec:
+        return DataSpec.from_run_info(self.info)
 
     def data(self, **overrides):
         """The run's data splits, loaded as the run was trained (binarization included)."""
@@ -200,25 +219,27 @@ class Run:
 
 
 def load_run(path: str | Path, *, checkpoint: str = "best") -> Run:
-    """Load a run directory: rebuild the model from config.yaml and restore its parameters.
+    """Load a run directory: build the model abstractly from config.yaml and run.json (no
+    parameters drawn) and restore only the checkpoint's "model" item into it.
 
-    checkpoint: "best" (best validation ELBO; the default) or "latest" (the last saved epoch).
+    checkpoint: "best" (best validation value of the model's best metric; the default) or
+    "latest" (the last saved epoch).
     """
-    from vaekit.train import init_state
+    from vaekit.models import abstract_model
 
     if checkpoint not in ("best", "latest"):
         raise VaekitError(f"checkpoint must be 'best' or 'latest', got '{checkpoint}'")
     run_dir = check_run_dir(path)
     cfg = read_config(run_dir)
     info = read_json(run_dir / RUN_FILE)
-    model, target = init_state(cfg, tuple(info["image_shape"]), info.get("num_classes"), steps_per_epoch=1)
+    graphdef, abstract = nnx.split(abstract_model(cfg, DataSpec.from_run_info(info)))
     ckpt = Checkpointer(run_dir, keep=cfg.train.keep_checkpoints)
     try:
         if ckpt.latest_epoch(checkpoint) is None:
             raise VaekitError(f"run '{run_dir}' has no '{checkpoint}' checkpoint yet")
-        state = ckpt.restore(checkpoint, target)
+        state = ckpt.restore(checkpoint, {"model": abstract})["model"]
     finally:
         ckpt.close()
-    nnx.update(model, state["params"], state["rest"])
+    model = nnx.merge(graphdef, state)
     model.eval()
     return Run(run_dir, cfg, model, info, read_metrics(run_dir), checkpoint)

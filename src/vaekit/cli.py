@@ -72,7 +72,7 @@ def _out_path(out: str, allowed=(".png",)) -> Path:
     return path
 
 
-def _save_array_or_grid(path: Path, images, ncols: int, title: str) -> None:
+def _save_array_or_grid(path: Path, images, ncols: int, title: str, row_labels=None) -> None:
     import numpy as np
 
     from vaekit import plots
@@ -82,11 +82,36 @@ def _save_array_or_grid(path: Path, images, ncols: int, title: str) -> None:
         np.save(tmp, np.asarray(images))
         os.replace(tmp, path)
     else:
-        plots.save_images(path, np.asarray(images), ncols=ncols, title=title)
+        plots.save_images(path, np.asarray(images), ncols=ncols, title=title, row_labels=row_labels)
+
+
+def _check_label(run, label: int | None) -> None:
+    """--label needs a conditional model and a class it knows; one line otherwise."""
+    if label is None:
+        return
+    if not run.model.capabilities.conditional:
+        raise VaekitError(f"--label needs a conditional model (e.g. model.kind=cvae); run '{run.path}' is "
+                          f"model.kind '{run.config.model.kind}'")
+    k = run.spec.num_classes
+    if not 0 <= label < k:
+        raise VaekitError(f"--label {label} is outside the run's classes [0, {k})")
+
+
+def _of_class(x, y, label: int, n: int):
+    """The first n examples of class `label` (x, y); one line when there are none."""
+    import numpy as np
+
+    idx = np.flatnonzero(np.asarray(y) == label)[:n]
+    if idx.size == 0:
+        raise VaekitError(f"the split has no examples of class {label}")
+    return x[idx], np.asarray(y)[idx]
 
 
 def cmd_sample(args) -> None:
+    import jax.numpy as jnp
     from flax import nnx
+
+    from vaekit.train import sample_grid
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
@@ -94,17 +119,39 @@ def cmd_sample(args) -> None:
         raise VaekitError(f"--temperature must be positive, got {args.temperature}")
     out = _out_path(args.out, (".png", ".npy"))
     run = _load(args)
-    images = run.model.sample(args.n, rngs=nnx.Rngs(sample=args.seed), temperature=args.temperature)
-    _save_array_or_grid(out, images, args.cols, f"{args.n} prior samples, temperature {args.temperature}")
+    _check_label(run, args.label)
+    rngs = nnx.Rngs(sample=args.seed)
+    rows, cols = None, args.cols
+    if args.label is not None:
+        images = run.model.sample(args.n, rngs=rngs, y=jnp.full((args.n,), args.label), temperature=args.temperature)
+        title = f"{args.n} samples of class {args.label}, temperature {args.temperature}"
+    elif run.model.capabilities.conditional:  # one row per class
+        images, cols, rows = sample_grid(run.model, args.n, rngs.sample(), run.spec.num_classes, per_class=args.cols)
+        title = f"{cols} samples per class, temperature 1"
+    else:
+        images = run.model.sample(args.n, rngs=rngs, temperature=args.temperature)
+        title = f"{args.n} prior samples, temperature {args.temperature}"
+    _save_array_or_grid(out, images, cols, title, rows)
     print(out)
 
 
-def _split_arrays(run, split: str, n: int):
+def _split_arrays(run, split: str, n: int | None, label: int | None = None):
+    """(x, y) of the first n examples of a split, or of its examples of class `label`."""
     splits = run.data()
     if split not in ("train", "val", "test"):
         raise VaekitError(f"--split must be train, val or test, got '{split}'")
-    data = splits.examples(split, n)
-    return data["x"], data.get("y")
+    data = splits.examples(split, None if label is not None and split != "train" else n)
+    x, y = data["x"], data.get("y")
+    if label is not None:
+        x, y = _of_class(x, y, label, n)
+    return x, y
+
+
+def _labels(run, y):
+    """Labels to pass the model: the data's for a conditional model, none for any other."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(y) if run.model.capabilities.conditional and y is not None else None
 
 
 def cmd_reconstruct(args) -> None:
@@ -117,9 +164,15 @@ def cmd_reconstruct(args) -> None:
         raise VaekitError(f"-n must be positive, got {args.n}")
     out = _out_path(args.out)
     run = _load(args)
+    _check_label(run, args.label)
     x, y = _split_arrays(run, args.split, args.n)
-    x_hat = np.asarray(run.model.reconstruct(jnp.asarray(x), None if y is None else jnp.asarray(y)))
-    plots.save_reconstructions(out, x, x_hat, ncols=args.cols)
+    y = _labels(run, y)
+    if args.label is None:
+        x_hat = run.model.reconstruct(jnp.asarray(x), y)
+    else:  # each input's code decoded under another class: the CVAE's style transfer
+        z = run.model.encode(jnp.asarray(x), y).mean
+        x_hat = run.model.decode(z, jnp.full((len(x),), args.label)).mean()
+    plots.save_reconstructions(out, x, np.asarray(x_hat), ncols=args.cols)
     print(out)
 
 
@@ -128,16 +181,29 @@ def cmd_interpolate(args) -> None:
     import numpy as np
 
     from vaekit import plots
+    from vaekit.models import require
 
     out = _out_path(args.out)
     if args.steps < 2 or args.pairs < 1:
         raise VaekitError("--steps must be >= 2 and --pairs >= 1")
     run = _load(args)
-    x, _ = _split_arrays(run, args.split, 2 * args.pairs)
-    mu = np.asarray(run.model.encode(jnp.asarray(x)).mean)  # (2P, D)
+    require(run.model, "latent_vector", "vaekit interpolate")
+    _check_label(run, args.label)
+    conditional = run.model.capabilities.conditional
+    if conditional and args.label is None:  # both ends of a pair must share the class it is decoded under
+        x, y = _split_arrays(run, args.split, None)
+        parts = [_of_class(x, y, int(c), 2) for c in np.unique(y)[: args.pairs]]
+        x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    else:
+        x, y = _split_arrays(run, args.split, 2 * args.pairs, args.label)
+    if len(x) % 2:
+        x, y = x[:-1], None if y is None else y[:-1]
+    y = _labels(run, y)
+    mu = np.asarray(run.model.encode(jnp.asarray(x), y).mean)  # (2P, D)
     t = np.linspace(0.0, 1.0, args.steps)[None, :, None]
     z = (1 - t) * mu[0::2, None] + t * mu[1::2, None]  # (P, steps, D)
-    images = np.asarray(run.model.decode(jnp.asarray(z.reshape(-1, z.shape[-1]))).mean())
+    yz = None if y is None else jnp.repeat(y[0::2], args.steps)
+    images = np.asarray(run.model.decode(jnp.asarray(z.reshape(-1, z.shape[-1])), yz).mean())
     plots.save_images(out, images, ncols=args.steps, title="latent interpolations between posterior means")
     print(out)
 
@@ -153,13 +219,16 @@ def cmd_evaluate(args) -> None:
     table = Table(title=f"{run.path} ({s['split']} split, {s['examples']} examples, k = {s['samples']})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    table.add_row("NLL (nats)", f"{s['nll']:.2f} ± {s['nll_stderr']:.2f}")
+    nll = "conditional NLL -log p(x|y) (nats)" if s["conditional"] else "NLL (nats)"
+    table.add_row(nll, f"{s['nll']:.2f} ± {s['nll_stderr']:.2f}")
     table.add_row("ELBO (k = 1)", f"{s['elbo']:.2f}")
     for key in ("iwae_k1", "iwae_k5", "iwae_k50"):
         if key in s:
             table.add_row(f"IWAE bound k = {key[6:]}", f"{s[key]:.2f}")
-    table.add_row("bits per dimension", f"{s['bits_per_dim']:.4f}")
-    table.add_row("active units", f"{s['active_units']}/{s['latent_dim']}")
+    if "bits_per_dim" in s:
+        table.add_row("bits per dimension", f"{s['bits_per_dim']:.4f}")
+    if "active_units" in s:
+        table.add_row("active units", f"{s['active_units']}/{s['latent_dim']}")
     table.add_row("reconstruction MSE per pixel", f"{s['reconstruction_mse']:.5f}")
     table.add_row("wall time (s)", f"{s['seconds']:.1f}")
     _console(stderr=False).print(table)
@@ -197,9 +266,10 @@ def cmd_traverse(args) -> None:
 
     out = _out_path(args.out)
     run = _load(args)
-    x, y = _split_arrays(run, args.split, 1000)
-    images, labels, values = latent_traversal(run.model, x, y, index=args.index, steps=args.steps, span=args.range,
-                                              dims=args.dims)
+    _check_label(run, args.label)
+    x, y = _split_arrays(run, args.split, 1000, args.label)
+    images, labels, values = latent_traversal(run.model, x, None if y is None else _labels(run, y), index=args.index,
+                                              steps=args.steps, span=args.range, dims=args.dims)
     plots.save_traversal(out, images, labels, values)
     print(out)
 
@@ -228,7 +298,8 @@ def cmd_info(args) -> None:
     status = Table(title="run")
     status.add_column("field")
     status.add_column("value")
-    for key in ("status", "epoch", "step", "image_shape", "num_train", "best_val_elbo", "error"):
+    for key in ("status", "epoch", "step", "model_kind", "data_spec", "image_shape", "num_train", "best_metric", "best",
+                "best_val_elbo", "error"):
         if key in info:
             status.add_row(key, str(info[key]))
     console.print(status)
@@ -241,7 +312,8 @@ def cmd_info(args) -> None:
             if not isinstance(v, list) and k != "epoch":
                 metrics.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
         console.print(metrics)
-        warning = collapse_warning(last["val/kl_per_dim"], last["val/active_units"], cfg.model.latent_dim)
+        warning = "val/kl_per_dim" in last and collapse_warning(last["val/kl_per_dim"], last.get("val/active_units"),
+                                                                cfg.model.latent_dim)
         if warning:
             console.print(f"[bold yellow]warning:[/] {warning}")
     evaluation = run_dir / "evaluation.json"
@@ -296,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="samples.png", help="output .png grid or .npy array")
     s.add_argument("--temperature", type=float, default=1.0, help="prior standard deviation multiplier")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--cols", type=int, default=8, help="grid columns")
+    s.add_argument("--cols", type=int, default=8, help="grid columns (a conditional run: samples per class row)")
+    s.add_argument("--label", type=int, help="class to sample (conditional runs; default: one row per class)")
     s.set_defaults(func=cmd_sample)
 
     r = sub.add_parser("reconstruct", help="save inputs and their reconstructions")
@@ -305,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-n", type=int, default=32, help="number of images")
     r.add_argument("--out", default="reconstructions.png")
     r.add_argument("--cols", type=int, default=8)
+    r.add_argument("--label", type=int, help="decode every input's code under this class (conditional runs)")
     r.set_defaults(func=cmd_reconstruct)
 
     i = sub.add_parser("interpolate", help="decode straight lines between pairs of posterior means")
@@ -313,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--pairs", type=int, default=8)
     i.add_argument("--steps", type=int, default=10)
     i.add_argument("--out", default="interpolations.png")
+    i.add_argument("--label", type=int, help="interpolate between examples of this class, decoded under it "
+                                              "(conditional runs; default: one pair per class)")
     i.set_defaults(func=cmd_interpolate)
 
     e = sub.add_parser("evaluate", help="importance-sampled NLL, IWAE bounds, active units; writes evaluation.json")
@@ -341,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     tv.add_argument("--steps", type=int, default=11)
     tv.add_argument("--dims", type=int, default=0, help="show only the N latents with the most KL (0: all)")
     tv.add_argument("--out", default="traversal.png")
+    tv.add_argument("--label", type=int, help="seed image and decoding from this class (conditional runs)")
     tv.set_defaults(func=cmd_traverse)
 
     f = sub.add_parser("info", help="show a run's resolved config, status and final metrics")

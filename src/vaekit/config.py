@@ -35,7 +35,11 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "vae"  # registered model class
+    """The keys every model kind has. A kind with keys of its own declares a subclass of this
+    (e.g. `CVAEConfig` in models/cvae.py) as its class's `config_class`; a key is accepted only
+    for the kinds that declare it."""
+
+    kind: str = "vae"  # registered model class (`vaekit.models.MODELS`)
     net: str = "mlp"  # encoder/decoder body: "mlp" or "conv"
     latent_dim: int = 50  # dimensions of z
     hidden: tuple[int, ...] = (200, 200)  # MLP hidden sizes (the decoder mirrors them)
@@ -46,6 +50,9 @@ class ModelConfig:
     sigma: float = 0.1  # standard deviation of the fixed-sigma Gaussian likelihood
     min_scale: float = 1e-3  # floor of a learned Gaussian likelihood's standard deviation
     posterior_scale: str = "softplus"  # q(z|x) std parameterization: "softplus" (+1e-4) or "logvar" (clamped)
+
+    def check(self) -> None:
+        """Validate the kind's own keys (a subclass overrides this); raise VaekitError."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,15 +182,44 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def model_config_class(kind: str) -> type:
+    """The config dataclass that `model.kind` declares (its keys), from the model registry."""
+    from vaekit.models import MODELS
+
+    if kind not in MODELS:
+        raise VaekitError(f"unknown model.kind '{kind}'{_closest(kind, MODELS)}")
+    return getattr(MODELS[kind], "config_class", ModelConfig)
+
+
+def _unknown_model_key(key: str, kind: str, names: list[str]) -> VaekitError:
+    from vaekit.models import MODELS
+
+    owners = [k for k, m in MODELS.items() if key in {f.name for f in dataclasses.fields(getattr(m, "config_class", ModelConfig))}]
+    if owners:
+        return VaekitError(f"config key 'model.{key}' belongs to model.kind {' / '.join(owners)}, not '{kind}' "
+                           f"(valid keys for '{kind}': {', '.join(names)})")
+    return VaekitError(f"unknown config key 'model.{key}'{_closest(key, names)}")
+
+
 def _apply_section(base, updates: dict, section: str):
     if not isinstance(updates, dict):
         raise VaekitError(f"config section '{section}' must be a mapping, got {updates!r}")
+    if section == "model":
+        # The kind decides which keys exist, so it is applied first; switching kinds keeps the
+        # values of the keys both kinds have.
+        kind = _coerce(updates.get("kind", base.kind), str, "model.kind")
+        cls = model_config_class(kind)
+        if type(base) is not cls:
+            shared = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(base)}
+            base = cls(**{name: getattr(base, name) for name in shared})
     cls = type(base)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     changes = {}
     for key, value in updates.items():
         if key not in names:
+            if section == "model":
+                raise _unknown_model_key(key, base.kind, names)
             raise VaekitError(f"unknown config key '{section}.{key}'{_closest(key, names)}")
         changes[key] = _coerce(value, hints[key], f"{section}.{key}")
     return dataclasses.replace(base, **changes)
@@ -314,6 +350,8 @@ def validate(cfg: Config) -> None:
     _check(m.conv_dense >= 0, f"model.conv_dense must be >= 0, got {m.conv_dense}")
     _check(m.sigma > 0, f"model.sigma must be positive, got {m.sigma}")
     _check(m.min_scale > 0, f"model.min_scale must be positive, got {m.min_scale}")
+    _check(type(m) is model_config_class(m.kind), f"model section is not the config of model.kind '{m.kind}'")
+    m.check()
     _one_of(o.kind, ("elbo", "iwae"), "objective.kind")
     _check(o.iwae_k >= 1, f"objective.iwae_k must be >= 1, got {o.iwae_k}")
     _check(o.beta >= 0, f"objective.beta must be >= 0, got {o.beta}")
@@ -325,6 +363,11 @@ def validate(cfg: Config) -> None:
     _check(o.capacity_max >= 0, f"objective.capacity_max must be >= 0, got {o.capacity_max}")
     _check(o.capacity_steps > 0, f"objective.capacity_steps must be positive, got {o.capacity_steps}")
     _check(o.capacity_gamma >= 0, f"objective.capacity_gamma must be >= 0, got {o.capacity_gamma}")
+    if o.kind == "iwae":  # the IWAE bound has no KL term for these to act on: say so instead of ignoring them
+        ignored = [f"{k}={v}" for k, v, default in (("beta", o.beta, 1.0), ("beta_schedule", o.beta_schedule, "constant"),
+                   ("free_bits", o.free_bits, 0.0), ("capacity_max", o.capacity_max, 0.0)) if v != default]
+        _check(not ignored, f"objective.kind=iwae optimizes the importance-weighted bound, which has no KL term; "
+                            f"objective.{', objective.'.join(ignored)} cannot apply (use objective.kind=elbo)")
     _check(t.epochs > 0, f"train.epochs must be positive, got {t.epochs}")
     _check(t.steps is None or t.steps > 0, f"train.steps must be positive, got {t.steps}")
     _check(t.eval_every > 0, f"train.eval_every must be positive, got {t.eval_every}")

@@ -3,8 +3,12 @@
 Conventions (the same for every distribution here):
 - `log_prob` returns per-example values, summed over the event dimensions and never reduced
   over the batch; the caller reduces, in one place.
-- Likelihoods score images of shape (..., H, W, C) in [0, 1]: their event has 3 dimensions, and
-  leading dimensions broadcast (parameters (K, B, H, W, C) score data (B, H, W, C) -> (K, B)).
+- Likelihoods score one example's data, whose event has `event_ndim` axes (3 for images
+  (H, W, C) in [0, 1], 1 for vectors (D,)); leading dimensions broadcast (parameters
+  (K, B, H, W, C) score data (B, H, W, C) -> (K, B)).
+- A posterior (the object `encode` returns) has `mean`, `log_prob(z)` and
+  `sample_and_log_prob(key, sample_shape)`, which draws reparameterized z together with
+  log q(z|x): a flow or a hierarchical posterior gets its density from the same pass that draws.
 - Everything is in nats, constants included, so that NLL estimates are real log-likelihoods.
 """
 
@@ -38,6 +42,13 @@ class DiagonalGaussian:
         eps = jax.random.normal(key, sample_shape + self.mean.shape, self.mean.dtype)
         return self.mean + self.scale * eps
 
+    def sample_and_log_prob(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array]:
+        """Reparameterized draws z (*sample_shape, ..., D) and log q(z) (*sample_shape, ...)."""
+        eps = jax.random.normal(key, sample_shape + self.mean.shape, self.mean.dtype)
+        z = self.mean + self.scale * eps
+        log_q = jnp.sum(-0.5 * eps**2 - jnp.log(self.scale) - 0.5 * LOG_2PI, axis=-1)
+        return z, log_q
+
     def log_prob(self, z: jax.Array) -> jax.Array:
         """log N(z; mean, scale^2), summed over the latent axis: (..., D) -> (...)."""
         u = (z - self.mean) / self.scale
@@ -50,6 +61,10 @@ class DiagonalGaussian:
 
     def kl(self) -> jax.Array:
         return jnp.sum(self.kl_per_dim(), axis=-1)
+
+    @property
+    def event_dim(self) -> int:
+        return self.mean.shape[-1]
 
 
 def standard_normal_log_prob(z: jax.Array) -> jax.Array:
@@ -135,21 +150,25 @@ class Categorical256:
         return jax.random.categorical(key, self.logits, axis=-1).astype(jnp.float32) / 255.0
 
 
-# name -> (decoder outputs per data channel, builder from the decoder's raw output (..., H, W, C, P))
-def _bernoulli(raw, cfg):
-    return Bernoulli(raw[..., 0])
+#: Likelihoods that are probability mass functions, whose NLL in bits per dimension is meaningful.
+DISCRETE_LIKELIHOODS = ("bernoulli", "categorical")
+
+# name -> (decoder outputs per data entry, builder from the decoder's raw output (..., *event, P),
+# the model config and the data's event_ndim)
+def _bernoulli(raw, cfg, event_ndim=3):
+    return Bernoulli(raw[..., 0], event_ndim)
 
 
-def _gaussian(raw, cfg):
-    return Gaussian(raw[..., 0], jnp.asarray(cfg.sigma, raw.dtype))
+def _gaussian(raw, cfg, event_ndim=3):
+    return Gaussian(raw[..., 0], jnp.asarray(cfg.sigma, raw.dtype), event_ndim)
 
 
-def _gaussian_learned(raw, cfg):
-    return Gaussian(raw[..., 0], cfg.min_scale + jax.nn.softplus(raw[..., 1]))
+def _gaussian_learned(raw, cfg, event_ndim=3):
+    return Gaussian(raw[..., 0], cfg.min_scale + jax.nn.softplus(raw[..., 1]), event_ndim)
 
 
-def _categorical(raw, cfg):
-    return Categorical256(raw)
+def _categorical(raw, cfg, event_ndim=3):
+    return Categorical256(raw, event_ndim)
 
 
 LIKELIHOODS = {

@@ -57,21 +57,33 @@ def free_bits_kl(kl_per_dim: jax.Array, free_bits: float) -> jax.Array:
     return jnp.sum(jnp.maximum(jnp.mean(kl_per_dim, axis=0), free_bits))
 
 
-def kl_term(kl_per_dim: jax.Array, step: jax.Array, cfg: ObjectiveConfig) -> tuple[jax.Array, dict]:
+def kl_term(kl, step: jax.Array, cfg: ObjectiveConfig, *, latent_dim: int = 1) -> tuple[jax.Array, dict]:
     """The KL part of the training loss (a batch mean) and the schedule values used.
 
-    kl_per_dim: (B, D) closed-form KL of each example's latent dimensions.
-    With capacity control on (capacity_max > 0) the term is gamma * |KL - C(step)| (Burgess et al.
-    2018); otherwise beta(step) * KL, where KL uses free bits when free_bits > 0.
+    kl: a `vaekit.priors.KL` (per-example totals (B,), and (B, D) per dimension when a closed
+    form gives them) or a (B, D) array of per-dimension KLs. With capacity control on
+    (capacity_max > 0) the term is gamma * |KL - C(step)| (Burgess et al. 2018); otherwise
+    beta(step) * KL, where KL uses free bits when free_bits > 0: per dimension where the
+    per-dimension KL is known, else over the latent vector as one group with a budget of
+    free_bits * latent_dim nats (a Monte Carlo KL has no per-dimension split).
     """
-    kl_mean = jnp.mean(jnp.sum(kl_per_dim, axis=-1))
+    if not hasattr(kl, "total"):  # a (B, D) array of per-dimension KLs
+        per_dim, total = kl, jnp.sum(kl, axis=-1)
+    else:
+        per_dim, total = kl.per_dim, kl.total
+    kl_mean = jnp.mean(total)
     beta = beta_at(step, cfg)
     info = {"beta": beta}
     if cfg.capacity_max > 0:
         c = capacity_at(step, cfg)
         info["capacity"] = c
         return cfg.capacity_gamma * jnp.abs(kl_mean - c), info
-    penalized = free_bits_kl(kl_per_dim, cfg.free_bits) if cfg.free_bits > 0 else kl_mean
+    if cfg.free_bits <= 0:
+        penalized = kl_mean
+    elif per_dim is not None:
+        penalized = free_bits_kl(per_dim, cfg.free_bits)
+    else:
+        penalized = jnp.maximum(kl_mean, cfg.free_bits * latent_dim)
     return beta * penalized, info
 
 

@@ -1,14 +1,19 @@
-"""One trainer for every model. It only calls the model interface (`loss`, `encode`), never a
-model's internals, so a variant's own objective (beta, free bits, capacity, IWAE, ...) is what
-gets optimized.
+"""One trainer for every model. It calls only the model interface (`loss`, and `encode` for active
+units where the model declares a latent vector), never a model's internals, so a variant's own
+objective (beta, free bits, capacity, IWAE, a discriminator, ...) is what gets optimized.
+
+Parameter groups: a model declares `param_groups()` ({name: ParamGroup(filter, learning_rate)});
+each group has its own Optax optimizer and state, parameters in no group stay frozen, and one
+jitted step updates every group, simultaneously (one gradient point) or alternating (group by
+group, each at the parameters the previous groups left) as `model.capabilities.update` says.
 
 Speed: the model is split once into a static graph definition and array state (`nnx.split`);
 a chunk of `train.chunk_steps` optimizer steps runs as one `jax.jit`-compiled `lax.scan`, or, for
 conv nets on CPU (`train.loop`), as a loop of asynchronously dispatched jitted steps, over a
 device-resident copy of the training data (batches gathered by a per-epoch permutation, or drawn
-with replacement per step when the run is counted in `train.steps`; dynamic binarization and a
-generated source's rendering happen on the device). The host syncs once per chunk: progress bar,
-NaN/Inf guard, TensorBoard scalars.
+with replacement per step when the run is counted in `train.steps`; the data's own transform,
+dynamic binarization or a generated source's rendering, runs on the device). The host syncs once
+per chunk: progress bar, NaN/Inf guard, TensorBoard scalars.
 
 Determinism: every random draw comes from keys derived from `train.seed` and the step or epoch
 number (fold_in), so a run resumed from a checkpoint retraces the uninterrupted run exactly.
@@ -16,6 +21,7 @@ number (fold_in), so a run resumed from a checkpoint retraces the uninterrupted 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -27,17 +33,20 @@ import numpy as np
 import optax
 from flax import nnx
 
+from vaekit import metrics as metrics_lib
 from vaekit.config import Config, TrainConfig
 from vaekit.errors import VaekitError
+from vaekit.metrics import ACTIVE_UNIT_VARIANCE
 from vaekit.models import build_model
+from vaekit.progress import progress_bar
 
 log = logging.getLogger("vaekit")
 
 # Sub-keys of the run's root key (train.seed), by purpose.
 _INIT, _TRAIN, _SHUFFLE, _EVAL = 0, 1, 2, 3
+RNG_STREAMS = ("sample", "dropout", "noise")  # the streams a model's loss receives
 
 COLLAPSE_KL = 0.01  # nats: a dimension below this carries (almost) no information
-ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al. 2015: Var_x E_q[u] above this marks an active unit
 
 
 class TrainingDiverged(VaekitError):
@@ -85,23 +94,63 @@ def make_optimizer(t: TrainConfig, steps_per_epoch: int) -> tuple[optax.Gradient
     return opt, schedule
 
 
-def init_state(cfg: Config, image_shape, num_classes, steps_per_epoch: int):
-    """A fresh model and the full training-state pytree (what a checkpoint holds)."""
+def group_optimizers(model, t: TrainConfig, steps_per_epoch: int) -> dict[str, tuple]:
+    """{group name: (optax transform, learning-rate schedule)} for the model's parameter groups."""
+    out = {}
+    for name, group in model.param_groups().items():
+        cfg = t if group.learning_rate is None else dataclasses.replace(t, learning_rate=group.learning_rate)
+        out[name] = make_optimizer(cfg, steps_per_epoch)
+    return out
+
+
+def split_model(model) -> tuple:
+    """(graphdef, {group: parameters}, rest): rest is every other variable, frozen parameters and
+    BatchNorm statistics included. A parameter matching several groups belongs to the first."""
+    groups = model.param_groups()
+    graphdef, *states, rest = nnx.split(model, *(g.filter for g in groups.values()), ...)
+    return graphdef, dict(zip(groups, states)), rest
+
+
+def merge_model(graphdef, params: dict, rest, copy: bool = False):
+    return nnx.merge(graphdef, *params.values(), rest, copy=copy)
+
+
+def full_model_state(params: dict, rest) -> nnx.State:
+    """The model's whole state (what the "model" checkpoint item holds), from its split parts."""
+    return nnx.merge_state(*params.values(), rest)
+
+
+def init_state(cfg: Config, spec, steps_per_epoch: int):
+    """A fresh model and the training-state pytree (what a checkpoint holds, as two items)."""
     root = jax.random.PRNGKey(cfg.train.seed)
-    model = build_model(cfg, image_shape, num_classes=num_classes, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
+    model = build_model(cfg, spec, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
     model.train()
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    tx, _ = make_optimizer(cfg.train, steps_per_epoch)
+    _, params, rest = split_model(model)
+    txs = group_optimizers(model, cfg.train, steps_per_epoch)
     state = {
         "params": params,
         "rest": rest,
-        "opt_state": tx.init(params),
+        "opt_state": {g: txs[g][0].init(params[g]) for g in params},
         "step": jnp.zeros((), jnp.int32),
         "epoch": jnp.zeros((), jnp.int32),
         "key": jax.random.fold_in(root, _TRAIN),
-        "best_val_elbo": jnp.full((), -jnp.inf, jnp.float32),
+        "best": jnp.full((), jnp.nan, jnp.float32),  # best validation value of the model's best_metric
     }
     return model, state
+
+
+def checkpoint_items(state: dict) -> dict:
+    """The training state as the two checkpoint items: "model" (everything load_run needs) and
+    "train" (optimizer states, counters, RNG key, best validation value)."""
+    train = {k: v for k, v in state.items() if k not in ("params", "rest")}
+    return {"model": full_model_state(state["params"], state["rest"]), "train": train}
+
+
+def state_from_items(items: dict, like: dict, model) -> dict:
+    """Inverse of `checkpoint_items`, split into the model's groups as `like` is."""
+    nnx.update(model, items["model"])
+    _, params, rest = split_model(model)
+    return dict(like, params=params, rest=rest, **items["train"])
 
 
 # --------------------------------------------------------------------------- trainer
@@ -123,6 +172,11 @@ def resolve_loop(loop: str, model: nnx.Module) -> str:
     return "steps" if has_conv and jax.default_backend() == "cpu" else "scan"
 
 
+def step_rngs(key: jax.Array) -> nnx.Rngs:
+    """The model's RNG streams for one step or batch, split from one key."""
+    return nnx.Rngs(**dict(zip(RNG_STREAMS, jax.random.split(key, len(RNG_STREAMS)))))
+
+
 class Trainer:
     """Trains any registered model on resident arrays. Usable without a run directory.
 
@@ -141,15 +195,15 @@ class Trainer:
         self.steps_per_epoch = data_epoch if t.steps is None else t.eval_every
         self.total_steps = total_steps(t, data_epoch)
         self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
-        self.model, self.state = init_state(cfg, splits.image_shape, splits.num_classes, data_epoch)
-        self.graphdef = nnx.graphdef(self.model)
+        self.model, self.state = init_state(cfg, splits.spec, data_epoch)
+        self.capabilities = self.model.capabilities
+        self.graphdef, _, _ = split_model(self.model)
         self.model.eval()
-        self.graphdef_eval = nnx.graphdef(self.model)
+        self.graphdef_eval, _, _ = split_model(self.model)
         self.model.train()
-        self.tx, self.lr_fn = make_optimizer(t, data_epoch)
-        # Images and labels; a generated source's records (all of them: its transform reads them).
-        keep = splits.train.keys() if splits.train_transform is not None else ("x", "y")
-        self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items() if k in keep}
+        self.optimizers = group_optimizers(self.model, t, data_epoch)
+        # Every per-example array reaches the model (labels, masks, a generated source's records).
+        self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items()}
         self.root = jax.random.PRNGKey(t.seed)
         self.chunk_callback = chunk_callback
         self.loop = resolve_loop(t.loop, self.model)
@@ -162,34 +216,52 @@ class Trainer:
 
     # -- compiled regions -------------------------------------------------------------
 
-    def gather(self, data: dict, batch_idx: jax.Array) -> dict:
+    def gather(self, data: dict, batch_idx: jax.Array, key: jax.Array) -> dict:
         """The model's batch for example indices (B,): rows of the resident data, then the
-        source's device-side transform when it has one (the shapes grid renders its images)."""
-        batch = {k: v[batch_idx] for k, v in data.items()}
-        transform = self.splits.train_transform
-        return batch if transform is None else transform(batch)
+        data's device-side transform (rendering, dynamic binarization) drawn from `key`."""
+        return self.splits.training_batch({k: v[batch_idx] for k, v in data.items()}, key)
 
     def _train_step(self, state: dict, data: dict, batch_idx: jax.Array):
-        """One optimizer step on the examples ``batch_idx`` (B,) of the resident training data."""
-        key = jax.random.fold_in(state["key"], state["step"])
-        bin_key, sample_key = jax.random.split(key)
-        batch = self.gather(data, batch_idx)
-        if self.cfg.data.binarize == "dynamic":  # a fresh binarization of this batch, drawn on device
-            batch["x"] = jax.random.bernoulli(bin_key, batch["x"]).astype(jnp.float32)
+        """One optimizer step (every parameter group) on the examples ``batch_idx`` (B,)."""
+        data_key, model_key = jax.random.split(jax.random.fold_in(state["key"], state["step"]))
+        batch = self.gather(data, batch_idx, data_key)
+        step = state["step"]
 
         def loss_fn(params, rest):
-            # copy=True: fresh Variables at this trace level, so BatchNorm may update its statistics
-            model = nnx.merge(self.graphdef, params, rest, copy=True)
-            loss, metrics = model.loss(batch, rngs=nnx.Rngs(sample=sample_key), step=state["step"])
-            _, _, rest = nnx.split(model, nnx.Param, ...)  # updated BatchNorm statistics
+            # copy=True: fresh Variables at this trace level, so BatchNorm (or any non-gradient
+            # state such as an EMA codebook) may update inside value_and_grad.
+            model = merge_model(self.graphdef, params, rest, copy=True)
+            loss, metrics = model.loss(batch, rngs=step_rngs(model_key), step=step)
+            _, _, rest = split_model(model)
             return loss, (metrics, rest)
 
-        (_, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], state["rest"])
-        updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.lr_fn(state["step"]))
-        new = dict(state, params=optax.apply_updates(state["params"], updates), rest=rest,
-                   opt_state=opt_state, step=state["step"] + 1)
+        params, rest, opt_state = dict(state["params"]), state["rest"], dict(state["opt_state"])
+        names = list(params)
+        if self.capabilities.update == "alternating" and len(names) > 1:
+            grads = {}
+            for g in names:  # each group's gradient at the parameters the groups before it left
+                def group_loss(pg, g=g):
+                    loss, aux = loss_fn(dict(params, **{g: pg}), rest)
+                    return (loss[g] if isinstance(loss, dict) else loss), aux
+
+                (_, (metrics, rest)), grads[g] = jax.value_and_grad(group_loss, has_aux=True)(params[g])
+                params[g], opt_state[g] = self._apply(g, grads[g], params[g], opt_state[g], step)
+        else:
+            losses, vjp, (metrics, rest) = jax.vjp(lambda p: loss_fn(p, rest), params, has_aux=True)
+            if isinstance(losses, dict):  # group g follows the gradient of its own loss
+                grads = {g: vjp({h: jnp.asarray(h == g, losses[h].dtype) for h in losses})[0][g] for g in names}
+            else:
+                grads = vjp(jnp.ones_like(losses))[0]
+            for g in names:
+                params[g], opt_state[g] = self._apply(g, grads[g], params[g], opt_state[g], step)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.optimizers[names[0]][1](step))
+        new = dict(state, params=params, rest=rest, opt_state=opt_state, step=step + 1)
         return new, metrics
+
+    def _apply(self, group: str, grads, params, opt_state, step):
+        tx = self.optimizers[group][0]
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
 
     def _train_chunk(self, state: dict, data: dict, idx: jax.Array):
         """Run idx.shape[0] optimizer steps; idx (S, B) holds the example indices of each step."""
@@ -208,8 +280,10 @@ class Trainer:
         return state, jax.tree.map(lambda *v: jnp.stack(v), *per_step)
 
     def _eval_step(self, state: dict, batch: dict, key: jax.Array):
-        model = nnx.merge(self.graphdef_eval, state["params"], state["rest"])
-        _, metrics = model.loss(batch, rngs=nnx.Rngs(sample=key), step=state["step"])
+        model = merge_model(self.graphdef_eval, state["params"], state["rest"])
+        _, metrics = model.loss(batch, rngs=step_rngs(key), step=state["step"])
+        if not self.capabilities.latent_vector:
+            return metrics, None
         return metrics, model.encode(batch["x"], batch.get("y")).mean
 
     # -- host loop --------------------------------------------------------------------
@@ -243,7 +317,7 @@ class Trainer:
             steps = min(to_grid, remaining) if remaining > 0 else to_grid
         idx = self.epoch_indices(epoch, steps, first_step=step0)
         s = self.cfg.train.chunk_steps
-        sums: dict[str, np.ndarray] = {}
+        acc = metrics_lib.Accumulator()
         t0 = time.perf_counter()
         for start in range(0, steps, s):
             first_step = step0 + start
@@ -251,44 +325,39 @@ class Trainer:
             metrics = jax.device_get(metrics)  # the one host sync per chunk
             _guard_finite(metrics, first_step, epoch)
             self.state = new_state
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + np.sum(v, axis=0)
+            acc.add(metrics, stacked=True)
             if self.chunk_callback is not None:
-                self.chunk_callback(first_step, metrics)
+                self.chunk_callback(first_step, metrics_lib.values(metrics))
         seconds = time.perf_counter() - t0
         self.state["epoch"] = self.state["epoch"] + 1
-        out = {f"train/{k}": (v / steps) for k, v in sums.items()}
+        out = acc.result("train/")
         out["train/seconds"] = seconds
         out["train/examples_per_s"] = steps * self.cfg.train.batch_size / seconds
         return out
 
     def validate(self, split: dict | None = None, prefix: str = "val") -> dict:
-        """Mean metrics over a split (default: validation), in eval mode, with a fixed key."""
+        """Exact mean metrics over a split (default: validation), in eval mode, with a fixed key."""
         split = self.splits.val if split is None else split
-        x, y = split["x"], split.get("y")
+        n = len(split["x"])
         bs = self.cfg.train.eval_batch_size
         key = jax.random.fold_in(self.root, _EVAL)
-        sums: dict[str, np.ndarray] = {}
+        acc = metrics_lib.Accumulator()
         means = []
-        n = len(x)
         for i, start in enumerate(range(0, n, bs)):  # full batches share one compilation, the tail one more
-            batch = {"x": jnp.asarray(x[start : start + bs])}
-            if y is not None:
-                batch["y"] = jnp.asarray(y[start : start + bs])
+            batch = {k: jnp.asarray(v[start : start + bs]) for k, v in split.items()}
             m, mu = jax.device_get(self._eval_batch(self.state, batch, jax.random.fold_in(key, i)))
-            w = len(batch["x"])
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + w * np.asarray(v, np.float64)
-            means.append(mu)
-        out = {f"{prefix}/{k}": v / n for k, v in sums.items()}
-        variance = np.var(np.concatenate(means), axis=0)
-        out[f"{prefix}/active_units"] = int(np.sum(variance > ACTIVE_UNIT_VARIANCE))
+            acc.add(m)
+            if mu is not None:
+                means.append(mu)
+        out = acc.result(f"{prefix}/")
+        if means:
+            out[f"{prefix}/active_units"] = metrics_lib.active_unit_count(np.concatenate(means))
         return out
 
 
 def _guard_finite(metrics: dict, first_step: int, epoch: int) -> None:
     for name in ("loss", "grad_norm"):
-        values = np.asarray(metrics[name])
+        values = np.asarray(metrics_lib.values({name: metrics[name]})[name])
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             step = first_step + int(bad[0])
@@ -298,7 +367,7 @@ def _guard_finite(metrics: dict, first_step: int, epoch: int) -> None:
             )
 
 
-def collapse_warning(kl_per_dim, active_units: int, latent_dim: int) -> str | None:
+def collapse_warning(kl_per_dim, active_units: int | None, latent_dim: int) -> str | None:
     """A one-line warning when the posterior has (nearly) collapsed to the prior, else None."""
     kl = np.asarray(kl_per_dim)
     if np.all(kl < COLLAPSE_KL) or active_units == 0:
@@ -334,47 +403,70 @@ __all__ = [
 # --------------------------------------------------------------------------- a whole run
 
 
-def progress_bar(enabled: bool, label: str, unit: str):
-    """The rich progress bar of training and evaluation: label, bar, done/total unit, times, status."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn(f"[bold]{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(unit),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[status]}"),
-        disable=not enabled,
-        transient=False,
-    )
-
-
 def _epoch_line(record: dict, epochs: int, latent_dim: int, counted_in_steps: bool = False) -> str:
+    """One whole line per validation: the ELBO where the model has one, else the loss."""
     where = f"step {record['step']:,}" if counted_in_steps else f"epoch {record['epoch']}/{epochs}"
-    return (
-        f"{where}  train ELBO {record['train/elbo']:.2f}  "
-        f"val ELBO {record['val/elbo']:.2f}  val KL {record['val/kl']:.2f}  "
-        f"active units {record['val/active_units']}/{latent_dim}  "
-        f"{record['train/examples_per_s']:,.0f} ex/s"
-    )
+    key = "elbo" if "val/elbo" in record else "loss"
+    parts = [where, f"train {key.upper() if key == 'elbo' else key} {record[f'train/{key}']:.2f}",
+             f"val {key.upper() if key == 'elbo' else key} {record[f'val/{key}']:.2f}"]
+    if "val/kl" in record:
+        parts.append(f"val KL {record['val/kl']:.2f}")
+    if "val/active_units" in record:
+        parts.append(f"active units {record['val/active_units']}/{latent_dim}")
+    parts.append(f"{record['train/examples_per_s']:,.0f} ex/s")
+    return "  ".join(parts)
+
+
+class eval_mode:
+    """Context manager: the model in eval mode inside, and every layer's own mode restored after."""
+
+    _FLAGS = ("use_running_average", "deterministic")
+
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        self.saved = [(node, flag, getattr(node, flag)) for _, node in nnx.iter_graph(self.model)
+                      if isinstance(node, nnx.Module) for flag in self._FLAGS if hasattr(node, flag)]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc):
+        for node, flag, value in self.saved:
+            setattr(node, flag, value)
+        return False
+
+
+def sample_grid(model, n: int, key, num_classes: int | None, per_class: int = 8, max_classes: int = 16):
+    """Prior samples for the run's picture: (images, ncols, row labels).
+
+    A conditional model gets one row of `per_class` samples per class (the first `max_classes`
+    classes); any other model n samples in rows of 8.
+    """
+    rngs = nnx.Rngs(sample=key)
+    if model.capabilities.conditional:
+        classes = min(num_classes, max_classes)
+        y = jnp.repeat(jnp.arange(classes), per_class)
+        return np.asarray(model.sample(len(y), rngs=rngs, y=y)), per_class, [f"y={c}" for c in range(classes)]
+    return np.asarray(model.sample(n, rngs=rngs)), 8, None
 
 
 def write_pictures(run_dir: Path, model, splits, seed: int, n: int = 64) -> None:
-    """samples.png (prior samples) and reconstructions.png (validation inputs and outputs)."""
+    """samples.png (prior samples; one row per class for a conditional model) and reconstructions.png
+    (validation inputs and outputs), for image data. The model's train/eval mode is left as given."""
     from vaekit import plots
 
-    model.eval()
-    rngs = nnx.Rngs(sample=jax.random.fold_in(jax.random.PRNGKey(seed), 7))
-    plots.save_images(run_dir / "samples.png", np.asarray(model.sample(n, rngs=rngs)), ncols=8,
-                      title=f"{n} samples from the prior (decoder means)")
-    x = splits.val["x"][:32]
-    y = splits.val.get("y")
-    x_hat = np.asarray(model.reconstruct(jnp.asarray(x), None if y is None else jnp.asarray(y[:32])))
-    plots.save_reconstructions(run_dir / "reconstructions.png", x, x_hat)
-    model.train()
+    if not splits.spec.is_images:
+        return
+    with eval_mode(model):
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), 7)
+        images, ncols, rows = sample_grid(model, n, key, splits.num_classes)
+        title = "samples per class (decoder means)" if rows else f"{len(images)} samples from the prior (decoder means)"
+        plots.save_images(run_dir / "samples.png", images, ncols=ncols, title=title, row_labels=rows)
+        x = splits.val["x"][:32]
+        y = splits.val.get("y")
+        x_hat = np.asarray(model.reconstruct(jnp.asarray(x), None if y is None else jnp.asarray(y[:32])))
+        plots.save_reconstructions(run_dir / "reconstructions.png", x, x_hat)
 
 
 def train(
@@ -414,7 +506,8 @@ def train(
         ckpt = ck.Checkpointer(run_dir, keep=cfg.train.keep_checkpoints)
         if ckpt.latest_epoch() is None:
             raise VaekitError(f"run '{run_dir}' has no checkpoint to resume from")
-        trainer.state = ckpt.restore("latest", trainer.state)
+        items = ckpt.restore("latest", checkpoint_items(trainer.state))
+        trainer.state = state_from_items(items, trainer.state, trainer.model)
         done = int(trainer.state["epoch"])
         # Epoch records written after the restored checkpoint are retraced, so drop them.
         history = [r for r in ck.read_metrics(run_dir) if r.get("epoch", 0) <= done]
@@ -426,8 +519,9 @@ def train(
     ck.write_config(run_dir, cfg)
     info |= {
         "vaekit_version": _version(),
-        "image_shape": list(splits.image_shape),
-        "num_classes": splits.num_classes,
+        "data_spec": splits.spec.to_dict(),
+        "model_kind": cfg.model.kind,
+        "capabilities": dataclasses.asdict(trainer.capabilities),
         "num_train": splits.num_train,
         "steps_per_epoch": trainer.steps_per_epoch,
         "status": "running",
@@ -443,14 +537,15 @@ def train(
     task = bar.add_task("training", total=trainer.total_steps, completed=start_step, status="")
 
     def on_chunk(first_step: int, metrics: dict) -> None:
-        for i, (loss, beta, gnorm) in enumerate(zip(metrics["loss"], metrics["beta"], metrics["grad_norm"])):
-            writer.add_scalar("step/loss", float(loss), first_step + i + 1)
-            writer.add_scalar("step/beta", float(beta), first_step + i + 1)
-            writer.add_scalar("step/grad_norm", float(gnorm), first_step + i + 1)
+        for name in ("loss", "beta", "grad_norm"):
+            for i, v in enumerate(np.asarray(metrics.get(name, ()))):
+                writer.add_scalar(f"step/{name}", float(v), first_step + i + 1)
         bar.update(task, advance=len(metrics["loss"]), status=f"loss {float(np.mean(metrics['loss'])):.2f}")
 
     trainer.chunk_callback = on_chunk
-    best = float(trainer.state["best_val_elbo"])
+    caps = trainer.capabilities
+    best_key, sign = f"val/{caps.best_metric}", (1.0 if caps.best_mode == "max" else -1.0)
+    best = float(trainer.state["best"])  # NaN until the first validation
     counted_in_steps = cfg.train.steps is not None
     latent_dim = cfg.model.latent_dim
     try:
@@ -469,21 +564,26 @@ def train(
                 for k, v in record.items():
                     if isinstance(v, (int, float)) and k != "epoch":
                         writer.add_scalar(f"epoch/{k}", v, x_axis)
-                for j, v in enumerate(record["val/kl_per_dim"]):
+                for j, v in enumerate(record.get("val/kl_per_dim", ())):
                     writer.add_scalar(f"kl_per_dim/{j:03d}", v, x_axis)
                 writer.flush()
                 history.append(record)
-                bar.console.print(_epoch_line(record, num_epochs, latent_dim, counted_in_steps))
-                warning = collapse_warning(record["val/kl_per_dim"], record["val/active_units"], latent_dim)
-                if warning:
-                    log.warning(warning)
-                if record["val/elbo"] > best:
-                    best = record["val/elbo"]
-                    trainer.state["best_val_elbo"] = jnp.asarray(best, jnp.float32)
-                    ckpt.save("best", epoch + 1, trainer.state)
+                bar.console.print(_epoch_line(record, num_epochs, latent_dim, counted_in_steps), soft_wrap=True)
+                if "val/kl_per_dim" in record:
+                    warning = collapse_warning(record["val/kl_per_dim"], record.get("val/active_units"), latent_dim)
+                    if warning:
+                        log.warning(warning)
+                value = record[best_key]
+                if not np.isfinite(value):
+                    raise TrainingDiverged(f"validation {caps.best_metric} is {value} after epoch {epoch + 1}; "
+                                           f"stopped. Try a lower train.learning_rate or train.grad_clip=1.0")
+                if np.isnan(best) or sign * value > sign * best:
+                    best = value
+                    trainer.state["best"] = jnp.asarray(best, jnp.float32)
+                    ckpt.save("best", epoch + 1, checkpoint_items(trainer.state))
                 if (epoch + 1) % cfg.train.checkpoint_every == 0 or record["step"] >= trainer.total_steps:
-                    ckpt.save("latest", epoch + 1, trainer.state)
-                info.update(status="running", epoch=epoch + 1, step=record["step"], best_val_elbo=best)
+                    ckpt.save("latest", epoch + 1, checkpoint_items(trainer.state))
+                info.update(status="running", epoch=epoch + 1, step=record["step"], best_metric=best_key, best=best)
                 ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
     except TrainingDiverged as e:
         info.update(status="diverged", error=str(e))
@@ -493,17 +593,26 @@ def train(
         info.update(status="interrupted")
         ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
         raise
+    except Exception as e:
+        info.update(status="failed", error=f"{type(e).__name__}: {e}")
+        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        raise
     finally:
         writer.close()
         ckpt.close()
 
-    model = nnx.merge(trainer.graphdef, trainer.state["params"], trainer.state["rest"])
-    write_pictures(run_dir, model, splits, cfg.train.seed)
-    if history:
-        plots.save_curves(run_dir / "curves.png", history)
-        plots.save_kl_heatmap(run_dir / "kl_per_dim.png", history)
-        last = history[-1]
-        info["final"] = {k: v for k, v in last.items() if not isinstance(v, list)}
+    try:
+        model = merge_model(trainer.graphdef, trainer.state["params"], trainer.state["rest"])
+        write_pictures(run_dir, model, splits, cfg.train.seed)
+        if history:
+            plots.save_curves(run_dir / "curves.png", history)
+            plots.save_kl_heatmap(run_dir / "kl_per_dim.png", history)
+            last = history[-1]
+            info["final"] = {k: v for k, v in last.items() if not isinstance(v, list)}
+    except Exception as e:  # the checkpoints are saved; say what failed instead of leaving "running"
+        info.update(status="failed", error=f"writing pictures: {type(e).__name__}: {e}")
+        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        raise
     info.update(status="complete")
     ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
     return run_dir

@@ -44,11 +44,13 @@ import numpy as np
 from vaekit.data.arrays import load_arrays_splits
 from vaekit.data.mnist import load_mnist_splits
 from vaekit.data.shapes import load_shapes_source
+from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 
 __all__ = [
     "BINARIZE_MODES",
     "DATA_SOURCES",
+    "DataSpec",
     "load_configured",
     "EVAL_BINARIZATION_SEED",
     "Splits",
@@ -83,26 +85,49 @@ class Splits:
     """The three splits of a dataset, ready for training and evaluation.
 
     Attributes:
-        train, val, test: ``{"x": float32 (N, H, W, C) in [0, 1]}`` plus ``"y": int32
-            (N,)`` when the data has labels. With ``binarize="static"`` every ``x``
-            holds only 0.0 and 1.0; with ``"dynamic"`` val and test do, train does not.
-            For an ``.npz`` without a test set, ``test`` holds the validation arrays.
-        image_shape: ``(H, W, C)``.
-        num_classes: ``max(y) + 1`` over all splits, or ``None`` without labels.
+        train, val, test: dicts of per-example arrays (see `data.spec` for the keys): ``"x"``
+            (float32 (N, H, W, C) in [0, 1] for images, (N, D) for vectors) plus ``"y"``
+            int32 (N,) when the data has labels. With ``binarize="static"`` every ``x`` holds
+            only 0.0 and 1.0; with ``"dynamic"`` val and test do, train does not (each
+            training batch is drawn by :meth:`training_batch`).
+        spec: the :class:`DataSpec` (kind, one example's shape, classes).
         binarize: ``"none"``, ``"dynamic"`` or ``"static"``.
-        train_transform: ``None`` for arrays of images. For a generated source, a
-            traceable function the trainer applies on the device to every gathered batch of
-            ``train`` records, returning the model's batch (``{"x", "y"}``); ``train`` then
-            holds those records (e.g. ``{"index", "y"}``) and no ``"x"``.
+        train_transform: ``None`` for arrays of data. For a generated source, a traceable
+            function that renders a gathered batch of ``train`` records into the model's
+            batch (``{"x", "y"}``); ``train`` then holds those records (e.g. ``{"index",
+            "y"}``) and no ``"x"``.
     """
 
     train: Split
     val: Split
     test: Split
-    image_shape: tuple[int, int, int]
-    num_classes: int | None
+    spec: DataSpec
     binarize: str
     train_transform: Callable[[Split], Split] | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.spec.num_classes
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """One example's shape (H, W, C) for images (``spec.shape`` for any data)."""
+        return self.spec.shape
+
+    def training_batch(self, batch: Split, key) -> Split:
+        """Traceable: a gathered batch of training rows -> the model's batch, on the device.
+
+        Renders a generated source's records (:attr:`train_transform`) and, with
+        ``binarize="dynamic"``, draws a fresh Bernoulli binarization of ``x`` from ``key``.
+        """
+        import jax
+        import jax.numpy as jnp
+
+        if self.train_transform is not None:
+            batch = self.train_transform(batch)
+        if self.binarize == "dynamic":
+            batch = dict(batch, x=jax.random.bernoulli(key, batch["x"]).astype(jnp.float32))
+        return batch
 
     @property
     def num_train(self) -> int:
@@ -134,7 +159,7 @@ class Splits:
         # The default repr would print pixel arrays; a summary is what one wants to see.
         sizes = ", ".join(f"{name}={len(getattr(self, name)['x'])}" for name in ("val", "test"))
         sizes = f"train={self.num_train}, {sizes}"
-        return f"Splits({sizes}, image_shape={self.image_shape}, num_classes={self.num_classes}, binarize={self.binarize!r})"
+        return f"Splits({sizes}, spec={self.spec}, binarize={self.binarize!r})"
 
 
 def binarize_fixed(x: np.ndarray, seed: int) -> np.ndarray:
@@ -241,13 +266,13 @@ def load_data(
 
     # Binarize after limiting: less work, and the same result (see binarize_fixed).
     splits = _binarize_splits(splits, binarize, seed)
-    h, w, c = splits["val"]["x"].shape[1:]
+    shape = splits["val"]["x"].shape[1:]
+    spec = DataSpec("images" if len(shape) == 3 else "vectors", shape, num_classes)
     return Splits(
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        image_shape=(int(h), int(w), int(c)),
-        num_classes=num_classes,
+        spec=spec,
         binarize=binarize,
         train_transform=transform,
     )

@@ -621,6 +621,12 @@ def evaluate_run(run, *, num_train: int = 10_000, num_test: int = 5_000, seed: i
     from vaekit.data.shapes import ShapesData
     from vaekit.evaluate.likelihood import posterior_mean_fn
 
+    from vaekit.models import require
+
+    require(run.model, "latent_vector", "vaekit disentanglement")
+    if run.model.capabilities.conditional:
+        raise VaekitError("disentanglement metrics score codes of images alone; a conditional model's code needs "
+                          "its label too, so they are not defined for it")
     if run.config.data.source != "shapes":
         raise VaekitError(f"disentanglement metrics need a model trained on data with known factors "
                           f"(data.source=shapes); this run used '{run.config.data.source}'")
@@ -636,7 +642,8 @@ def latent_traversal(model, x, y=None, *, index: int = 0, steps: int = 11, span:
                      dims: int = 0) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Decoded sweeps of each latent around the code of one seed image.
 
-    The latents are ordered by their KL to the prior, averaged over the images ``x``; row ``r``
+    The latents are ordered by their KL to the prior (where the posterior has a per-dimension
+    KL; else by the variance of their posterior means), averaged over the images ``x``; row ``r``
     sweeps the ``r``-th of them over ``linspace(-span, span, steps)`` with every other latent at
     the posterior mean of ``x[index]``.
 
@@ -655,8 +662,14 @@ def latent_traversal(model, x, y=None, *, index: int = 0, steps: int = 11, span:
         raise VaekitError("a traversal needs steps >= 2 and a positive span (--steps, --range)")
     if not 0 <= index < len(x):
         raise VaekitError(f"seed index must be in [0, {len(x)}), got {index}")
+    from vaekit.models import require
+
+    require(model, "latent_vector", "a latent traversal")
     q = model.encode(jnp.asarray(x), None if y is None else jnp.asarray(y))
-    kl = np.asarray(q.kl_per_dim()).mean(0)  # (D,) average KL of each latent over these images
+    if hasattr(q, "kl_per_dim"):
+        kl, stat = np.asarray(q.kl_per_dim()).mean(0), "KL"  # (D,) average KL of each latent over these images
+    else:
+        kl, stat = np.asarray(q.mean).var(0), "var"
     order = np.argsort(-kl)[:dims] if dims else np.argsort(-kl)
     values = np.linspace(-span, span, steps)
     base = np.asarray(q.mean)[index]
@@ -666,4 +679,4 @@ def latent_traversal(model, x, y=None, *, index: int = 0, steps: int = 11, span:
     z = z.reshape(-1, z.shape[-1])
     yz = None if y is None else jnp.full((len(z),), int(np.asarray(y)[index]))
     images = np.asarray(model.decode(jnp.asarray(z), yz).mean())
-    return images, [f"z{d} KL {kl[d]:.2f}" for d in order], values
+    return images, [f"z{d} {stat} {kl[d]:.2f}" for d in order], values

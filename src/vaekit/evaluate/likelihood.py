@@ -10,7 +10,8 @@ For each example x and k draws z_i ~ q(z|x), with log weights log w_i = log p(x,
 The draws are taken in chunks (`chunk` at a time, a `lax.scan` inside one jitted call per batch
 of examples) and reduced with a streaming logsumexp, so memory is bounded whatever k is. The
 estimator calls only the model interface (`log_weights`, `encode`), so every model is scored by
-the same code; labels in the data are passed to the model (conditional models use them).
+the same code; every per-example array of the data (labels, masks) is passed to the model, so a
+conditional model is scored as log p(x|y).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import numpy as np
 from flax import nnx
 
 from vaekit.errors import VaekitError
-from vaekit.train import ACTIVE_UNIT_VARIANCE, progress_bar
+from vaekit.metrics import ACTIVE_UNIT_VARIANCE
+from vaekit.progress import progress_bar
 
 IWAE_BOUNDS = (1, 5, 50)
 EVAL_SEED = 20151102  # seed of the posterior draws of every evaluation (results are reproducible)
@@ -72,7 +74,8 @@ def log_likelihood(
     seed: int = EVAL_SEED,
     progress=None,
 ) -> dict[str, np.ndarray]:
-    """Per-example estimates over `data` ({"x": (N, ...), optional "y"}): arrays of shape (N,).
+    """Per-example estimates over `data` ({"x": (N, ...), and any other per-example arrays such as
+    "y"}): arrays of shape (N,).
 
     Returns {"log_px": importance-sampled log p(x) with `samples` draws, "elbo": mean log weight,
     "iwae_<m>": the m-sample bound for m in (1, 5, 50) that fit in one chunk}. `progress` is an
@@ -88,17 +91,15 @@ def log_likelihood(
     bounds = tuple(b for b in IWAE_BOUNDS if b <= chunk)
     graphdef, state = nnx.split(model)
     fn = _batch_fn(graphdef, samples, chunk, bounds)
-    x, y = np.asarray(data["x"]), data.get("y")
-    n = len(x)
+    arrays = {k: np.asarray(v) for k, v in data.items()}
+    n = len(arrays["x"])
     key = jax.random.PRNGKey(seed)
     out = {"log_px": [], "elbo": [], **{f"iwae_{b}": [] for b in bounds}}
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         # pad the last batch to the compiled shape (padding rows are dropped below)
         idx = np.minimum(np.arange(start, start + batch_size), n - 1)
-        batch = {"x": jnp.asarray(x[idx])}
-        if y is not None:
-            batch["y"] = jnp.asarray(np.asarray(y)[idx])
+        batch = {k: jnp.asarray(v[idx]) for k, v in arrays.items()}
         log_px, elbo, iwae = jax.device_get(fn(state, batch, jax.random.fold_in(key, start)))
         keep = stop - start
         out["log_px"].append(log_px[:keep])
@@ -110,37 +111,40 @@ def log_likelihood(
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
-def posterior_mean_fn(model: nnx.Module, batch_size: int = 512) -> Callable[[np.ndarray], np.ndarray]:
-    """A function images (N, H, W, C) -> E_q[z|x] (N, D) on the host, compiled once per batch shape.
+def posterior_mean_fn(model: nnx.Module, batch_size: int = 512) -> Callable[..., np.ndarray]:
+    """A function (x (N, ...)[, y (N,)]) -> E_q[z|x[, y]] (N, D) on the host, compiled once per batch shape.
 
     Build it once and call it many times (the disentanglement metrics encode hundreds of small
     batches); each call of :func:`posterior_means` compiles afresh.
     """
     graphdef, state = nnx.split(model)
-    mean = jax.jit(lambda st, xb: nnx.merge(graphdef, st).encode(xb).mean)
+    mean = jax.jit(lambda st, xb, yb: nnx.merge(graphdef, st).encode(xb, yb).mean)
 
-    def encode(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([np.asarray(mean(state, jnp.asarray(x[i : i + batch_size])))
-                               for i in range(0, len(x), batch_size)])
+    def encode(x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        part = lambda a, i: None if a is None else jnp.asarray(a[i : i + batch_size])  # noqa: E731
+        return np.concatenate([np.asarray(mean(state, part(x, i), part(y, i))) for i in range(0, len(x), batch_size)])
 
     return encode
 
 
-def posterior_means(model: nnx.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """E_q[z|x] for images (N, H, W, C), jitted, in batches: (N, D) on the host."""
-    return posterior_mean_fn(model, batch_size)(x)
+def posterior_means(model: nnx.Module, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 512) -> np.ndarray:
+    """E_q[z|x[, y]] for data (N, ...), jitted, in batches: (N, D) on the host."""
+    return posterior_mean_fn(model, batch_size)(x, y)
 
 
-def active_units(model: nnx.Module, x: np.ndarray, threshold: float = ACTIVE_UNIT_VARIANCE) -> tuple[int, np.ndarray]:
+def active_units(model: nnx.Module, x: np.ndarray, y: np.ndarray | None = None,
+                 threshold: float = ACTIVE_UNIT_VARIANCE) -> tuple[int, np.ndarray]:
     """Burda et al. 2015: unit u is active when Var_x(E_q[u|x]) > threshold. Returns (count, variances)."""
-    var = posterior_means(model, x).var(axis=0)
+    var = posterior_means(model, x, y).var(axis=0)
     return int(np.sum(var > threshold)), var
 
 
-def reconstruction_error(model: nnx.Module, x: np.ndarray, batch_size: int = 1000) -> float:
-    """Mean squared error per pixel between images and their reconstructions (posterior mean)."""
-    rec = nnx.jit(lambda m, xb: jnp.sum((m.reconstruct(xb) - xb) ** 2, axis=(1, 2, 3)))
-    total = sum(float(jnp.sum(rec(model, jnp.asarray(x[i : i + batch_size])))) for i in range(0, len(x), batch_size))
+def reconstruction_error(model: nnx.Module, x: np.ndarray, y: np.ndarray | None = None, batch_size: int = 1000) -> float:
+    """Mean squared error per data entry between data and its reconstructions (posterior mean)."""
+    graphdef, state = nnx.split(model)
+    rec = jax.jit(lambda st, xb, yb: jnp.sum((nnx.merge(graphdef, st).reconstruct(xb, yb) - xb) ** 2))
+    part = lambda a, i: None if a is None else jnp.asarray(a[i : i + batch_size])  # noqa: E731
+    total = sum(float(rec(state, part(x, i), part(y, i))) for i in range(0, len(x), batch_size))
     return total / (len(x) * math.prod(x.shape[1:]))
 
 
@@ -169,9 +173,14 @@ def evaluate(
         raise VaekitError(f"--split must be train, val or test, got '{split}'")
     if limit is not None and limit <= 0:
         raise VaekitError(f"--limit must be positive, got {limit}")
+    from vaekit.distributions import DISCRETE_LIKELIHOODS
+    from vaekit.models import require
+
+    require(run.model, "likelihood_bound", "vaekit evaluate")
     data = run.data().examples(split, limit)
     n = len(data["x"])
     model = run.model
+    conditional = model.capabilities.conditional
     model.eval()
     t0 = time.perf_counter()
     bar = progress_bar(progress, "NLL", "images")
@@ -180,8 +189,9 @@ def evaluate(
         est = log_likelihood(model, data, samples=samples, chunk=chunk, batch_size=batch_size, seed=seed,
                              progress=lambda k: bar.update(task, advance=k))
     seconds = time.perf_counter() - t0
-    au, _ = active_units(model, np.asarray(data["x"]))
-    dims = math.prod(np.asarray(data["x"]).shape[1:])
+    x, y = np.asarray(data["x"]), data.get("y")
+    y = None if y is None or not conditional else np.asarray(y)
+    dims = math.prod(x.shape[1:])
     nll = -est["log_px"]
     summary = {
         "split": split,
@@ -192,14 +202,17 @@ def evaluate(
         "nll_stderr": float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
         "elbo": float(est["elbo"].mean()),
         **{f"iwae_k{b}": float(est[f"iwae_{b}"].mean()) for b in IWAE_BOUNDS if f"iwae_{b}" in est},
-        "bits_per_dim": float(nll.mean() / (dims * math.log(2))),
-        "active_units": au,
+        "conditional": conditional,  # the NLL is -log p(x|y) for a conditional model
         "latent_dim": int(run.config.model.latent_dim),
-        "reconstruction_mse": reconstruction_error(model, np.asarray(data["x"])),
+        "reconstruction_mse": reconstruction_error(model, x, y),
         "seconds": seconds,
         "binarize": run.config.data.binarize,
         "seed": seed,
     }
+    if run.config.model.likelihood in DISCRETE_LIKELIHOODS:  # a density of continuous data has no bits/dim
+        summary["bits_per_dim"] = float(nll.mean() / (dims * math.log(2)))
+    if model.capabilities.latent_vector:
+        summary["active_units"] = active_units(model, x, y)[0]
     if write:
         path = Path(run.path) / "evaluation.json"
         results = read_json(path) if path.exists() else {}

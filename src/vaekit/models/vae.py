@@ -1,16 +1,11 @@
-"""The VAE: a Gaussian posterior q(z|x), a standard-normal prior, and a configurable likelihood.
+"""The VAE: a diagonal-Gaussian posterior q(z|x), a prior object p(z) (N(0, I)), and a configurable
+likelihood p(x|z), for images or flat vectors. It implements the interface of `models.base`.
 
-It implements the model interface that the trainer and every evaluator call (and nothing else):
-
-    loss(batch, *, rngs, step) -> (scalar, metrics)   training objective, as configured
-    log_weights(batch, k, *, rngs) -> (B, k)           log p(x, z) - log q(z|x) for k draws
-    encode(x) -> DiagonalGaussian                      q(z|x)
-    decode(z) -> likelihood                            p(x|z), a distribution over images
-    reconstruct(x) -> images                           decoder mean at the posterior mean
-    sample(n, *, rngs, temperature) -> images          decoder mean at prior draws
-
-Batches are dicts: "x" (B, H, W, C) float in [0, 1] (binary when the likelihood needs it), and
-optionally "y" (B,) int labels, which this unconditional model ignores.
+The estimators are written once, against the posterior and prior *objects*: draws come with
+their log-density (`sample_and_log_prob`), and the KL term is the closed form where one is
+registered (`priors.CLOSED_FORM_KL`) and a Monte Carlo estimate from the same draws where not.
+A variant that swaps the posterior (a flow), the prior (a VampPrior) or adds a condition
+(`models.cvae`) overrides `encode`, `prior` or `condition` and inherits the rest.
 """
 
 from __future__ import annotations
@@ -21,64 +16,79 @@ from flax import nnx
 
 from vaekit import objectives
 from vaekit.config import ModelConfig, ObjectiveConfig
-from vaekit.distributions import LIKELIHOODS, DiagonalGaussian, posterior_scale, standard_normal_log_prob
+from vaekit.data.spec import DataSpec
+from vaekit.distributions import LIKELIHOODS, DiagonalGaussian, posterior_scale
+from vaekit.errors import VaekitError
+from vaekit.metrics import mean_of
+from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup
 from vaekit.nets import build_decoder, build_encoder
-
-
-def as_images(x: jax.Array) -> jax.Array:
-    """(N, H, W) -> (N, H, W, 1); anything else unchanged; always float32."""
-    x = jnp.asarray(x, jnp.float32)
-    return x[..., None] if x.ndim == 3 else x
+from vaekit.priors import StandardNormal, kl_divergence
 
 
 class VAE(nnx.Module):
     """Variational autoencoder with a diagonal-Gaussian posterior and an N(0, I) prior."""
 
-    def __init__(
-        self,
-        model: ModelConfig,
-        objective: ObjectiveConfig,
-        image_shape: tuple[int, int, int],
-        *,
-        num_classes: int | None = None,
-        rngs: nnx.Rngs,
-    ):
-        del num_classes  # unconditional; the argument keeps every model's constructor alike
+    kind = "vae"
+    config_class = ModelConfig
+
+    def __init__(self, model: ModelConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
+        if spec.kind not in self.capabilities_for(model).data_kinds:
+            raise VaekitError(f"model.kind '{self.kind}' does not take {spec.kind} data")
         self.model_cfg = model
         self.objective = objective
-        self.image_shape = tuple(image_shape)
+        self.spec = spec
         self.latent_dim = model.latent_dim
-        params_per_channel, self._likelihood = LIKELIHOODS[model.likelihood]
-        self.encoder = build_encoder(model, image_shape, 2 * model.latent_dim, rngs=rngs)
-        self.decoder = build_decoder(model, model.latent_dim, image_shape, params_per_channel, rngs=rngs)
+        self.cond_dim = self.condition_dim(spec)
+        condition = getattr(model, "condition", None)
+        params_per_entry, self._likelihood = LIKELIHOODS[model.likelihood]
+        self.encoder = build_encoder(model, spec.shape, 2 * model.latent_dim, cond_dim=self.cond_dim,
+                                     condition=condition, rngs=rngs)
+        self.decoder = build_decoder(model, model.latent_dim, spec.shape, params_per_entry, cond_dim=self.cond_dim,
+                                     condition=condition, rngs=rngs)
+        self.prior = StandardNormal(model.latent_dim)
+        self.capabilities = self.capabilities_for(model)
+
+    @classmethod
+    def capabilities_for(cls, model: ModelConfig) -> Capabilities:
+        return Capabilities()
+
+    def condition_dim(self, spec: DataSpec) -> int:
+        """Width of the condition vector the nets take (0: unconditional)."""
+        return 0
+
+    def condition(self, y: jax.Array | None) -> jax.Array | None:
+        """The nets' condition for labels y (N,); an unconditional model ignores y."""
+        return None
+
+    def param_groups(self) -> dict[str, ParamGroup]:
+        return DEFAULT_GROUPS
+
+    def _as_data(self, x: jax.Array) -> jax.Array:
+        """float32 data; images given as (N, H, W) get their channel axis."""
+        x = jnp.asarray(x, jnp.float32)
+        return x[..., None] if self.spec.is_images and x.ndim == 3 and self.spec.shape[-1] == 1 else x
 
     # ------------------------------------------------------------------ distributions
 
     def encode(self, x: jax.Array, y: jax.Array | None = None) -> DiagonalGaussian:
-        """q(z|x) for images (N, H, W[, C]) -> DiagonalGaussian with (N, D) parameters."""
-        h = self.encoder(as_images(x))
+        """q(z|x[, y]) for data (N, *event) -> DiagonalGaussian with (N, D) parameters."""
+        h = self.encoder(self._as_data(x), self.condition(y))
         mean, raw = jnp.split(h, 2, axis=-1)
         return DiagonalGaussian(mean, posterior_scale(raw, self.model_cfg.posterior_scale))
 
     def decode(self, z: jax.Array, y: jax.Array | None = None):
-        """p(x|z) for latents (..., D): a likelihood whose parameters are (..., H, W, C[, 256])."""
-        return self._likelihood(self.decoder(z), self.model_cfg)
-
-    def prior_log_prob(self, z: jax.Array) -> jax.Array:
-        return standard_normal_log_prob(z)
+        """p(x|z[, y]) for latents (..., D): a likelihood with parameters (..., *event[, 256])."""
+        return self._likelihood(self.decoder(z, self.condition(y)), self.model_cfg, self.spec.event_ndim)
 
     # ------------------------------------------------------------------ estimators
 
     def _draws(self, batch: dict, k: int, rngs: nnx.Rngs):
-        """k reparameterized posterior draws and their log densities, each (k, B)."""
-        x = as_images(batch["x"])
-        y = batch.get("y")
+        """q, k reparameterized draws z (k, B, D), and log q(z|x), log p(x|z), log p(z), each (k, B)."""
+        x, y = self._as_data(batch["x"]), batch.get("y")
         q = self.encode(x, y)
-        z = q.sample(rngs.sample(), (k,))  # (k, B, D)
-        log_px_z = self.decode(z, y).log_prob(x)  # (k, B): x (B, ...) broadcasts against (k, B, ...)
-        log_pz = self.prior_log_prob(z)  # (k, B)
-        log_qz = q.log_prob(z)  # (k, B)
-        return q, log_px_z, log_pz, log_qz
+        z, log_qz = q.sample_and_log_prob(rngs.sample(), (k,))
+        log_px_z = self.decode(z, y).log_prob(x)  # x (B, ...) broadcasts against (k, B, ...)
+        return q, z, log_qz, log_px_z, self.prior.log_prob(z)
 
     def log_weights(self, batch: dict, k: int, *, rngs: nnx.Rngs) -> jax.Array:
         """log p(x, z_i) - log q(z_i | x) for k draws z_i ~ q(z|x): (B, k).
@@ -86,51 +96,49 @@ class VAE(nnx.Module):
         logmeanexp over k is the IWAE bound (and, for large k, the NLL estimate); the mean over k
         is an unbiased estimate of the ELBO.
         """
-        _, log_px_z, log_pz, log_qz = self._draws(batch, k, rngs)
+        _, _, log_qz, log_px_z, log_pz = self._draws(batch, k, rngs)
         return (log_px_z + log_pz - log_qz).T
 
     def loss(self, batch: dict, *, rngs: nnx.Rngs, step: jax.Array) -> tuple[jax.Array, dict]:
         """The training objective (a batch mean, to minimize) and metrics.
 
-        objective.kind "elbo": -E_q[log p(x|z)] (one draw) + KL term, where the KL is the closed form
-        weighted by the beta schedule, with free bits or capacity control when configured.
-        objective.kind "iwae": -mean_B log (1/k) sum_i w_i over k draws; with k = 1 this is exactly
-        the single-draw ELBO estimate -mean(log_weights).
-        Metrics always report the true ELBO (closed-form KL, beta = 1, no free bits).
+        objective.kind "elbo": -E_q[log p(x|z)] (one draw) + the KL term (closed form or Monte
+        Carlo, see `priors.kl_divergence`) weighted by the beta schedule, with free bits or
+        capacity control when configured. objective.kind "iwae": -mean_B log (1/k) sum_i w_i
+        over k draws. Metrics report the true ELBO (beta = 1, no free bits) as exact means.
         """
         cfg = self.objective
         k = cfg.iwae_k if cfg.kind == "iwae" else 1
-        q, log_px_z, log_pz, log_qz = self._draws(batch, k, rngs)
-        kl_per_dim = q.kl_per_dim()  # (B, D)
-        kl = jnp.mean(jnp.sum(kl_per_dim, axis=-1))
-        recon = -jnp.mean(log_px_z)
+        q, z, log_qz, log_px_z, log_pz = self._draws(batch, k, rngs)
+        kl = kl_divergence(q, self.prior, z, log_qz)  # (B,), and (B, D) in closed form
+        recon = -jnp.mean(log_px_z, axis=0)  # (B,)
         if cfg.kind == "iwae":
-            bound = objectives.iwae_bound((log_px_z + log_pz - log_qz).T)  # (B,)
-            loss = -jnp.mean(bound)
+            loss = -jnp.mean(objectives.iwae_bound((log_px_z + log_pz - log_qz).T))
             info = {"beta": jnp.ones(())}
         else:
-            penalty, info = objectives.kl_term(kl_per_dim, step, cfg)
-            loss = recon + penalty
+            penalty, info = objectives.kl_term(kl, step, cfg, latent_dim=self.latent_dim)
+            loss = jnp.mean(recon) + penalty
         metrics = {
-            "loss": loss,
-            "recon": recon,
-            "kl": kl,
-            "elbo": -(recon + kl),
-            "kl_per_dim": jnp.mean(kl_per_dim, axis=0),  # (D,)
+            "loss": mean_of(jnp.broadcast_to(loss, recon.shape)),
+            "recon": mean_of(recon),
+            "kl": mean_of(kl.total),
+            "elbo": mean_of(-(recon + kl.total)),
             **info,
         }
+        if kl.per_dim is not None:
+            metrics["kl_per_dim"] = mean_of(kl.per_dim)  # (D,)
         return loss, metrics
 
-    # ------------------------------------------------------------------ images
+    # ------------------------------------------------------------------ data out
 
     def reconstruct(self, x: jax.Array, y: jax.Array | None = None) -> jax.Array:
-        """Decoder mean at the posterior mean: images (N, H, W, C) in [0, 1] for Bernoulli/categorical.
+        """Decoder mean at the posterior mean: data (N, *event) (in [0, 1] for Bernoulli/categorical).
 
         Use the model in eval mode (`model.eval()`; `load_run` returns it so) for BatchNorm nets.
         """
         return self.decode(self.encode(x, y).mean, y).mean()
 
-    def sample(self, n: int, *, rngs: nnx.Rngs, temperature: float = 1.0, y: jax.Array | None = None) -> jax.Array:
-        """Decoder means at n prior draws z ~ N(0, temperature^2 I): images (n, H, W, C)."""
-        z = temperature * jax.random.normal(rngs.sample(), (n, self.latent_dim))
+    def sample(self, n: int, *, rngs: nnx.Rngs, y: jax.Array | None = None, temperature: float = 1.0) -> jax.Array:
+        """Decoder means at n prior draws (the prior's spread scaled by temperature): (n, *event)."""
+        z = self.prior.sample(rngs.sample(), (n,), temperature)
         return self.decode(z, y).mean()

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from vaekit.errors import VaekitError
+from vaekit.nets.conditioning import ConditionalBatchNorm, FiLM, broadcast_condition
 
 
 def _check_side(image_shape, channels):
@@ -73,23 +74,32 @@ def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array) -> jax.Array:
 
 
 class ConvEncoder(nnx.Module):
-    """(..., H, W, C) -> (..., out_dim)."""
+    """(..., H, W, C) -> (..., out_dim); with a condition c (N, K) per `nets.conditioning`."""
 
-    def __init__(self, image_shape, channels, dense, out_dim, *, rngs: nnx.Rngs):
+    def __init__(self, image_shape, channels, dense, out_dim, *, cond_dim: int = 0, condition: str | None = None,
+                 rngs: nnx.Rngs):
         h0, w0 = _check_side(image_shape, channels)
-        ins = (image_shape[-1], *channels[:-1])
+        self.condition = condition if cond_dim else None
+        extra = cond_dim if self.condition == "concat" else 0  # one-hot label channels
+        ins = (image_shape[-1] + extra, *channels[:-1])
         self.convs = nnx.List(
             [nnx.Conv(i, o, (4, 4), strides=2, padding="SAME", rngs=rngs) for i, o in zip(ins, channels)]
         )
-        self.norms = nnx.List([nnx.BatchNorm(o, momentum=0.9, rngs=rngs) for o in channels])
+        self.norms = nnx.List([_norm(self.condition, cond_dim, o, rngs) for o in channels])
+        self.films = nnx.List([_film(self.condition, cond_dim, o, rngs) for o in channels])
         flat = h0 * w0 * channels[-1]
         self.dense = nnx.Linear(flat, dense, rngs=rngs) if dense else None
         self.head = nnx.Linear(dense or flat, out_dim, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, c: jax.Array | None = None) -> jax.Array:
         h, lead = _flatten_lead(x, 3)  # (N, H, W, C)
-        for conv, norm in zip(self.convs, self.norms):
-            h = jax.nn.relu(norm(conv(h)))
+        c = None if c is None else broadcast_condition(c, lead).reshape(h.shape[0], -1)  # (N, K)
+        if self.condition == "concat":
+            h = jnp.concatenate([h, jnp.broadcast_to(c[:, None, None, :], (*h.shape[:3], c.shape[-1]))], axis=-1)
+        for conv, norm, film in zip(self.convs, self.norms, self.films):
+            h = jax.nn.relu(_apply_norm(norm, conv(h), c))
+            if film is not None:
+                h = film(h, c)
         h = h.reshape(h.shape[0], -1)
         if self.dense is not None:
             h = jax.nn.relu(self.dense(h))
@@ -97,30 +107,54 @@ class ConvEncoder(nnx.Module):
 
 
 class ConvDecoder(nnx.Module):
-    """(..., D) -> (..., H, W, C, P): P raw outputs per pixel channel."""
+    """(..., D) -> (..., H, W, C, P): P raw outputs per pixel channel; optional condition c (N, K)."""
 
-    def __init__(self, latent_dim, channels, dense, image_shape, params_per_channel, *, rngs: nnx.Rngs):
+    def __init__(self, latent_dim, channels, dense, image_shape, params_per_channel, *, cond_dim: int = 0,
+                 condition: str | None = None, rngs: nnx.Rngs):
         self.h0, self.w0 = _check_side(image_shape, channels)
         self.image_shape = tuple(image_shape)
         self.params_per_channel = params_per_channel
+        self.condition = condition if cond_dim else None
         top = channels[-1]
-        self.dense = nnx.Linear(latent_dim, dense, rngs=rngs) if dense else None
-        self.project = nnx.Linear(dense or latent_dim, self.h0 * self.w0 * top, rngs=rngs)
+        d_in = latent_dim + (cond_dim if self.condition == "concat" else 0)
+        self.dense = nnx.Linear(d_in, dense, rngs=rngs) if dense else None
+        self.project = nnx.Linear(dense or d_in, self.h0 * self.w0 * top, rngs=rngs)
         # Mirror of the encoder: top -> ... -> channels[0] -> C * P, doubling the side each time.
         outs = (*reversed(channels[:-1]), image_shape[-1] * params_per_channel)
         ins = tuple(reversed(channels))
         self.deconvs = nnx.List(
             [nnx.ConvTranspose(i, o, (4, 4), strides=2, padding="SAME", rngs=rngs) for i, o in zip(ins, outs)]
         )
-        self.norms = nnx.List([nnx.BatchNorm(o, momentum=0.9, rngs=rngs) for o in outs[:-1]])
+        self.norms = nnx.List([_norm(self.condition, cond_dim, o, rngs) for o in outs[:-1]])
+        self.films = nnx.List([_film(self.condition, cond_dim, o, rngs) for o in outs[:-1]])
 
-    def __call__(self, z: jax.Array) -> jax.Array:
+    def __call__(self, z: jax.Array, c: jax.Array | None = None) -> jax.Array:
         h, lead = _flatten_lead(z, 1)  # (N, D)
+        c = None if c is None else broadcast_condition(c, lead).reshape(h.shape[0], -1)  # (N, K)
+        if self.condition == "concat":
+            h = jnp.concatenate([h, c.astype(h.dtype)], axis=-1)
         if self.dense is not None:
             h = jax.nn.relu(self.dense(h))
         h = jax.nn.relu(self.project(h)).reshape(h.shape[0], self.h0, self.w0, -1)
         for i, deconv in enumerate(self.deconvs):
             h = conv_transpose(deconv, h)
             if i < len(self.norms):
-                h = jax.nn.relu(self.norms[i](h))
+                h = jax.nn.relu(_apply_norm(self.norms[i], h, c))
+                if self.films[i] is not None:
+                    h = self.films[i](h, c)
         return h.reshape(*lead, *self.image_shape, self.params_per_channel)
+
+
+def _norm(condition, cond_dim, features, rngs):
+    """BatchNorm, or conditional BatchNorm in "cbn" mode."""
+    if condition == "cbn":
+        return ConditionalBatchNorm(cond_dim, features, rngs=rngs)
+    return nnx.BatchNorm(features, momentum=0.9, rngs=rngs)
+
+
+def _film(condition, cond_dim, features, rngs):
+    return FiLM(cond_dim, features, rngs=rngs) if condition == "film" else None
+
+
+def _apply_norm(norm, h, c):
+    return norm(h, c) if isinstance(norm, ConditionalBatchNorm) else norm(h)

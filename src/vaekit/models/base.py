@@ -1,0 +1,105 @@
+"""The model interface: the one seam between a model and the trainer, evaluators, plots and CLI.
+
+Every model kind is an `nnx.Module` built as `Model(model_cfg, objective_cfg, spec, *, rngs)`
+(`spec` a `vaekit.data.spec.DataSpec`: the data kind, one example's shape, classes, vocabulary)
+with these methods:
+
+    loss(batch, *, rngs, step) -> (loss, metrics)
+        The training objective, with everything the model's config asks for (beta, annealing,
+        free bits, capacity, IWAE, a discriminator, codebook terms). `loss` is a scalar to
+        minimize, or {group name: scalar} when the model has several parameter groups.
+        `metrics` maps names to `vaekit.metrics.Mean` (exact sums over denominators) or plain
+        scalars. `step` is a traced array; `rngs` has the streams "sample", "dropout", "noise".
+        This is the only method the trainer needs.
+    log_weights(batch, k, *, rngs) -> (B, k)            [capability likelihood_bound]
+        log p(x, z_i) - log q(z_i | x) for k draws: IWAE bounds, the NLL estimate, the ELBO.
+    encode(x, y=None) -> posterior                    a `mean` and `sample_and_log_prob`
+    decode(z, y=None) -> likelihood                   `log_prob(x)`, `mean()`, `sample(key)`
+    prior                                             `log_prob(z)`, `sample(key, shape)`
+    reconstruct(x, y=None), sample(n, *, rngs, y=None, temperature=1.0) -> data
+    param_groups() -> {name: ParamGroup}             what each optimizer updates
+
+What else a command may use, the model declares in `capabilities` (a `Capabilities`), and a
+command checks it with `require` instead of assuming: a model without a likelihood bound is
+told so in one line by `vaekit evaluate`, never met with an AttributeError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import jax
+from flax import nnx
+
+from vaekit.errors import VaekitError
+
+
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a model offers beyond `loss`; the trainer, evaluators, plots and CLI read these."""
+
+    likelihood_bound: bool = True  # log_weights: `vaekit evaluate` (NLL, IWAE bounds), the ELBO metric
+    latent_vector: bool = True  # encode(x).mean is a flat (N, D) code: active units, interpolation, traversal, disentanglement
+    kl_per_dim: bool = True  # metrics carry "kl_per_dim" (D,): the KL heatmap, collapse warnings, traversal order
+    conditional: bool = False  # a label y conditions the model: `--label`, class-conditional sample grids
+    best_metric: str = "elbo"  # the validation metric that picks the "best" checkpoint
+    best_mode: str = "max"  # "max" or "min" of best_metric
+    update: str = "simultaneous"  # several parameter groups: "simultaneous" (one gradient point) or "alternating" (in order)
+    data_kinds: tuple[str, ...] = ("images", "vectors")  # the data spec kinds the model accepts
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamGroup:
+    """Parameters updated by one optimizer.
+
+    filter: an NNX filter selecting the group's parameters (a Variable type, a path predicate,
+        `nnx.All(...)`); parameters in no group stay frozen (a pretrained part).
+    learning_rate: this group's peak learning rate (None: `train.learning_rate`); the rest of
+        the optimizer (schedule, Adam moments, clipping) follows the train config.
+    """
+
+    filter: Any = nnx.Param
+    learning_rate: float | None = None
+
+
+DEFAULT_GROUPS = {"model": ParamGroup(nnx.Param)}
+
+
+@runtime_checkable
+class Model(Protocol):
+    """The methods every registered model kind has (see the module docstring)."""
+
+    kind: ClassVar[str]
+    capabilities: Capabilities
+
+    def loss(self, batch: dict, *, rngs: nnx.Rngs, step: jax.Array) -> tuple[Any, dict]: ...
+
+    def encode(self, x: jax.Array, y: jax.Array | None = None) -> Any: ...
+
+    def decode(self, z: jax.Array, y: jax.Array | None = None) -> Any: ...
+
+    def reconstruct(self, x: jax.Array, y: jax.Array | None = None) -> jax.Array: ...
+
+    def sample(self, n: int, *, rngs: nnx.Rngs, y: jax.Array | None = None, temperature: float = 1.0) -> jax.Array: ...
+
+    def param_groups(self) -> dict[str, ParamGroup]: ...
+
+
+CAPABILITY_NEEDS = {
+    "likelihood_bound": "a likelihood bound (log_weights)",
+    "latent_vector": "a continuous latent vector",
+    "kl_per_dim": "a per-dimension KL",
+    "conditional": "a label condition",
+}
+
+
+def require(model, capability: str, command: str) -> None:
+    """Raise a one-line VaekitError when `model` lacks `capability`, naming the command."""
+    if not getattr(model.capabilities, capability):
+        kind = getattr(model, "kind", type(model).__name__)
+        raise VaekitError(f"{command} needs a model with {CAPABILITY_NEEDS[capability]}; model.kind '{kind}' "
+                          f"has none")
+
+
+__all__ = ["CAPABILITY_NEEDS", "Capabilities", "DEFAULT_GROUPS", "Model", "ParamGroup", "require"]
