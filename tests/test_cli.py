@@ -181,3 +181,22 @@ def test_shapes_run_traverse_and_disentanglement(tmp_path, capsys):
 
 def test_disentanglement_needs_factors(run_dir, capsys):
     _err(capsys, ["disentanglement", str(run_dir)], "need a model trained on data with known factors")
+
+
+def test_conditional_options_on_an_unconditional_run(capsys, run_dir, tmp_path):
+    _err(capsys, ["sample", str(run_dir), "--label", "3", "--out", str(tmp_path / "s.png")],
+         "--label needs a conditional model", "'vae'")
+    _err(capsys, ["interpolate", str(run_dir), "--label", "3", "--out", str(tmp_path / "i.png")],
+         "--label needs a conditional model")
+    _err(capsys, ["train", "--set", "model.condition=film"], "'model.condition' belongs to model.kind cvae",
+         "valid keys for 'vae'")
+
+
+def test_a_run_from_vaekit_0_1_fails_in_one_line(capsys, run_dir, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    for item in (old / "checkpoints" / "best").glob("*/model"):  # 0.1 wrote one item, "default"
+        item.rename(item.parent / "default")
+    _err(capsys, ["sample", str(old), "--out", str(tmp_path / "s.png")], "written by vaekit 0.1", "retrain")
