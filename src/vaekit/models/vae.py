@@ -45,7 +45,7 @@ class VAE(nnx.Module):
                                      condition=condition, rngs=rngs)
         self.decoder = build_decoder(model, model.latent_dim, spec.shape, params_per_entry, cond_dim=self.cond_dim,
                                      condition=condition, rngs=rngs)
-        self.prior = StandardNormal(model.latent_dim)
+        self.prior = nnx.data(StandardNormal(model.latent_dim))  # data, so a variant may put a Module here
         self.capabilities = self.capabilities_for(model)
 
     @classmethod
