@@ -41,6 +41,18 @@ def synthetic_splits(n=200, shape=(8, 8, 1), seed=0, binarize="none") -> Splits:
                   binarize=binarize)
 
 
+def write_npz(tmp_path, name="data.npz", **arrays):
+    """Save arrays as an .npz in tmp_path and return its path as a string."""
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def random_images(n=50, shape=(6, 5), seed=0):
+    """Uniform float32 pixels in [0, 1), (n, *shape)."""
+    return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
+
+
 @pytest.fixture
 def tiny_cfg():
     return tiny_config()

@@ -14,16 +14,9 @@ from PIL import Image
 from vaekit.data import load_data
 from vaekit.data.arrays import load_arrays_splits
 from vaekit.errors import VaekitError
+from conftest import random_images, write_npz
 
 
-def _npz(tmp_path, name="data.npz", **arrays):
-    path = tmp_path / name
-    np.savez(path, **arrays)
-    return str(path)
-
-
-def _images(n=50, shape=(6, 5), seed=0):
-    return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
 
 
 def _error(path, **kwargs) -> str:
@@ -38,8 +31,8 @@ def _error(path, **kwargs) -> str:
 
 
 def test_test_split_is_carved_apart_from_validation(tmp_path):
-    x, y = _images(50), np.arange(50) % 3
-    path = _npz(tmp_path, x=x, y=y)
+    x, y = random_images(50), np.arange(50) % 3
+    path = write_npz(tmp_path, x=x, y=y)
     s = load_arrays_splits(path, val_size=10_000, seed=0)
     # [train | test | val]: validation is still the last block, test the block before it.
     assert [len(s[k]["x"]) for k in ("train", "val", "test")] == [40, 5, 5]
@@ -56,34 +49,34 @@ def test_test_split_is_carved_apart_from_validation(tmp_path):
 
 
 def test_test_split_same_size_rule_as_validation(tmp_path):
-    path = _npz(tmp_path, x=_images(1000, (3, 3)))
+    path = write_npz(tmp_path, x=random_images(1000, (3, 3)))
     s = load_arrays_splits(path, val_size=7)
     assert [len(s[k]["x"]) for k in ("train", "val", "test")] == [986, 7, 7]
     s = load_arrays_splits(path)  # a tenth each
     assert [len(s[k]["x"]) for k in ("train", "val", "test")] == [800, 100, 100]
-    tiny = load_arrays_splits(_npz(tmp_path, "tiny.npz", x=_images(4, (2, 2))))
+    tiny = load_arrays_splits(write_npz(tmp_path, "tiny.npz", x=random_images(4, (2, 2))))
     assert [len(tiny[k]["x"]) for k in ("train", "val", "test")] == [2, 1, 1]
 
 
 def test_given_splits_take_precedence(tmp_path):
-    x, xv, xt = _images(40, (4, 4, 3), 0), _images(8, (4, 4, 3), 1), _images(9, (4, 4, 3), 2)
+    x, xv, xt = random_images(40, (4, 4, 3), 0), random_images(8, (4, 4, 3), 1), random_images(9, (4, 4, 3), 2)
     # x_val only: test is carved from the end of x.
-    s = load_arrays_splits(_npz(tmp_path, "a.npz", x=x, x_val=xv))
+    s = load_arrays_splits(write_npz(tmp_path, "a.npz", x=x, x_val=xv))
     np.testing.assert_array_equal(s["val"]["x"], xv)
     np.testing.assert_array_equal(s["test"]["x"], x[36:])
     np.testing.assert_array_equal(s["train"]["x"], x[:36])
     # x_test only: validation is carved from the end of x.
-    s = load_arrays_splits(_npz(tmp_path, "b.npz", x=x, x_test=xt))
+    s = load_arrays_splits(write_npz(tmp_path, "b.npz", x=x, x_test=xt))
     np.testing.assert_array_equal(s["test"]["x"], xt)
     np.testing.assert_array_equal(s["val"]["x"], x[36:])
     np.testing.assert_array_equal(s["train"]["x"], x[:36])
     # Both: nothing carved.
-    s = load_arrays_splits(_npz(tmp_path, "c.npz", x=x, x_val=xv, x_test=xt))
+    s = load_arrays_splits(write_npz(tmp_path, "c.npz", x=x, x_val=xv, x_test=xt))
     assert [len(s[k]["x"]) for k in ("train", "val", "test")] == [40, 8, 9]
 
 
 def test_load_data_test_is_not_validation(tmp_path):
-    path = _npz(tmp_path, x=_images(100))
+    path = write_npz(tmp_path, x=random_images(100))
     for binarize in ("none", "static", "dynamic"):
         s = load_data(path=path, binarize=binarize)
         assert len(s.test["x"]) == 10 and len(s.val["x"]) == 10 and len(s.train["x"]) == 80
@@ -91,7 +84,7 @@ def test_load_data_test_is_not_validation(tmp_path):
 
 
 def test_too_few_examples_after_carving(tmp_path):
-    path = _npz(tmp_path, x=_images(3))
+    path = write_npz(tmp_path, x=random_images(3))
     message = _error(path)
     assert path in message and "leaves 1 training examples" in message
     assert "1 for validation and 1 for test" in message and "at least 2" in message
@@ -103,27 +96,27 @@ def test_too_few_examples_after_carving(tmp_path):
 @pytest.mark.parametrize(
     "arrays, given, missing, rule",
     [
-        (dict(y=np.zeros(20, np.int64), x_val=_images(4)), "'y'", "'y_val'", "(y, y_val)"),
-        (dict(y=np.zeros(20, np.int64), x_test=_images(4)), "'y'", "'y_test'", "(y, y_test)"),
-        (dict(y=np.zeros(20, np.int64), x_val=_images(4), x_test=_images(5)), "'y'", "'y_val', 'y_test'",
+        (dict(y=np.zeros(20, np.int64), x_val=random_images(4)), "'y'", "'y_val'", "(y, y_val)"),
+        (dict(y=np.zeros(20, np.int64), x_test=random_images(4)), "'y'", "'y_test'", "(y, y_test)"),
+        (dict(y=np.zeros(20, np.int64), x_val=random_images(4), x_test=random_images(5)), "'y'", "'y_val', 'y_test'",
          "(y, y_val, y_test)"),
-        (dict(y=np.zeros(20, np.int64), x_val=_images(4), y_val=np.zeros(4, np.int64), x_test=_images(5)),
+        (dict(y=np.zeros(20, np.int64), x_val=random_images(4), y_val=np.zeros(4, np.int64), x_test=random_images(5)),
          "'y', 'y_val'", "'y_test'", "(y, y_val, y_test)"),
-        (dict(x_val=_images(4), y_val=np.zeros(4, np.int64)), "'y_val'", "'y'", "(y, y_val)"),
+        (dict(x_val=random_images(4), y_val=np.zeros(4, np.int64)), "'y_val'", "'y'", "(y, y_val)"),
     ],
 )
 def test_partial_labels_name_the_missing_arrays(tmp_path, arrays, given, missing, rule):
-    path = _npz(tmp_path, x=_images(20), **arrays)
+    path = write_npz(tmp_path, x=random_images(20), **arrays)
     message = _error(path)
     assert f"data file {path} has {given} but no {missing}: give labels for every split {rule} or for none" in message
 
 
 def test_labels_on_every_split(tmp_path):
-    x, y = _images(30), np.arange(30) % 4
-    s = load_arrays_splits(_npz(tmp_path, x=x, y=y, x_val=_images(5), y_val=np.arange(5)))
+    x, y = random_images(30), np.arange(30) % 4
+    s = load_arrays_splits(write_npz(tmp_path, x=x, y=y, x_val=random_images(5), y_val=np.arange(5)))
     assert all(s[k]["y"].dtype == np.int32 for k in ("train", "val", "test"))
     np.testing.assert_array_equal(s["test"]["y"], y[27:])  # carved test takes its labels from y
-    unlabelled = load_arrays_splits(_npz(tmp_path, "b.npz", x=x, x_val=_images(5)))
+    unlabelled = load_arrays_splits(write_npz(tmp_path, "b.npz", x=x, x_val=random_images(5)))
     assert all(set(unlabelled[k]) == {"x"} for k in ("train", "val", "test"))
 
 
@@ -161,7 +154,7 @@ def test_empty_directory_still_explains(tmp_path):
 def test_float_vectors_any_finite_values(tmp_path):
     x = np.random.default_rng(0).normal(0.0, 50.0, (40, 7))  # float64, far outside [0, 1]
     y = np.arange(40) % 2
-    s = load_arrays_splits(_npz(tmp_path, x=x, y=y, x_val=np.ones((3, 7), np.float16), y_val=np.zeros(3, np.int8)))
+    s = load_arrays_splits(write_npz(tmp_path, x=x, y=y, x_val=np.ones((3, 7), np.float16), y_val=np.zeros(3, np.int8)))
     assert s["train"]["x"].dtype == np.float32 and s["train"]["x"].shape == (36, 7)
     np.testing.assert_array_equal(s["train"]["x"], x[:36].astype(np.float32))
     np.testing.assert_array_equal(s["test"]["x"], x[36:].astype(np.float32))
@@ -171,10 +164,10 @@ def test_float_vectors_any_finite_values(tmp_path):
 
 def test_uint8_and_bool_vectors_are_pixels(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (20, 9), dtype=np.uint8)
-    s = load_arrays_splits(_npz(tmp_path, x=x))
+    s = load_arrays_splits(write_npz(tmp_path, x=x))
     assert s["train"]["x"].shape == (16, 9)
     np.testing.assert_allclose(s["train"]["x"] * 255.0, x[:16], atol=1e-4)
-    b = load_arrays_splits(_npz(tmp_path, "b.npz", x=x > 100))
+    b = load_arrays_splits(write_npz(tmp_path, "b.npz", x=x > 100))
     np.testing.assert_array_equal(b["val"]["x"], (x[18:] > 100).astype(np.float32))
 
 
@@ -190,7 +183,7 @@ def test_uint8_and_bool_vectors_are_pixels(tmp_path):
     ],
 )
 def test_bad_vectors(tmp_path, arrays, substrings):
-    path = _npz(tmp_path, **arrays)
+    path = write_npz(tmp_path, **arrays)
     message = _error(path)
     assert path in message
     for s in substrings:
@@ -198,9 +191,9 @@ def test_bad_vectors(tmp_path, arrays, substrings):
 
 
 def test_images_keep_their_shapes(tmp_path):
-    s = load_arrays_splits(_npz(tmp_path, x=_images(20, (4, 5))))
+    s = load_arrays_splits(write_npz(tmp_path, x=random_images(20, (4, 5))))
     assert s["train"]["x"].shape == (16, 4, 5, 1)
-    s = load_arrays_splits(_npz(tmp_path, "c.npz", x=_images(20, (4, 5, 2))))
+    s = load_arrays_splits(write_npz(tmp_path, "c.npz", x=random_images(20, (4, 5, 2))))
     assert s["train"]["x"].shape == (16, 4, 5, 2)
-    message = _error(_npz(tmp_path, "bad.npz", x=_images(20, (4, 5)) * 3))
+    message = _error(write_npz(tmp_path, "bad.npz", x=random_images(20, (4, 5)) * 3))
     assert "out of range [0, 1]" in message  # float images are still range-checked

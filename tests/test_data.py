@@ -17,6 +17,7 @@ from vaekit.data import (
 )
 from vaekit.data.mnist import default_directory, load_mnist_raw
 from vaekit.errors import VaekitError
+from conftest import random_images, write_npz
 
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -194,20 +195,12 @@ def test_dynamic_binarization(mnist):
 # ------------------------------------------------------------------------- .npz arrays
 
 
-def _npz(tmp_path, name="data.npz", **arrays):
-    path = tmp_path / name
-    np.savez(path, **arrays)
-    return str(path)
-
-
-def _images(n=50, shape=(6, 5), seed=0):
-    return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
 
 
 def test_arrays_basic_carving(tmp_path):
-    x = _images(50)
+    x = random_images(50)
     y = np.arange(50) % 3
-    path = _npz(tmp_path, x=x, y=y)
+    path = write_npz(tmp_path, x=x, y=y)
     s = load_data(path=path)  # path alone selects the "arrays" source
     assert s.image_shape == (6, 5, 1)  # (N, H, W) gets a channel axis
     assert s.num_classes == 3
@@ -221,18 +214,18 @@ def test_arrays_basic_carving(tmp_path):
 
 
 def test_arrays_val_size_and_limit(tmp_path):
-    path = _npz(tmp_path, x=_images(1000, (3, 3)))
+    path = write_npz(tmp_path, x=random_images(1000, (3, 3)))
     s = load_data("arrays", path=path, val_size=7, limit=20)
     assert len(s.val["x"]) == 7 and len(s.train["x"]) == 20
     assert s.num_classes is None and set(s.train) == {"x"}
     # At least one validation example even for tiny data.
-    tiny = load_data(path=_npz(tmp_path, "tiny.npz", x=_images(4, (2, 2))))
+    tiny = load_data(path=write_npz(tmp_path, "tiny.npz", x=random_images(4, (2, 2))))
     assert len(tiny.train["x"]) == 2 and len(tiny.val["x"]) == 1 and len(tiny.test["x"]) == 1
 
 
 def test_arrays_explicit_splits(tmp_path):
-    x, xv, xt = _images(40, (4, 4, 3), 0), _images(8, (4, 4, 3), 1), _images(9, (4, 4, 3), 2)
-    path = _npz(tmp_path, x=x, y=np.zeros(40, np.int64), x_val=xv, y_val=np.ones(8, np.uint8),
+    x, xv, xt = random_images(40, (4, 4, 3), 0), random_images(8, (4, 4, 3), 1), random_images(9, (4, 4, 3), 2)
+    path = write_npz(tmp_path, x=x, y=np.zeros(40, np.int64), x_val=xv, y_val=np.ones(8, np.uint8),
                 x_test=xt, y_test=np.full(9, 4, np.int16))
     s = load_data(path=path)
     assert s.image_shape == (4, 4, 3)
@@ -240,7 +233,7 @@ def test_arrays_explicit_splits(tmp_path):
     np.testing.assert_array_equal(s.test["x"], xt)
     assert s.num_classes == 5  # max over all splits + 1
     # x_val only: test is carved from the end of x.
-    s2 = load_data(path=_npz(tmp_path, "b.npz", x=x, x_val=xv))
+    s2 = load_data(path=write_npz(tmp_path, "b.npz", x=x, x_val=xv))
     assert len(s2.train["x"]) == 36 and len(s2.test["x"]) == 4
     np.testing.assert_array_equal(s2.test["x"], x[36:])
 
@@ -248,15 +241,15 @@ def test_arrays_explicit_splits(tmp_path):
 def test_arrays_uint8_and_bool(tmp_path):
     x = np.random.default_rng(0).integers(0, 256, (20, 4, 4, 1), dtype=np.uint8)
     x[0, 0, 0, 0], x[0, 0, 1, 0] = 0, 255
-    s = load_data(path=_npz(tmp_path, x=x))
+    s = load_data(path=write_npz(tmp_path, x=x))
     assert s.train["x"].dtype == np.float32 and s.train["x"].min() == 0.0 and s.train["x"].max() == 1.0
     np.testing.assert_allclose(s.train["x"] * 255, x[:16], atol=1e-4)
-    b = load_data(path=_npz(tmp_path, "b.npz", x=x > 128))
+    b = load_data(path=write_npz(tmp_path, "b.npz", x=x > 128))
     np.testing.assert_array_equal(b.train["x"], (x[:16] > 128).astype(np.float32))
 
 
 def test_arrays_binarization_of_carved_test(tmp_path):
-    path = _npz(tmp_path, x=_images(100))
+    path = write_npz(tmp_path, x=random_images(100))
     for mode in ("static", "dynamic"):
         s = load_data(path=path, binarize=mode)
         assert s.test["x"] is not s.val["x"]
@@ -279,7 +272,7 @@ def test_registry_is_used(monkeypatch):
 
 # Each bad input, with a substring its message must contain.
 BAD_NPZ = {
-    "no_x": (dict(images=_images(10)), ["no array 'x'", "'images'"]),
+    "no_x": (dict(images=random_images(10)), ["no array 'x'", "'images'"]),
     "ndim": (dict(x=np.zeros(10, np.float32)), ["ndim 1", "(N, D)", "(N, H, W)"]),
     "ndim5": (dict(x=np.zeros((2, 2, 2, 2, 2), np.float32)), ["ndim 5"]),
     "empty": (dict(x=np.zeros((0, 3, 3), np.float32)), ["empty"]),
@@ -287,21 +280,21 @@ BAD_NPZ = {
     "complex": (dict(x=np.zeros((3, 2, 2), np.complex64)), ["non-numeric dtype complex64"]),
     "int64": (dict(x=np.zeros((3, 2, 2), np.int64)), ["integer dtype int64", "uint8"]),
     "range": (dict(x=np.array([-0.5, 0.2, 2.0] * 4, np.float32).reshape(3, 2, 2)), ["out of range", "min -0.5", "max 2"]),
-    "y_length": (dict(x=_images(10), y=np.zeros(9, np.int64)), ["'y'", "(9,)", "expected (10,)"]),
-    "y_float": (dict(x=_images(10), y=np.zeros(10, np.float32)), ["'y'", "float32", "integers"]),
-    "y_negative": (dict(x=_images(10), y=np.array([0, 1, -1, -2, 3, 0, 0, 0, 0, 0])), ["2 negative labels"]),
-    "y_val_without_x_val": (dict(x=_images(10), y_val=np.zeros(3, np.int64)), ["'y_val' but no 'x_val'"]),
-    "labels_inconsistent": (dict(x=_images(10), y=np.zeros(10, np.int64), x_val=_images(3)), ["has 'y' but no 'y_val'", "(y, y_val)"]),
-    "val_shape": (dict(x=_images(10), x_val=_images(3, (5, 5))), ["'x_val' images have shape"]),
-    "bad_x_val": (dict(x=_images(10), x_val=_images(3) + 1), ["'x_val'", "out of range"]),
-    "too_few": (dict(x=_images(3)), ["1 training examples", "at least 2"]),
+    "y_length": (dict(x=random_images(10), y=np.zeros(9, np.int64)), ["'y'", "(9,)", "expected (10,)"]),
+    "y_float": (dict(x=random_images(10), y=np.zeros(10, np.float32)), ["'y'", "float32", "integers"]),
+    "y_negative": (dict(x=random_images(10), y=np.array([0, 1, -1, -2, 3, 0, 0, 0, 0, 0])), ["2 negative labels"]),
+    "y_val_without_x_val": (dict(x=random_images(10), y_val=np.zeros(3, np.int64)), ["'y_val' but no 'x_val'"]),
+    "labels_inconsistent": (dict(x=random_images(10), y=np.zeros(10, np.int64), x_val=random_images(3)), ["has 'y' but no 'y_val'", "(y, y_val)"]),
+    "val_shape": (dict(x=random_images(10), x_val=random_images(3, (5, 5))), ["'x_val' images have shape"]),
+    "bad_x_val": (dict(x=random_images(10), x_val=random_images(3) + 1), ["'x_val'", "out of range"]),
+    "too_few": (dict(x=random_images(3)), ["1 training examples", "at least 2"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_NPZ))
 def test_arrays_bad_inputs(tmp_path, case):
     arrays, substrings = BAD_NPZ[case]
-    path = _npz(tmp_path, **arrays)
+    path = write_npz(tmp_path, **arrays)
     with pytest.raises(VaekitError) as info:
         load_data(path=path)
     message = str(info.value)
@@ -311,11 +304,11 @@ def test_arrays_bad_inputs(tmp_path, case):
 
 
 def test_arrays_nan_inf(tmp_path):
-    x = _images(10)
+    x = random_images(10)
     x[0, 0, 0] = x[1, 1, 1] = np.nan
     x[2, 2, 2] = np.inf
     with pytest.raises(VaekitError, match=r"3 non-finite values \(2 NaN, 1 Inf\)"):
-        load_data(path=_npz(tmp_path, x=x.astype(np.float64)))
+        load_data(path=write_npz(tmp_path, x=x.astype(np.float64)))
 
 
 def test_arrays_bad_files(tmp_path):
@@ -327,14 +320,14 @@ def test_arrays_bad_files(tmp_path):
     text.write_text("hello")
     with pytest.raises(VaekitError, match="not a valid .npz"):
         load_data(path=str(text))
-    good = _npz(tmp_path, x=_images(10))
+    good = write_npz(tmp_path, x=random_images(10))
     truncated = tmp_path / "truncated.npz"
     data = open(good, "rb").read()
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(VaekitError, match="not a valid .npz|cannot be read"):
         load_data(path=str(truncated))
     npy = tmp_path / "single.npy"
-    np.save(npy, _images(10))
+    np.save(npy, random_images(10))
     with pytest.raises(VaekitError, match="not an .npz"):
         load_data(path=str(npy))
     objects = tmp_path / "objects.npz"
