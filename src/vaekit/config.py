@@ -50,6 +50,11 @@ class ModelConfig:
     sigma: float = 0.1  # standard deviation of the fixed-sigma Gaussian likelihood
     min_scale: float = 1e-3  # floor of a learned Gaussian likelihood's standard deviation
     posterior_scale: str = "softplus"  # q(z|x) std parameterization: "softplus" (+1e-4) or "logvar" (clamped)
+    posterior: str = "gaussian"  # q(z|x): "gaussian", or a flow on it: "planar" (Rezende & Mohamed 2015), "iaf" (Kingma et al. 2016)
+    flow_steps: int = 4  # number of planar or IAF steps
+    flow_hidden: int = 100  # IAF: width of each step's MADE hidden layer and of the encoder context h
+    prior: str = "normal"  # p(z): "normal" (N(0, I)) or "vamp" (VampPrior, Tomczak & Welling 2018)
+    prior_components: int = 500  # VampPrior: number of pseudo-inputs K
 
     def check(self) -> None:
         """Validate the kind's own keys (a subclass overrides this); raise VaekitError."""
@@ -344,6 +349,11 @@ def validate(cfg: Config) -> None:
     _one_of(m.activation, ACTIVATIONS, "model.activation")
     _one_of(m.likelihood, LIKELIHOODS, "model.likelihood")
     _one_of(m.posterior_scale, ("softplus", "logvar"), "model.posterior_scale")
+    _one_of(m.posterior, ("gaussian", "planar", "iaf"), "model.posterior")
+    _check(m.flow_steps > 0, f"model.flow_steps must be positive, got {m.flow_steps}")
+    _check(m.flow_hidden > 0, f"model.flow_hidden must be positive, got {m.flow_hidden}")
+    _one_of(m.prior, ("normal", "vamp"), "model.prior")
+    _check(m.prior_components > 0, f"model.prior_components must be positive, got {m.prior_components}")
     _check(all(h > 0 for h in m.hidden), f"model.hidden sizes must be positive, got {list(m.hidden)}")
     _check(len(m.conv_channels) > 0 and all(c > 0 for c in m.conv_channels),
            f"model.conv_channels must be a non-empty list of positive ints, got {list(m.conv_channels)}")

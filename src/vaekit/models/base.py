@@ -13,7 +13,7 @@ with these methods:
         This is the only method the trainer needs.
     log_weights(batch, k, *, rngs) -> (B, k)            [capability likelihood_bound]
         log p(x, z_i) - log q(z_i | x) for k draws: IWAE bounds, the NLL estimate, the ELBO.
-    encode(x, y=None) -> posterior                    a `mean` and `sample_and_log_prob`
+    encode(x, y=None) -> posterior                    a `mean` and `sample_and_log_prob` (`log_prob` where known)
     decode(z, y=None) -> likelihood                   `log_prob(x)`, `mean()`, `sample(key)`
     prior                                             `log_prob(z)`, `sample(key, shape)`
     reconstruct(x, y=None), sample(n, *, rngs, y=None, temperature=1.0) -> data

@@ -22,7 +22,8 @@ from vaekit.errors import VaekitError
 from vaekit.metrics import mean_of
 from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup
 from vaekit.nets import build_decoder, build_encoder
-from vaekit.priors import StandardNormal, kl_divergence
+from vaekit.flows import IAF, FlowPosterior, planar_params, planar_transform
+from vaekit.priors import StandardNormal, VampPrior, kl_divergence
 
 
 class VAE(nnx.Module):
@@ -41,16 +42,29 @@ class VAE(nnx.Module):
         self.cond_dim = self.condition_dim(spec)
         condition = getattr(model, "condition", None)
         params_per_entry, self._likelihood = LIKELIHOODS[model.likelihood]
-        self.encoder = build_encoder(model, spec.shape, 2 * model.latent_dim, cond_dim=self.cond_dim,
+        d = model.latent_dim
+        # The encoder's head: the base Gaussian's mean and scale, then what the posterior needs more
+        # (planar: u, w, b of every step; IAF: the context h of its MADE layers).
+        extra = {"gaussian": 0, "planar": model.flow_steps * (2 * d + 1), "iaf": model.flow_hidden}[model.posterior]
+        self.encoder = build_encoder(model, spec.shape, 2 * d + extra, cond_dim=self.cond_dim,
                                      condition=condition, rngs=rngs)
-        self.decoder = build_decoder(model, model.latent_dim, spec.shape, params_per_entry, cond_dim=self.cond_dim,
+        self.decoder = build_decoder(model, d, spec.shape, params_per_entry, cond_dim=self.cond_dim,
                                      condition=condition, rngs=rngs)
-        self.prior = nnx.data(StandardNormal(model.latent_dim))  # data, so a variant may put a Module here
+        self.flow = IAF(d, model.flow_hidden, model.flow_steps, rngs=rngs) if model.posterior == "iaf" else None
+        if model.prior == "vamp":
+            if self.cond_dim:
+                raise VaekitError("model.prior=vamp encodes unlabelled pseudo-inputs; it does not combine with a "
+                                  "conditional model")
+            self.prior = VampPrior(self.encoder, spec.shape, model.prior_components, d, model.posterior_scale,
+                                   rngs=rngs)
+        else:
+            self.prior = nnx.data(StandardNormal(d))  # data, so a variant may put a Module here
         self.capabilities = self.capabilities_for(model)
 
     @classmethod
     def capabilities_for(cls, model: ModelConfig) -> Capabilities:
-        return Capabilities()
+        # A per-dimension KL exists only in closed form: a Gaussian posterior against N(0, I).
+        return Capabilities(kl_per_dim=model.posterior == "gaussian" and model.prior == "normal")
 
     def condition_dim(self, spec: DataSpec) -> int:
         """Width of the condition vector the nets take (0: unconditional)."""
@@ -70,11 +84,17 @@ class VAE(nnx.Module):
 
     # ------------------------------------------------------------------ distributions
 
-    def encode(self, x: jax.Array, y: jax.Array | None = None) -> DiagonalGaussian:
-        """q(z|x[, y]) for data (N, *event) -> DiagonalGaussian with (N, D) parameters."""
+    def encode(self, x: jax.Array, y: jax.Array | None = None) -> DiagonalGaussian | FlowPosterior:
+        """q(z|x[, y]) for data (N, *event): a DiagonalGaussian with (N, D) parameters, or a flow on one."""
         h = self.encoder(self._as_data(x), self.condition(y))
-        mean, raw = jnp.split(h, 2, axis=-1)
-        return DiagonalGaussian(mean, posterior_scale(raw, self.model_cfg.posterior_scale))
+        d = self.latent_dim
+        base = DiagonalGaussian(h[..., :d], posterior_scale(h[..., d : 2 * d], self.model_cfg.posterior_scale))
+        kind, extra = self.model_cfg.posterior, h[..., 2 * d :]
+        if kind == "planar":
+            return FlowPosterior(base, planar_transform(*planar_params(extra, d, self.model_cfg.flow_steps)))
+        if kind == "iaf":
+            return FlowPosterior(base, lambda z: self.flow(z, extra))
+        return base
 
     def decode(self, z: jax.Array, y: jax.Array | None = None):
         """p(x|z[, y]) for latents (..., D): a likelihood with parameters (..., *event[, 256])."""
