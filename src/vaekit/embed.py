@@ -343,7 +343,7 @@ def embed(run, out: str | Path, *, data: str | Path | None = None, split: str | 
                 pass
         tmp.unlink(missing_ok=True)
         raise
-    return {"path": str(out), "examples": n, "latent_dim": int(run.config.model.latent_dim), "keys": keys}
+    return {"path": str(out), "examples": n, "latent_dim": int(run.model.latent_dim), "keys": keys}
 
 
 class _Writer:

@@ -158,7 +158,7 @@ def save_latent_map(path, run, n: int = 20, label: int | None = None) -> Path:
     """A PNG of the decoded 2-D latent grid; one line for a run whose latent is not 2-D."""
     from vaekit import plots
 
-    d = int(run.config.model.latent_dim)
+    d = int(run.model.latent_dim)
     if d != 2:
         raise VaekitError(f"a latent map needs model.latent_dim=2; run '{run.path}' has {d} "
                           f"(see the PCA scatter of its codes in `vaekit report`)")

@@ -203,7 +203,7 @@ def evaluate(
         "elbo": float(est["elbo"].mean()),
         **{f"iwae_k{b}": float(est[f"iwae_{b}"].mean()) for b in IWAE_BOUNDS if f"iwae_{b}" in est},
         "conditional": conditional,  # the NLL is -log p(x|y) for a conditional model
-        "latent_dim": int(run.config.model.latent_dim),
+        "latent_dim": int(model.latent_dim),  # the code's size
         "reconstruction_mse": reconstruction_error(model, x, y),
         "seconds": seconds,
         "binarize": run.config.data.binarize,

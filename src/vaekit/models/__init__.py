@@ -14,9 +14,10 @@ from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.models.base import Capabilities, Model, ParamGroup, require
 from vaekit.models.cvae import CVAE, CVAEConfig
+from vaekit.models.hierarchical import HVAE, HVAEConfig
 from vaekit.models.vae import VAE
 
-MODELS = {"vae": VAE, "cvae": CVAE}
+MODELS = {"vae": VAE, "cvae": CVAE, "hvae": HVAE}
 
 
 def build_model(config: Config, spec: DataSpec, *, rngs: nnx.Rngs):
@@ -32,5 +33,5 @@ def abstract_model(config: Config, spec: DataSpec):
     return nnx.eval_shape(lambda: build_model(config, spec, rngs=nnx.Rngs(0)))
 
 
-__all__ = ["CVAE", "CVAEConfig", "Capabilities", "MODELS", "Model", "ParamGroup", "VAE", "abstract_model",
+__all__ = ["CVAE", "CVAEConfig", "Capabilities", "HVAE", "HVAEConfig", "MODELS", "Model", "ParamGroup", "VAE", "abstract_model",
            "build_model", "require"]

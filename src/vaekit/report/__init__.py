@@ -234,7 +234,7 @@ def _model_pictures(run_dir: Path) -> dict:
                                                 steps=9, dims=min(10, z.shape[1]))
         out["figures"].append({"id": "traversal", "title": "Latent traversal (10 latents with the most KL)",
                                "uri": _picture_uri(lambda p: plots.save_traversal(p, trav, labels, values))})
-        if run.config.model.latent_dim == 2 and not caps.conditional:
+        if run.model.latent_dim == 2 and not caps.conditional:
             out["figures"].append({"id": "latent-map", "title": "Latent map (2-D latent)",
                                    "uri": _picture_uri(lambda p: latent.save_latent_map(p, run, n=16))})
     out["pca"] = _picture_uri(lambda p: latent.save_pca_scatter(

@@ -1,0 +1,128 @@
+"""A VAE with two stochastic layers (Burda et al. 2015): 784-(200-200)-100-(100-100)-50.
+
+    generative:  p(z2) = N(0, I),  p(z1|z2) = N(mu(z2), sigma(z2)^2),  p(x|z1)
+    inference:   q(z1|x) = N(.), q(z2|z1) = N(.)
+
+The latent vector is the concatenation [z1, z2] (z1_dim + latent_dim entries): the posterior
+object draws both layers and returns their joint log-density, the prior object scores and draws
+both, and the decoder reads z1. Everything else is the VAE's (`models.vae`): the KL term is the
+Monte Carlo estimate of KL(q(z1, z2|x) || p(z1, z2)) from the same draws, `log_weights` gives the
+IWAE bounds and the NLL, and the objective options (beta, annealing, free bits, IWAE training)
+apply unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vaekit.config import ModelConfig
+from vaekit.distributions import DiagonalGaussian, posterior_scale, standard_normal_log_prob
+from vaekit.errors import VaekitError
+from vaekit.models.base import Capabilities
+from vaekit.models.vae import VAE
+from vaekit.nets import build_decoder, build_encoder
+from vaekit.nets.mlp import MLP
+
+
+@dataclasses.dataclass(frozen=True)
+class HVAEConfig(ModelConfig):
+    kind: str = "hvae"
+    z1_dim: int = 100  # width of the lower stochastic layer z1 (model.latent_dim is the top layer z2)
+    hidden2: tuple[int, ...] = (100, 100)  # hidden sizes between z1 and z2 (q(z2|z1); p(z1|z2) mirrors them)
+
+    def check(self) -> None:
+        if self.z1_dim <= 0 or any(h <= 0 for h in self.hidden2):
+            raise VaekitError("model.z1_dim and model.hidden2 sizes must be positive")
+        if self.posterior != "gaussian" or self.prior != "normal":
+            raise VaekitError("model.kind=hvae has its own two-layer posterior and prior; model.posterior and "
+                              "model.prior must stay gaussian/normal")
+
+
+def _gaussian(h: jax.Array, dim: int, kind: str) -> DiagonalGaussian:
+    return DiagonalGaussian(h[..., :dim], posterior_scale(h[..., dim : 2 * dim], kind))
+
+
+class TwoLayerPosterior:
+    """q(z1|x) q(z2|z1) over the concatenated [z1, z2]."""
+
+    def __init__(self, q1: DiagonalGaussian, q2_of):
+        self.q1, self.q2_of = q1, q2_of
+
+    @property
+    def mean(self) -> jax.Array:
+        m1 = self.q1.mean
+        return jnp.concatenate([m1, self.q2_of(m1).mean], axis=-1)
+
+    def sample_and_log_prob(self, key: jax.Array, sample_shape: tuple[int, ...] = ()):
+        k1, k2 = jax.random.split(key)
+        z1, log_q1 = self.q1.sample_and_log_prob(k1, sample_shape)
+        z2, log_q2 = self.q2_of(z1).sample_and_log_prob(k2)
+        return jnp.concatenate([z1, z2], axis=-1), log_q1 + log_q2
+
+    def log_prob(self, z: jax.Array) -> jax.Array:
+        z1 = z[..., : self.q1.mean.shape[-1]]
+        return self.q1.log_prob(z1) + self.q2_of(z1).log_prob(z[..., self.q1.mean.shape[-1] :])
+
+
+class TwoLayerPrior(nnx.Module):
+    """p(z2) p(z1|z2) over [z1, z2]; p(z1|z2) is a net, so the prior is a module trained with the model."""
+
+    def __init__(self, z1_dim: int, z2_dim: int, hidden2, activation: str, scale_kind: str, *, rngs: nnx.Rngs):
+        self.z1_dim, self.z2_dim, self.scale_kind = z1_dim, z2_dim, scale_kind
+        self.net = MLP((z2_dim, *tuple(reversed(hidden2)), 2 * z1_dim), activation, rngs=rngs)
+
+    def conditional(self, z2: jax.Array) -> DiagonalGaussian:
+        return _gaussian(self.net(z2), self.z1_dim, self.scale_kind)
+
+    def log_prob(self, z: jax.Array) -> jax.Array:
+        z1, z2 = z[..., : self.z1_dim], z[..., self.z1_dim :]
+        return standard_normal_log_prob(z2) + self.conditional(z2).log_prob(z1)
+
+    def sample(self, key: jax.Array, shape: tuple[int, ...] = (), temperature: float = 1.0) -> jax.Array:
+        k2, k1 = jax.random.split(key)
+        z2 = temperature * jax.random.normal(k2, (*shape, self.z2_dim))
+        p1 = self.conditional(z2)
+        z1 = p1.mean + temperature * p1.scale * jax.random.normal(k1, p1.mean.shape)
+        return jnp.concatenate([z1, z2], axis=-1)
+
+
+class HVAE(VAE):
+    """Two stochastic layers; the VAE's estimators over the joint code [z1, z2]."""
+
+    kind = "hvae"
+    config_class = HVAEConfig
+
+    def __init__(self, model: HVAEConfig, objective, spec, *, rngs: nnx.Rngs):
+        if spec.kind not in ("images", "vectors"):
+            raise VaekitError(f"model.kind 'hvae' does not take {spec.kind} data")
+        from vaekit.distributions import LIKELIHOODS
+
+        self.model_cfg, self.objective, self.spec = model, objective, spec
+        self.cond_dim = 0
+        self.z1_dim, self.latent_dim = model.z1_dim, model.z1_dim + model.latent_dim  # the code is [z1, z2]
+        params_per_entry, self._likelihood = LIKELIHOODS[model.likelihood]
+        self.encoder = build_encoder(model, spec.shape, 2 * model.z1_dim, rngs=rngs)  # q(z1|x)
+        self.encoder2 = MLP((model.z1_dim, *model.hidden2, 2 * model.latent_dim), model.activation, rngs=rngs)
+        self.decoder = build_decoder(model, model.z1_dim, spec.shape, params_per_entry, rngs=rngs)  # p(x|z1)
+        self.prior = TwoLayerPrior(model.z1_dim, model.latent_dim, model.hidden2, model.activation,
+                                   model.posterior_scale, rngs=rngs)
+        self.flow = None
+        self.capabilities = self.capabilities_for(model)
+
+    @classmethod
+    def capabilities_for(cls, model) -> Capabilities:
+        return Capabilities(kl_per_dim=False)  # a Monte Carlo KL over both layers
+
+    def encode(self, x: jax.Array, y: jax.Array | None = None) -> TwoLayerPosterior:
+        """q(z1|x) q(z2|z1): a posterior over [z1, z2] with (N, z1_dim + latent_dim) codes."""
+        q1 = _gaussian(self.encoder(self._as_data(x)), self.z1_dim, self.model_cfg.posterior_scale)
+        kind, d2 = self.model_cfg.posterior_scale, self.model_cfg.latent_dim
+        return TwoLayerPosterior(q1, lambda z1: _gaussian(self.encoder2(z1), d2, kind))
+
+    def decode(self, z: jax.Array, y: jax.Array | None = None):
+        """p(x|z1) for codes [z1, z2] (..., z1_dim + latent_dim) (z2 acts only through the prior)."""
+        return self._likelihood(self.decoder(z[..., : self.z1_dim]), self.model_cfg, self.spec.event_ndim)
