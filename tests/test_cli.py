@@ -173,8 +173,11 @@ def test_shapes_run_traverse_and_disentanglement(tmp_path, capsys):
     assert main(["reconstruct", str(run), "--split", "train", "-n", "4", "--out", str(tmp_path / "r.png")]) == 0
     assert (tmp_path / "t.png").stat().st_size > 1000
     assert main(["disentanglement", str(run), "--num-train", "300", "--num-test", "100", "--n-jobs", "1"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "MIG" in out and "DCI disentanglement" in out
+    # per-metric progress on stderr (a run of minutes is not silent)
+    assert "[1/6] encoding 400 images" in captured.err and "[4/6] DCI" in captured.err and "[6/6] beta-VAE" in captured.err
     scores = json.loads((run / "disentanglement.json").read_text())
     assert 0.0 <= scores["mig"]["mig"] <= 1.0 and 0.0 <= scores["dci"]["disentanglement"] <= 1.0
 

@@ -15,7 +15,7 @@ from vaekit import objectives
 from vaekit.config import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
 from vaekit.distributions import DiagonalGaussian
-from vaekit.metrics import Accumulator, mean_of
+from vaekit.metrics import Accumulator, Mean, mean_of
 from vaekit.models import MODELS, Capabilities, ParamGroup
 from vaekit.models.cvae import CVAE, CVAEConfig
 from vaekit.priors import KL, StandardNormal, kl_divergence
@@ -140,6 +140,16 @@ def test_masked_mean_and_short_last_batch_are_exact():
     # A mean of batch means would weigh the short batch's tokens more: the exact value differs.
     naive = np.mean([values[s:s + 10][mask[s:s + 10] > 0].mean() for s in range(0, 23, 10)])
     assert abs(naive - values[mask > 0].mean()) > 1e-3
+
+
+def test_plain_values_stacked_over_steps_average_per_step():
+    acc = Accumulator()
+    acc.add({"lr": np.array([1.0, 2.0, 3.0]), "loss": Mean(np.array([10.0, 20.0, 30.0]), np.array([5.0, 5.0, 5.0]))},
+            stacked=True)
+    acc.add({"lr": np.array([4.0]), "loss": Mean(np.array([8.0]), np.array([2.0]))}, stacked=True)
+    out = acc.result()
+    assert float(out["lr"]) == pytest.approx(2.5)  # the mean over 4 steps, not a sum per chunk
+    assert float(out["loss"]) == pytest.approx(68.0 / 17.0)
 
 
 def test_validation_metrics_are_exact_over_a_short_last_batch():

@@ -8,18 +8,28 @@
       checkpoints/latest/  the last `train.keep_checkpoints` periodic checkpoints (by epoch)
       checkpoints/best/    the checkpoint with the best validation ELBO
       samples.png, reconstructions.png, curves.png, kl_per_dim.png
+      lock                 while a process trains the run: its pid and host (JSON); removed on exit
 
 Checkpoints are written by Orbax, which writes to a temporary directory and renames it when
 complete, so an interrupted save never replaces a good checkpoint with a half-written one.
+
+Locks: one process at a time trains a run directory. `RunLock` creates `lock` exclusively; a
+second process gets one line. A lock whose process is gone (same host, pid not alive: SIGKILL,
+power loss) is stale: `run_status` reports the run as "interrupted" and `--resume` takes it over.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +46,9 @@ CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = "lock"
+
+log = logging.getLogger("vaekit")
 
 # Orbax logs every save at INFO; a training log has no use for that.
 logging.getLogger("absl").setLevel(logging.WARNING)
@@ -97,9 +110,109 @@ def create_run_dir(path: Path, overwrite: bool) -> Path:
     if path.exists() and overwrite:
         if not is_run_dir(path) and any(path.iterdir()):
             raise VaekitError(f"refusing to overwrite '{path}': it is not empty and not a vaekit run directory")
+        owner = lock_owner(path)
+        if owner is not None and owner_alive(owner):
+            raise VaekitError(_in_use(path, owner))
         shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=False)
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:  # another process created it since prepare_run_dir checked
+        raise VaekitError(f"run directory '{path}' already exists (another vaekit process just created it); "
+                          f"choose another --name") from None
     return path
+
+
+# --------------------------------------------------------------------------- locks
+
+
+def lock_owner(run_dir: Path) -> dict | None:
+    """The lock file's contents ({"pid", "host", "started"}), or None when the run is not locked."""
+    try:
+        owner = json.loads((Path(run_dir) / LOCK_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError):
+        return {"pid": None, "host": None}  # being written this instant, or damaged
+    return owner if isinstance(owner, dict) else {"pid": None, "host": None}
+
+
+def owner_alive(owner: dict) -> bool:
+    """Whether a lock's process still runs. A process on another host cannot be checked: alive."""
+    pid, host = owner.get("pid"), owner.get("host")
+    if host != socket.gethostname() or not isinstance(pid, int):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet reaped by its parent is a zombie: dead all the same
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _in_use(run_dir: Path, owner: dict) -> str:
+    return (f"run '{run_dir}' is in use by process {owner.get('pid')} on {owner.get('host')} "
+            f"(lock file {Path(run_dir) / LOCK_FILE}; if that process is gone, delete the file)")
+
+
+class RunLock:
+    """The run directory's lock: created exclusively, holding this process's pid and host; released
+    (deleted) by `release`. A stale lock (same host, dead pid) is taken over and reported."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.held = False
+        self.stale: dict | None = None  # the dead owner this lock took over, if any
+
+    def acquire(self) -> RunLock:
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = lock_owner(self.path.parent)
+                if owner is None:
+                    continue  # released meanwhile: try again
+                if owner.get("pid") is None:  # being written by its owner right now
+                    time.sleep(0.2)
+                    owner = lock_owner(self.path.parent) or {}
+                if owner_alive(owner):
+                    raise VaekitError(_in_use(self.path.parent, owner)) from None
+                self.stale = owner
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise VaekitError(f"could not lock run '{self.path.parent}': another process keeps taking it")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        owner = lock_owner(self.path.parent)
+        if owner is not None and owner.get("pid") == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def run_status(run_dir: Path, info: dict) -> tuple[str, str]:
+    """(status, detail) of a run: run.json's status, except that a "running" run whose process is
+    gone (no lock, or a stale one) is "interrupted". detail names the owner or the dead process."""
+    status = info.get("status", "unknown")
+    if status != "running":
+        return status, ""
+    owner = lock_owner(run_dir)
+    if owner is None:
+        return "interrupted", "its process ended without updating run.json"
+    if owner_alive(owner):
+        return "running", f"process {owner.get('pid')} on {owner.get('host')}"
+    return "interrupted", f"its process {owner.get('pid')} on {owner.get('host')} died"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -121,11 +234,27 @@ def write_config(run_dir: Path, cfg: config_lib.Config) -> None:
 
 
 def read_config(run_dir: Path) -> config_lib.Config:
+    path = Path(run_dir) / CONFIG_FILE
     try:
-        doc = yaml.safe_load((Path(run_dir) / CONFIG_FILE).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise VaekitError(f"cannot read {Path(run_dir) / CONFIG_FILE}: {e}") from None
-    return config_lib.from_dict(doc or {})
+        doc = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise VaekitError(f"cannot read {path}: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise VaekitError(f"{path} is not valid YAML: {_yaml_problem(e)}") from None
+    if doc is not None and not isinstance(doc, dict):
+        raise VaekitError(f"{path} must hold a mapping of config sections, got {type(doc).__name__}")
+    try:
+        return config_lib.from_dict(doc or {})
+    except VaekitError as e:
+        raise VaekitError(f"{path}: {e}") from None
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where it is."""
+    problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{problem}{where}"
 
 
 # --------------------------------------------------------------------------- Orbax
@@ -182,15 +311,94 @@ class Checkpointer:
             abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
             args[name] = self._ocp.args.StandardRestore(abstract)
         try:
-            restored = mngr.restore(epoch, args=self._ocp.args.Composite(**args))
+            with _drained_orbax_loops():
+                restored = mngr.restore(epoch, args=self._ocp.args.Composite(**args))
         except Exception as e:  # Orbax raises many types for truncated / corrupted files
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise VaekitError(f"checkpoint {where} is corrupted or incomplete ({first[:160]})") from None
+            raise VaekitError(f"checkpoint {where} is corrupted or incomplete: {_restore_problem(e)}") from None
         return {name: restored[name] for name in targets}
+
+    def restore_intact(self, which: str, targets: dict) -> tuple[dict, int]:
+        """(items, epoch) of the newest checkpoint of `which` that restores; a damaged newer one is
+        skipped with one warning line. Raises the newest one's error when none restores."""
+        first_error = None
+        for epoch in sorted(self.managers[which].all_steps(), reverse=True):
+            try:
+                items = self.restore(which, targets, epoch)
+            except VaekitError as e:
+                first_error = first_error or e
+                continue
+            if first_error is not None:
+                log.warning("%s; resuming from the intact checkpoint of epoch %d instead", first_error, epoch)
+            return items, epoch
+        if first_error is not None:
+            raise first_error
+        raise VaekitError(f"no '{which}' checkpoint in {self.managers[which].directory}")
 
     def close(self) -> None:
         for m in self.managers.values():
             m.close()
+
+
+def _restore_problem(e: BaseException) -> str:
+    """The damaged array and file behind an Orbax restore error, in one line (TensorStore's own
+    message, the innermost cause, names them; Orbax's outer one holds a bound-method repr)."""
+    chain = []
+    while e is not None and len(chain) < 20:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for err in reversed(chain):
+        text = " ".join(str(err).split())
+        m = re.search(r'Error (?:reading|opening) "([^"]+)" in OCDBT database at local file "([^"]+)"(?::\s*(.*))?', text)
+        if m:
+            array = re.sub(r"(\.value)?/[^/]*$", "", m.group(1))
+            detail = re.sub(r"^[A-Z_]+: ", "", (m.group(3) or "").strip())
+            return f"cannot read array '{array}' from {m.group(2).rstrip('/')}" + (f" ({detail[:120]})" if detail else "")
+    for err in reversed(chain):
+        text = " ".join(str(err).split()).split(" See full TensorStore details")[0].strip()
+        if text:
+            return text[:200]
+    return type(chain[0]).__name__
+
+
+@contextlib.contextmanager
+def _drained_orbax_loops():
+    """Orbax runs a restore in a fresh asyncio loop and closes it as soon as the first array read
+    fails, leaving the other reads pending: at exit their coroutines print "Exception ignored ..."
+    with pages of TensorStore JSON, and TensorStore callbacks print "Event loop is closed". While
+    restoring, that loop is run with a clean shutdown instead: pending tasks are cancelled and
+    awaited before the loop closes. (Only Orbax's private helper changes, and only inside this
+    block; an Orbax without it restores as it always did.)"""
+    try:
+        from orbax.checkpoint._src import asyncio_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(asyncio_utils, "_run_sync_via_new_loop", None)
+    if original is None:
+        yield
+        return
+
+    def run_and_drain(coro):
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            return loop.run_until_complete(coro)
+        finally:
+            try:
+                pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
+
+    asyncio_utils._run_sync_via_new_loop = run_and_drain
+    try:
+        yield
+    finally:
+        asyncio_utils._run_sync_via_new_loop = original
 
 
 # --------------------------------------------------------------------------- load_run

@@ -35,6 +35,8 @@ def cmd_train(args) -> None:
         run_dir = ck.check_run_dir(args.resume)
         if args.preset or args.config:
             raise VaekitError("--resume continues a run with its own config; drop --preset/--config")
+        if args.name or args.overwrite:
+            raise VaekitError("--resume continues the run in its own directory; drop --name/--overwrite")
         cfg = ck.read_config(run_dir)
         length = "train.steps" if cfg.train.steps is not None else "train.epochs"  # how this run counts
         for text in args.set:
@@ -44,8 +46,9 @@ def cmd_train(args) -> None:
                                   f"{length.split('.')[1]}); got '{text}'")
             cfg = config_lib.merge(cfg, update)
         config_lib.validate(cfg)
+        layers = {"overrides": list(args.set)}
     else:
-        cfg = config_lib.resolve(args.preset, args.config, args.set)
+        cfg, layers = config_lib.resolve_layers(args.preset, args.config, args.set)
     path = train(
         cfg,
         runs_dir=args.runs_dir,
@@ -53,6 +56,7 @@ def cmd_train(args) -> None:
         overwrite=args.overwrite,
         resume=args.resume,
         progress=not args.no_progress,
+        layers=layers,
     )
     print(path)
 
@@ -200,11 +204,12 @@ def cmd_interpolate(args) -> None:
         x, y = x[:-1], None if y is None else y[:-1]
     y = _labels(run, y)
     mu = np.asarray(run.model.encode(jnp.asarray(x), y).mean)  # (2P, D)
-    t = np.linspace(0.0, 1.0, args.steps)[None, :, None]
-    z = (1 - t) * mu[0::2, None] + t * mu[1::2, None]  # (P, steps, D)
+    from vaekit.latent import interpolate
+
+    z = interpolate(mu[0::2], mu[1::2], args.steps, args.method).astype(np.float32)  # (P, steps, D)
     yz = None if y is None else jnp.repeat(y[0::2], args.steps)
     images = np.asarray(run.model.decode(jnp.asarray(z.reshape(-1, z.shape[-1])), yz).mean())
-    plots.save_images(out, images, ncols=args.steps, title="latent interpolations between posterior means")
+    plots.save_images(out, images, ncols=args.steps, title=f"latent interpolations ({args.method}) between posterior means")
     print(out)
 
 
@@ -241,7 +246,9 @@ def cmd_disentanglement(args) -> None:
     from vaekit.evaluate.disentanglement import evaluate_run
 
     run = _load(args)
-    result = evaluate_run(run, num_train=args.num_train, num_test=args.num_test, seed=args.seed, n_jobs=args.n_jobs)
+    err = _console()
+    result = evaluate_run(run, num_train=args.num_train, num_test=args.num_test, seed=args.seed, n_jobs=args.n_jobs,
+                          on_phase=lambda text: err.print(f"disentanglement: {text}", soft_wrap=True))
     table = Table(title=f"disentanglement of {run.path} ({args.num_train} train / {args.num_test} test codes)")
     table.add_column("metric")
     table.add_column("score", justify="right")
@@ -274,20 +281,98 @@ def cmd_traverse(args) -> None:
     print(out)
 
 
-def cmd_info(args) -> None:
+def _fmt(v) -> str:
+    """A value for a table: integers as they are, floats to four significant digits (one decimal
+    from 100 up, exponent notation outside [1e-3, 1e6))."""
+    import math
+
+    if isinstance(v, bool) or not isinstance(v, float):
+        return str(v)
+    a = abs(v)
+    if not math.isfinite(v) or a == 0:
+        return str(v)
+    if a >= 1e6 or a < 1e-3:
+        return f"{v:.3e}"
+    if a >= 100:
+        return f"{v:,.1f}"
+    return f"{v:.{3 - math.floor(math.log10(a))}f}"
+
+
+def _table(title: str, header=("field", "value")):
     from rich.table import Table
 
+    table = Table(title=title, title_justify="left")
+    table.add_column(header[0])
+    table.add_column(header[1], justify="right" if header[1] != "value" else "left")
+    return table
+
+
+def cmd_info(args) -> None:
     from vaekit import checkpoint as ck
     from vaekit.train import collapse_warning
 
     run_dir = ck.check_run_dir(args.run)
-    cfg = ck.read_config(run_dir)
     info = ck.read_json(run_dir / ck.RUN_FILE)
+    cfg = ck.read_config(run_dir)
     history = ck.read_metrics(run_dir)
     console = _console(stderr=False)
-    table = Table(title=f"config of {run_dir}", show_lines=False)
-    table.add_column("key")
-    table.add_column("value")
+
+    # 1. status and progress
+    status, detail = ck.run_status(run_dir, info)
+    run = _table(f"run {run_dir}")
+    run.add_row("status", status + (f" ({detail})" if detail else ""))
+    if status == "interrupted":
+        run.add_row("continue with", f"vaekit train --resume {run_dir}")
+    if info.get("error"):
+        run.add_row("error", str(info["error"]))
+    total = info.get("total_steps")
+    if cfg.train.steps is not None:
+        run.add_row("steps", f"{info.get('step', 0):,} of {cfg.train.steps:,} (validation every {cfg.train.eval_every:,})")
+    else:
+        run.add_row("epochs", f"{info.get('epoch', 0)} of {cfg.train.epochs}")
+        if "step" in info:
+            run.add_row("steps", f"{info['step']:,}" + (f" of {total:,}" if total else ""))
+    run.add_row("model", f"{info.get('model_kind', cfg.model.kind)} ({cfg.model.net}, {cfg.model.latent_dim} latents, "
+                         f"{cfg.model.likelihood} likelihood)")
+    spec = info.get("data_spec") or {}
+    data = cfg.data.path or cfg.data.source
+    run.add_row("data", f"{data}: {info.get('num_train', '?'):,} training examples" if isinstance(info.get("num_train"), int)
+                else str(data))
+    if spec:
+        run.add_row("example", f"{spec.get('kind')} {tuple(spec.get('shape', ()))}")
+    if "best" in info:
+        run.add_row(f"best {info.get('best_metric', 'val')}", _fmt(info["best"]))
+    layers = info.get("config_layers")
+    if layers:
+        parts = [f"preset {layers.get('preset')} ({layers.get('preset_from')})"]
+        if layers.get("file"):
+            parts.append(f"file {layers['file']}")
+        if layers.get("overrides"):
+            parts.append("--set " + " ".join(layers["overrides"]))
+        if layers.get("resume_overrides"):
+            parts.append("on resume: --set " + " ".join(layers["resume_overrides"]))
+        run.add_row("config from", "; ".join(parts))
+    console.print(run)
+
+    # 2. final (or latest) metrics
+    if history:
+        last = history[-1]
+        where = f"step {last['step']:,}" if cfg.train.steps is not None and "step" in last else f"epoch {last['epoch']}"
+        metrics = _table(f"metrics at {where}", ("metric", "value"))
+        for k, v in last.items():
+            if not isinstance(v, list) and k not in ("epoch", "step"):
+                metrics.add_row(k, _fmt(v))
+        console.print(metrics)
+        warning = "val/kl_per_dim" in last and collapse_warning(last["val/kl_per_dim"], last.get("val/active_units"),
+                                                                cfg.model.latent_dim)
+        if warning:
+            console.print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
+
+    # 3. evaluation results
+    _show_results(console, run_dir)
+
+    # 4. the resolved config, last
+    table = _table("config (config.yaml)", ("key", "value"))
     for section, values in cfg.to_dict().items():
         if isinstance(values, dict):
             for k, v in values.items():
@@ -295,30 +380,52 @@ def cmd_info(args) -> None:
         else:
             table.add_row(section, str(values))
     console.print(table)
-    status = Table(title="run")
-    status.add_column("field")
-    status.add_column("value")
-    for key in ("status", "epoch", "step", "model_kind", "data_spec", "image_shape", "num_train", "best_metric", "best",
-                "best_val_elbo", "error"):
-        if key in info:
-            status.add_row(key, str(info[key]))
-    console.print(status)
-    if history:
-        last = history[-1]
-        metrics = Table(title=f"metrics at epoch {last['epoch']}")
-        metrics.add_column("metric")
-        metrics.add_column("value", justify="right")
-        for k, v in last.items():
-            if not isinstance(v, list) and k != "epoch":
-                metrics.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
-        console.print(metrics)
-        warning = "val/kl_per_dim" in last and collapse_warning(last["val/kl_per_dim"], last.get("val/active_units"),
-                                                                cfg.model.latent_dim)
-        if warning:
-            console.print(f"[bold yellow]warning:[/] {warning}")
-    evaluation = run_dir / "evaluation.json"
-    if evaluation.exists():
-        console.print(f"evaluation: {evaluation}")
+
+
+def _show_results(console, run_dir: Path) -> None:
+    """evaluation.json, disentanglement.json and quality.json of a run, where present."""
+    from vaekit import checkpoint as ck
+
+    path = run_dir / "evaluation.json"
+    if path.exists():
+        results = ck.read_json(path)
+        table = _table(f"evaluation ({path.name})", ("metric", "value"))
+        for key, s in results.items():
+            if not isinstance(s, dict):
+                continue
+            label = f"{s.get('split', '?')}, {s.get('examples', '?')} examples, k = {s.get('samples', '?')}"
+            nll = "NLL -log p(x|y)" if s.get("conditional") else "NLL"
+            if "nll" in s:
+                table.add_row(f"{nll} ({label})", f"{_fmt(s['nll'])} ± {_fmt(s.get('nll_stderr', float('nan')))}")
+            for k in ("elbo", "iwae_k5", "iwae_k50", "bits_per_dim", "active_units", "reconstruction_mse"):
+                if k in s:
+                    table.add_row(f"  {k}", _fmt(s[k]))
+        console.print(table)
+    path = run_dir / "disentanglement.json"
+    if path.exists():
+        r = ck.read_json(path)
+        table = _table(f"disentanglement ({path.name})", ("metric", "score"))
+        rows = [("MIG", ("mig", "mig")), ("SAP", ("sap", "sap")), ("DCI disentanglement", ("dci", "disentanglement")),
+                ("DCI completeness", ("dci", "completeness")), ("DCI informativeness", ("dci", "informativeness_test")),
+                ("FactorVAE score", ("factorvae", "eval_accuracy")), ("beta-VAE score", ("betavae", "eval_accuracy"))]
+        for label, (a, b) in rows:
+            v = (r.get(a) or {}).get(b) if isinstance(r.get(a), dict) else None
+            if v is not None:
+                table.add_row(label, _fmt(v))
+        console.print(table)
+    path = run_dir / "quality.json"
+    if path.exists():
+        table = _table(f"sample quality ({path.name})", ("metric", "value"))
+
+        def rows(prefix, obj):
+            for k, v in obj.items():
+                if isinstance(v, dict):
+                    rows(f"{prefix}{k}.", v)
+                elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                    table.add_row(f"{prefix}{k}", _fmt(v))
+
+        rows("", ck.read_json(path))
+        console.print(table)
 
 
 def cmd_presets(args) -> None:
@@ -337,95 +444,127 @@ def cmd_presets(args) -> None:
 # --------------------------------------------------------------------------- parser
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default; options without one (None, False) say nothing."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.default == [] or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vaekit")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vaekit",
         description="Train, evaluate and inspect variational autoencoders (JAX, Flax NNX, Optax).",
+        formatter_class=_HelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"vaekit {_version()}", help="print the version and exit")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model; prints the run directory last")
-    t.add_argument("--preset", help="named recipe (see `vaekit presets`); default mnist-mlp")
-    t.add_argument("--config", help="YAML file with data/model/objective/train sections")
+    def command(name, help):
+        return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+
+    t = command("train", "train a model; prints the run directory last")
+    t.add_argument("--preset", help="named recipe (see `vaekit presets`); else the config file's `preset:` key, "
+                                    "else mnist-mlp. Applied first, then --config, then --set")
+    t.add_argument("--config", help="YAML file with data/model/objective/train sections (and optionally `preset:`)")
     t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value (repeatable), e.g. --set train.epochs=5")
-    t.add_argument("--name", help="run directory name (default: <preset>-<date>-<time>)")
-    t.add_argument("--runs-dir", default="runs", help="parent directory of run directories (default: runs)")
+                   help="override one config value (repeatable, applied last, in order), e.g. --set train.epochs=5")
+    t.add_argument("--name", help="run directory name (default: the preset's name, or <data>-<net> when the data "
+                                  "or net differ from the preset's, then -<date>-<time>)")
+    t.add_argument("--runs-dir", default="runs", help="parent directory of run directories")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory of that name")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest intact checkpoint "
+                                                       "(from the start if it has none)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (epoch lines only); without a "
+                                                                   "terminal there is none anyway")
     t.set_defaults(func=cmd_train)
 
     def run_arg(sp):
         sp.add_argument("run", help="run directory")
         sp.add_argument("--checkpoint", default="best", choices=("best", "latest"),
-                        help="which checkpoint to load (default: best validation ELBO)")
+                        help="which checkpoint to load: best validation value, or the last saved")
 
-    s = sub.add_parser("sample", help="draw samples from the prior and save a grid (.png) or array (.npy)")
+    s = command("sample", "draw samples from the prior and save a grid (.png) or array (.npy)")
     run_arg(s)
     s.add_argument("-n", type=int, default=64, help="number of samples")
     s.add_argument("--out", default="samples.png", help="output .png grid or .npy array")
     s.add_argument("--temperature", type=float, default=1.0, help="prior standard deviation multiplier")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
     s.add_argument("--cols", type=int, default=8, help="grid columns (a conditional run: samples per class row)")
     s.add_argument("--label", type=int, help="class to sample (conditional runs; default: one row per class)")
     s.set_defaults(func=cmd_sample)
 
-    r = sub.add_parser("reconstruct", help="save inputs and their reconstructions")
+    r = command("reconstruct", "save inputs and their reconstructions")
     run_arg(r)
     r.add_argument("--split", default="test", help="train, val or test")
     r.add_argument("-n", type=int, default=32, help="number of images")
-    r.add_argument("--out", default="reconstructions.png")
-    r.add_argument("--cols", type=int, default=8)
+    r.add_argument("--out", default="reconstructions.png", help="output .png grid")
+    r.add_argument("--cols", type=int, default=8, help="grid columns")
     r.add_argument("--label", type=int, help="decode every input's code under this class (conditional runs)")
     r.set_defaults(func=cmd_reconstruct)
 
-    i = sub.add_parser("interpolate", help="decode straight lines between pairs of posterior means")
+    i = command("interpolate", "decode straight lines between pairs of posterior means")
     run_arg(i)
-    i.add_argument("--split", default="test")
-    i.add_argument("--pairs", type=int, default=8)
-    i.add_argument("--steps", type=int, default=10)
-    i.add_argument("--out", default="interpolations.png")
+    i.add_argument("--split", default="test", help="train, val or test: where the end points come from")
+    i.add_argument("--pairs", type=int, default=8, help="number of interpolations (rows)")
+    i.add_argument("--steps", type=int, default=10, help="images per interpolation, end points included")
+    i.add_argument("--out", default="interpolations.png", help="output .png grid")
+    i.add_argument("--method", choices=("lerp", "slerp"), default="lerp",
+                   help="straight line (lerp) or spherical (slerp) interpolation")
     i.add_argument("--label", type=int, help="interpolate between examples of this class, decoded under it "
                                               "(conditional runs; default: one pair per class)")
     i.set_defaults(func=cmd_interpolate)
 
-    e = sub.add_parser("evaluate", help="importance-sampled NLL, IWAE bounds, active units; writes evaluation.json")
+    e = command("evaluate", "importance-sampled NLL, IWAE bounds, active units; writes evaluation.json")
     run_arg(e)
     e.add_argument("--split", default="test", help="train, val or test")
-    e.add_argument("--samples", type=int, default=5000, help="importance samples k per example (default 5000)")
-    e.add_argument("--limit", type=int, help="score only the first N examples of the split")
+    e.add_argument("--samples", type=int, default=5000, help="importance samples k per example")
+    e.add_argument("--limit", type=int, help="score only the first N examples of the split (default: all)")
     e.add_argument("--batch-size", type=int, default=50, help="examples per compiled call")
     e.add_argument("--chunk", type=int, default=100, help="draws per step of the streaming logsumexp")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evaluate)
 
-    dz = sub.add_parser("disentanglement", help="MIG, SAP, DCI, FactorVAE and beta-VAE scores (shapes runs)")
+    dz = command("disentanglement", "MIG, SAP, DCI, FactorVAE and beta-VAE scores (shapes runs)")
     run_arg(dz)
     dz.add_argument("--num-train", type=int, default=10_000, help="codes for MIG/SAP/DCI training")
     dz.add_argument("--num-test", type=int, default=5_000, help="codes for SAP/DCI testing")
-    dz.add_argument("--seed", type=int, default=0)
+    dz.add_argument("--seed", type=int, default=0, help="seed of the factor draws and the classifiers")
     dz.add_argument("--n-jobs", type=int, default=2, help="parallel factor fits for DCI")
     dz.set_defaults(func=cmd_disentanglement)
 
-    tv = sub.add_parser("traverse", help="decode sweeps of each latent around a seed image's code")
+    tv = command("traverse", "decode sweeps of each latent around a seed image's code")
     run_arg(tv)
-    tv.add_argument("--split", default="test")
+    tv.add_argument("--split", default="test", help="train, val or test: where the seed image comes from")
     tv.add_argument("--index", type=int, default=0, help="seed image within the split")
     tv.add_argument("--range", type=float, default=3.0, help="sweep from -range to +range")
-    tv.add_argument("--steps", type=int, default=11)
+    tv.add_argument("--steps", type=int, default=11, help="images per latent")
     tv.add_argument("--dims", type=int, default=0, help="show only the N latents with the most KL (0: all)")
-    tv.add_argument("--out", default="traversal.png")
+    tv.add_argument("--out", default="traversal.png", help="output .png grid")
     tv.add_argument("--label", type=int, help="seed image and decoding from this class (conditional runs)")
     tv.set_defaults(func=cmd_traverse)
 
-    f = sub.add_parser("info", help="show a run's resolved config, status and final metrics")
+    f = command("info", "show a run's status, final metrics, evaluation results and resolved config")
     f.add_argument("run", help="run directory")
     f.set_defaults(func=cmd_info)
 
-    ps = sub.add_parser("presets", help="list the named recipes")
+    ps = command("presets", "list the named recipes")
     ps.set_defaults(func=cmd_presets)
+    from vaekit import cli_tools  # report, anomaly, embed, arithmetic, latent-map
+
+    cli_tools.register(sub)
     return p
 
 
@@ -450,8 +589,14 @@ def _run(args) -> int:
             raise
         print(f"vaekit: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("vaekit: interrupted (a run continues with `vaekit train --resume RUN_DIR`)", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        run_dir = getattr(e, "run_dir", None)
+        if run_dir is not None:
+            print(f"vaekit: interrupted; continue with `vaekit train --resume {run_dir}`", file=sys.stderr)
+        elif args.command == "train":
+            print("vaekit: interrupted before training started; nothing was kept", file=sys.stderr)
+        else:
+            print("vaekit: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # an internal error: one line unless --debug
         if args.debug:

@@ -3,7 +3,12 @@
 A run is fully described by one `Config` (data, model, objective, train). `config.yaml` in a run
 directory is that config, resolved, so a run can always be rebuilt from its own directory.
 
-Resolution order: dataclass defaults < preset YAML < `--config FILE.yaml` < `--set` overrides.
+Resolution order (one rule, `resolve_layers`): the preset first (the `--preset` flag, else a
+`preset:` key in the config file, else the default `mnist-mlp`), then the config file's sections,
+then the `--set` overrides in the order given. Every layer is recorded in the run (run.json
+"config_layers"); config.yaml holds the fully resolved result. A run is counted in epochs or in
+steps: an explicit `train.epochs` in the file or a `--set` on a preset counted in `train.steps`
+clears the preset's steps (setting both explicitly is an error).
 Every value is validated once, here, so the library below can trust its config.
 """
 
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from importlib import resources
@@ -21,6 +27,8 @@ import yaml
 
 from vaekit.data import BINARIZE_MODES
 from vaekit.errors import VaekitError
+
+log = logging.getLogger("vaekit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +85,7 @@ class ObjectiveConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 10  # passes over the training split (ignored when `steps` is set)
+    epochs: int = 10  # passes over the training split; setting it explicitly on a steps-counted preset clears `steps`
     steps: int | None = None  # count training in optimizer steps instead: batches drawn uniformly with replacement
     eval_every: int = 1000  # with `steps`: steps between validations, metrics records and checkpoints
     batch_size: int = 100  # examples per step
@@ -98,6 +106,7 @@ class TrainConfig:
     eval_batch_size: int = 1000  # batch size of validation passes
     checkpoint_every: int = 1  # save a checkpoint every N epochs (with `steps`: every N validations) (the best-by-validation one is kept too)
     keep_checkpoints: int = 2  # how many periodic checkpoints to keep
+    loggers: tuple[str, ...] = ("tensorboard",)  # where metrics go besides metrics.jsonl: tensorboard, mlflow (pip install 'vaekit[mlflow]')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +138,7 @@ ACTIVATIONS = ("tanh", "relu", "gelu", "silu", "elu", "softplus", "leaky_relu")
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "categorical")
 BETA_SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
 LR_SCHEDULES = ("constant", "cosine", "exponential", "step", "iwae")
+LOGGERS = ("tensorboard", "mlflow")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -139,8 +149,28 @@ def _closest(name: str, options) -> str:
     return f" (did you mean '{match[0]}'?)" if match else f" (valid: {', '.join(options)})"
 
 
+@dataclasses.dataclass(frozen=True)
+class _Typed:
+    """A `--set` value: the YAML reading of the text and the text the user typed. A string field
+    takes the typed text where YAML read something else (`yes` is the word, not a boolean)."""
+
+    value: Any
+    raw: str
+
+
+def _is_str_field(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return str in typing.get_args(annotation)
+    return annotation is str
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the dataclass field's declared type, or raise VaekitError."""
+    if isinstance(value, _Typed):
+        typed = value
+        value = typed.value
+        if _is_str_field(annotation) and value is not None and not isinstance(value, (str, list, dict)):
+            value = typed.raw.strip()
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -181,6 +211,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise VaekitError(f"{where} must be a number, got {value!r}") from None
     if annotation is str:
+        if isinstance(value, bool):  # YAML reads yes/no/on/off/true/false unquoted as booleans
+            raise VaekitError(f"{where} was read as the YAML boolean {str(value).lower()}; put the word in quotes "
+                              f"in the YAML file (e.g. {where.split('.')[-1]}: \"none\")")
         if isinstance(value, (dict, list)):
             raise VaekitError(f"{where} must be a string, got {value!r}")
         return str(value)
@@ -256,7 +289,7 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return {parts[0]: {parts[1]: value}}
+    return {parts[0]: {parts[1]: _Typed(value, raw)}}
 
 
 # --------------------------------------------------------------------------- presets
@@ -298,24 +331,75 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def resolve(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
-    """defaults < preset < config file < overrides, then validate."""
-    cfg = Config()
-    name = preset
-    if name is None and config_file is None:
-        name = DEFAULT_PRESET
-    if name is not None:
-        cfg = dataclasses.replace(merge(cfg, load_preset(name)), preset=name)
+    """The preset, then the config file, then the overrides, validated (see `resolve_layers`)."""
+    return resolve_layers(preset, config_file, overrides)[0]
+
+
+def resolve_layers(preset: str | None = None, config_file: str | None = None,
+                   overrides: list[str] = ()) -> tuple[Config, dict]:
+    """(config, layers): the one precedence order, and a record of every layer that went into it.
+
+    1. the preset: `preset` (the --preset flag), else the file's `preset:` key, else DEFAULT_PRESET;
+    2. the config file's sections (`config_file`), if any;
+    3. the `section.key=value` overrides, in order.
+    `layers` is {"preset": name, "preset_from": "flag" | "file" | "default", "file": path or None,
+    "overrides": [...]}, for run.json. An explicit train.epochs (file or override) on a preset that
+    counts in train.steps clears train.steps; the user setting both is an error.
+    """
+    doc = read_yaml(config_file) if config_file is not None else {}
+    if not isinstance(doc, dict):
+        raise VaekitError(f"config file '{config_file}' must hold a mapping of sections, got {type(doc).__name__}")
+    file_preset = doc.get("preset")
+    if file_preset is not None and not isinstance(file_preset, str):
+        raise VaekitError(f"config file '{config_file}': preset must be a preset name, got {file_preset!r}")
+    if preset is not None:
+        name, source = preset, "flag"
+        if file_preset and file_preset != preset:
+            log.warning("--preset %s takes precedence over 'preset: %s' in %s", preset, file_preset, config_file)
+    elif file_preset:
+        name, source = file_preset, "file"
+    else:
+        name, source = DEFAULT_PRESET, "default"
+    cfg = dataclasses.replace(merge(Config(), load_preset(name)), preset=name)
+    preset_steps = cfg.train.steps
+    explicit: set[str] = set()  # train keys the user set, in the file or with --set
     if config_file is not None:
-        doc = read_yaml(config_file)
         cfg = merge(cfg, doc)
-        if name is None and doc.get("preset"):
-            cfg = dataclasses.replace(cfg, preset=doc.get("preset"))
+        explicit |= set((doc.get("train") or {}) if isinstance(doc.get("train"), dict) else ())
     for text in overrides:
-        cfg = merge(cfg, parse_override(text))
+        update = parse_override(text)
+        cfg = merge(cfg, update)
+        explicit |= set(update.get("train", ()))
+    if "epochs" in explicit and cfg.train.steps is not None:
+        if "steps" in explicit:
+            raise VaekitError(f"train.epochs and train.steps are both set (a run counts in one): drop one, or "
+                              f"set train.steps=none to count in epochs")
+        # The preset counted in steps; the user asked for epochs: the explicit choice wins.
+        log.info("counting the run in train.epochs=%d (preset %s counted in train.steps=%s)",
+                 cfg.train.epochs, name, preset_steps)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=None))
     if cfg.data.path is not None and cfg.data.source == "mnist":
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="arrays"))
     validate(cfg)
-    return cfg
+    layers = {"preset": name, "preset_from": source, "file": None if config_file is None else str(config_file),
+              "overrides": list(overrides)}
+    return cfg, layers
+
+
+def default_run_name(cfg: Config) -> str:
+    """The stem of a run's default name: the preset's name when the run's data and net are the
+    preset's, else `<data>-<net>` (the data source, or the .npz file's stem) with `-<kind>` for a
+    model kind other than vae."""
+    if cfg.preset is not None and cfg.preset in list_presets():
+        p = merge(Config(), load_preset(cfg.preset))
+        same = (cfg.data.source, cfg.data.path, cfg.model.net, cfg.model.kind) == (
+            p.data.source, p.data.path, p.model.net, p.model.kind)
+        if same:
+            return cfg.preset
+    data = Path(cfg.data.path).stem if cfg.data.path else cfg.data.source
+    parts = [data, cfg.model.net] + ([cfg.model.kind] if cfg.model.kind != "vae" else [])
+    name = "-".join(parts)
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def from_dict(doc: dict) -> Config:
@@ -397,3 +481,5 @@ def validate(cfg: Config) -> None:
     _check(t.eval_batch_size > 0, f"train.eval_batch_size must be positive, got {t.eval_batch_size}")
     _check(t.checkpoint_every > 0, f"train.checkpoint_every must be positive, got {t.checkpoint_every}")
     _check(t.keep_checkpoints > 0, f"train.keep_checkpoints must be positive, got {t.keep_checkpoints}")
+    for name in t.loggers:
+        _one_of(name, LOGGERS, "train.loggers")

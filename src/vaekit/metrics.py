@@ -50,10 +50,6 @@ def mean_of(values: jax.Array, mask: jax.Array | None = None, axis=0) -> Mean:
     return Mean(total, count)
 
 
-def _as_mean(value) -> Mean:
-    return value if isinstance(value, Mean) else Mean(jnp.asarray(value), jnp.ones((), jnp.float32))
-
-
 def is_mean(x) -> bool:
     return isinstance(x, Mean)
 
@@ -68,8 +64,11 @@ class Accumulator:
     def add(self, metrics: dict, stacked: bool = False) -> None:
         """Add one batch's metrics, or with `stacked` a leading axis of steps (summed over)."""
         for key, value in metrics.items():
-            m = _as_mean(value)
-            total, count = np.asarray(m.total, np.float64), np.asarray(m.count, np.float64)
+            if isinstance(value, Mean):
+                total, count = np.asarray(value.total, np.float64), np.asarray(value.count, np.float64)
+            else:  # a plain value counts once per batch (per step when stacked)
+                total = np.asarray(value, np.float64)
+                count = np.ones(total.shape[:1] if stacked else ())
             if stacked:
                 total, count = total.sum(axis=0), count.sum(axis=0)
             self.totals[key] = self.totals.get(key, 0.0) + total

@@ -1,12 +1,22 @@
-"""Progress display shared by training and evaluation."""
+"""Progress display shared by training and evaluation.
+
+A bar is drawn only on a terminal; output that is not one (a file, a pipe, CI) gets whole lines
+only: the epoch lines, and phase messages logged as lines instead of a bar's status field.
+"""
 
 from __future__ import annotations
 
 
 def progress_bar(enabled: bool, label: str, unit: str):
-    """The rich progress bar of training and evaluation: label, bar, done/total unit, times, status."""
+    """The rich progress bar of training and evaluation: label, bar, done/total unit, times, status.
+
+    Disabled (draws nothing; `console.print` still prints whole lines) unless `enabled` and the
+    console is a terminal.
+    """
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    console = Console(highlight=False)
     return Progress(
         TextColumn(f"[bold]{label}"),
         BarColumn(),
@@ -16,6 +26,12 @@ def progress_bar(enabled: bool, label: str, unit: str):
         TextColumn("ETA"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
-        disable=not enabled,
+        console=console,
+        disable=not (enabled and console.is_terminal),
         transient=False,
     )
+
+
+def bar_shown(bar) -> bool:
+    """Whether `bar` draws (a terminal); otherwise say what a long phase is doing in a line."""
+    return not bar.disable

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from vaekit.config import Config, TrainConfig
 from vaekit.errors import VaekitError
 from vaekit.metrics import ACTIVE_UNIT_VARIANCE
 from vaekit.models import build_model
-from vaekit.progress import progress_bar
+from vaekit.progress import bar_shown, progress_bar
 
 log = logging.getLogger("vaekit")
 
@@ -51,6 +52,14 @@ COLLAPSE_KL = 0.01  # nats: a dimension below this carries (almost) no informati
 
 class TrainingDiverged(VaekitError):
     """A loss or gradient became NaN/Inf; training stopped without saving the bad state."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train`: run.json says "interrupted"; `run_dir` continues with --resume."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -210,7 +219,7 @@ class Trainer:
         if self.loop == "scan":
             self._chunk = jax.jit(self._train_chunk, donate_argnums=(0,))
         else:
-            self._step = jax.jit(self._train_step, donate_argnums=(0,))
+            self._step = jax.jit(self._guarded_step, donate_argnums=(0,))
             self._chunk = self._run_steps
         self._eval_batch = jax.jit(self._eval_step)
 
@@ -263,9 +272,23 @@ class Trainer:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
+    def _guarded_step(self, state: dict, ok: jax.Array, data: dict, batch_idx: jax.Array):
+        """`_train_step` that keeps the old state when this step's loss or gradient norm is NaN/Inf,
+        or an earlier step of the chunk's was (`ok` false): the chunk returns the last good state,
+        which the host keeps when it stops the run (the input state was donated)."""
+        new, metrics = self._train_step(state, data, batch_idx)
+        ok = ok & _all_finite(metrics["loss"], metrics["grad_norm"])
+        return jax.tree.map(lambda n, o: jax.lax.select(ok, n, o), new, state), ok, metrics
+
     def _train_chunk(self, state: dict, data: dict, idx: jax.Array):
         """Run idx.shape[0] optimizer steps; idx (S, B) holds the example indices of each step."""
-        return jax.lax.scan(lambda st, b: self._train_step(st, data, b), state, idx)
+
+        def body(carry, b):
+            st, ok, metrics = self._guarded_step(*carry, data, b)
+            return (st, ok), metrics
+
+        (state, _), metrics = jax.lax.scan(body, (state, jnp.asarray(True)), idx)
+        return state, metrics
 
     def _run_steps(self, state: dict, data: dict, idx: jax.Array):
         """`_train_chunk` as a host loop of jitted steps (`train.loop=steps`).
@@ -274,8 +297,9 @@ class Trainer:
         when the caller reads the stacked metrics.
         """
         per_step = []
+        ok = jnp.asarray(True)
         for i in range(idx.shape[0]):
-            state, metrics = self._step(state, data, idx[i])
+            state, ok, metrics = self._step(state, ok, data, idx[i])
             per_step.append(metrics)
         return state, jax.tree.map(lambda *v: jnp.stack(v), *per_step)
 
@@ -321,10 +345,12 @@ class Trainer:
         t0 = time.perf_counter()
         for start in range(0, steps, s):
             first_step = step0 + start
-            new_state, metrics = self._chunk(self.state, self.train_data, idx[start : start + s])
+            # The state is donated: from here on only the chunk's result is valid. That result is
+            # the last good state even when a step diverged (`_guarded_step`), so the trainer
+            # stays usable after TrainingDiverged.
+            self.state, metrics = self._chunk(self.state, self.train_data, idx[start : start + s])
             metrics = jax.device_get(metrics)  # the one host sync per chunk
             _guard_finite(metrics, first_step, epoch)
-            self.state = new_state
             acc.add(metrics, stacked=True)
             if self.chunk_callback is not None:
                 self.chunk_callback(first_step, metrics_lib.values(metrics))
@@ -355,6 +381,12 @@ class Trainer:
         return out
 
 
+def _all_finite(*trees) -> jax.Array:
+    """A traced bool: every floating-point leaf of the trees is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(trees) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
 def _guard_finite(metrics: dict, first_step: int, epoch: int) -> None:
     for name in ("loss", "grad_norm"):
         values = np.asarray(metrics_lib.values({name: metrics[name]})[name])
@@ -363,7 +395,8 @@ def _guard_finite(metrics: dict, first_step: int, epoch: int) -> None:
             step = first_step + int(bad[0])
             raise TrainingDiverged(
                 f"{name} became {values[bad[0]]} at step {step} (epoch {epoch + 1}); stopped without saving "
-                f"that state. Try a lower train.learning_rate or train.grad_clip=1.0"
+                f"that state (the trainer keeps the state before it). Try a lower train.learning_rate or "
+                f"train.grad_clip=1.0"
             )
 
 
@@ -393,6 +426,7 @@ __all__ = [
     "train",
     "write_pictures",
     "TrainingDiverged",
+    "RunInterrupted",
     "collapse_warning",
     "init_state",
     "learning_rate_schedule",
@@ -477,64 +511,188 @@ def train(
     overwrite: bool = False,
     resume: str | Path | None = None,
     progress: bool = True,
+    layers: dict | None = None,
 ) -> Path:
     """Train `cfg` into runs_dir/name (or continue the run at `resume`). Returns the run directory.
 
     Nothing is written until the config, the data and the run directory have been checked, and a
-    run directory is never replaced unless `overwrite` is set.
+    run directory is never replaced unless `overwrite` is set. The run directory is locked while
+    this trains it (checkpoint.RunLock). `layers` (config.resolve_layers) goes to run.json as
+    "config_layers"; on resume, its overrides are added as "resume_overrides".
+
+    Resume continues from the newest intact "latest" checkpoint (a damaged newer one is skipped with
+    a warning); a run stopped before its first checkpoint is trained again from the start.
+    Ctrl-C marks the run "interrupted" and raises `RunInterrupted` naming its directory.
     """
+    from vaekit import checkpoint as ck
+    from vaekit.config import default_run_name
+    from vaekit.data import load_configured
+
+    lock = None
+    try:
+        if resume is not None:
+            run_dir = ck.check_run_dir(resume)
+            lock = ck.RunLock(run_dir).acquire()  # first: another live process may be training it
+            if lock.stale is not None:
+                log.warning("run %s was interrupted (its process %s on %s died); resuming it", run_dir,
+                            lock.stale.get("pid"), lock.stale.get("host"))
+        else:
+            name = name or f"{default_run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir = ck.prepare_run_dir(runs_dir, name, overwrite)
+        splits = load_configured(cfg.data)
+        trainer = Trainer(cfg, splits)
+        if resume is None:
+            ck.create_run_dir(run_dir, overwrite)
+            lock = ck.RunLock(run_dir).acquire()
+        return _train_run(cfg, run_dir, trainer, splits, resume is not None, progress, layers)
+    except KeyboardInterrupt as e:
+        if resume is not None and not isinstance(e, RunInterrupted):  # stopped while loading: run untouched
+            raise RunInterrupted(run_dir) from None
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: bool, progress: bool,
+               layers: dict | None) -> Path:
+    """`train` once the run directory exists and is locked: restore, loop, pictures, status."""
     from tensorboardX import SummaryWriter
 
     from vaekit import checkpoint as ck
     from vaekit import plots
-    from vaekit.data import load_configured
 
-    if resume is not None:
-        run_dir = ck.check_run_dir(resume)
-    else:
-        name = name or f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = ck.prepare_run_dir(runs_dir, name, overwrite)
-    splits = load_configured(cfg.data)
-    trainer = Trainer(cfg, splits)
     history: list[dict] = []
     info: dict = {}
-    if resume is not None:
+    if resuming:
         info = ck.read_json(run_dir / ck.RUN_FILE)
         if info.get("num_train", splits.num_train) != splits.num_train:
             raise VaekitError(f"run '{run_dir}' was trained on {info['num_train']:,} examples but its data now "
                               f"has {splits.num_train:,}; it cannot be resumed")
+    info_written = False
+    writer = ckpt = tracker = None
+    try:
         ckpt = ck.Checkpointer(run_dir, keep=cfg.train.keep_checkpoints)
-        if ckpt.latest_epoch() is None:
-            raise VaekitError(f"run '{run_dir}' has no checkpoint to resume from")
-        items = ckpt.restore("latest", checkpoint_items(trainer.state))
-        trainer.state = state_from_items(items, trainer.state, trainer.model)
-        done = int(trainer.state["epoch"])
-        # Epoch records written after the restored checkpoint are retraced, so drop them.
-        history = [r for r in ck.read_metrics(run_dir) if r.get("epoch", 0) <= done]
-        ck.write_text_atomic(run_dir / ck.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
-        log.info("resuming %s after epoch %d, step %d/%d", run_dir, done, int(trainer.state["step"]), trainer.total_steps)
-    else:
-        ck.create_run_dir(run_dir, overwrite)
-        ckpt = ck.Checkpointer(run_dir, keep=cfg.train.keep_checkpoints)
-    ck.write_config(run_dir, cfg)
-    info |= {
-        "vaekit_version": _version(),
-        "data_spec": splits.spec.to_dict(),
-        "model_kind": cfg.model.kind,
-        "capabilities": dataclasses.asdict(trainer.capabilities),
-        "num_train": splits.num_train,
-        "steps_per_epoch": trainer.steps_per_epoch,
-        "status": "running",
-    }
-    info.pop("final", None)
-    ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        if resuming:
+            if ckpt.latest_epoch() is None:  # stopped before its first checkpoint: nothing to lose
+                log.info("run %s has no checkpoint yet; training it from the start", run_dir)
+            else:
+                items, _ = ckpt.restore_intact("latest", checkpoint_items(trainer.state))
+                trainer.state = state_from_items(items, trainer.state, trainer.model)
+            done = int(trainer.state["epoch"])
+            # Epoch records written after the restored checkpoint are retraced, so drop them.
+            history = [r for r in ck.read_metrics(run_dir) if r.get("epoch", 0) <= done]
+            ck.write_text_atomic(run_dir / ck.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
+            if done:
+                log.info("resuming %s after epoch %d, step %d/%d", run_dir, done, int(trainer.state["step"]),
+                         trainer.total_steps)
+            if layers:
+                info.setdefault("config_layers", {}).setdefault("resume_overrides", []).extend(layers.get("overrides", []))
+        elif layers is not None:
+            info["config_layers"] = layers
+        ck.write_config(run_dir, cfg)
+        info |= {
+            "vaekit_version": _version(),
+            "data_spec": splits.spec.to_dict(),
+            "model_kind": cfg.model.kind,
+            "capabilities": dataclasses.asdict(trainer.capabilities),
+            "num_train": splits.num_train,
+            "steps_per_epoch": trainer.steps_per_epoch,
+            "total_steps": trainer.total_steps,
+            "status": "running",
+        }
+        info.pop("final", None)
+        info.pop("error", None)
+        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        info_written = True
+        writer = SummaryWriter(str(run_dir / "tensorboard")) if "tensorboard" in cfg.train.loggers else _NoWriter()
+        if "mlflow" in cfg.train.loggers:
+            from vaekit.tracking import MlflowLogger
 
-    writer = SummaryWriter(str(run_dir / "tensorboard"))
+            tracker = MlflowLogger(run_dir)
+            tracker.log_params(cfg.to_dict())
+        _loop(cfg, run_dir, trainer, info, history, writer, ckpt, progress, tracker)
+        writer.close()
+        ckpt.close()
+        writer = ckpt = None
+        model = merge_model(trainer.graphdef, trainer.state["params"], trainer.state["rest"])
+        try:
+            write_pictures(run_dir, model, splits, cfg.train.seed)
+            if history:
+                plots.save_curves(run_dir / "curves.png", history)
+                plots.save_kl_heatmap(run_dir / "kl_per_dim.png", history)
+        except Exception as e:  # the checkpoints are saved; say what failed instead of leaving "running"
+            raise _PicturesFailed(f"writing pictures: {type(e).__name__}: {e}") from e
+        if history:
+            info["final"] = {k: v for k, v in history[-1].items() if not isinstance(v, list)}
+        if tracker is not None:
+            from vaekit.tracking import log_run_artifacts
+
+            log_run_artifacts(tracker, run_dir)
+            tracker.close("FINISHED")
+            tracker = None
+    except TrainingDiverged as e:
+        info.update(status="diverged", error=str(e))
+        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        raise
+    except KeyboardInterrupt:
+        if not resuming and not info_written:  # a new run stopped before it was written: nothing to keep
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        if info_written:
+            info.update(status="interrupted")
+            ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        raise RunInterrupted(run_dir) from None
+    except _PicturesFailed as e:
+        info.update(status="failed", error=str(e))
+        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        raise e.__cause__ from None
+    except Exception as e:
+        if not resuming and not info_written:  # a new run that never started: leave no half-made directory
+            shutil.rmtree(run_dir, ignore_errors=True)
+        elif info_written:  # a resume refused before it began leaves the run as it was
+            info.update(status="failed", error=str(e) if isinstance(e, VaekitError) else f"{type(e).__name__}: {e}")
+            ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+        if ckpt is not None:
+            ckpt.close()
+        if tracker is not None:  # still open: the run ended early
+            tracker.close("FAILED" if info.get("status") in ("diverged", "failed") else "KILLED")
+    info.update(status="complete")
+    ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+    return run_dir
+
+
+class _NoWriter:
+    """Stands in for TensorBoard's writer when `train.loggers` leaves it out."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _PicturesFailed(Exception):
+    """A failure after training, while drawing the run's pictures (the checkpoints are saved)."""
+
+
+def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: list, writer, ckpt, progress: bool,
+          tracker=None):
+    """The epoch loop: fit, validate, record, checkpoint, until the run's last step."""
+    from vaekit import checkpoint as ck
+
     bar = progress_bar(progress, "training", "steps")
-    start_epoch = int(trainer.state["epoch"])
-    num_epochs = trainer.num_epochs
     start_step = int(trainer.state["step"])
-    task = bar.add_task("training", total=trainer.total_steps, completed=start_step, status="")
+    task = bar.add_task("training", total=trainer.total_steps, completed=start_step, status="compiling")
+    if not bar_shown(bar):  # no bar to show the status on: a whole line on stderr instead
+        log.info("compiling the training step (the first chunk waits for it)")
 
     def on_chunk(first_step: int, metrics: dict) -> None:
         for name in ("loss", "beta", "grad_norm"):
@@ -547,75 +705,46 @@ def train(
     best_key, sign = f"val/{caps.best_metric}", (1.0 if caps.best_mode == "max" else -1.0)
     best = float(trainer.state["best"])  # NaN until the first validation
     counted_in_steps = cfg.train.steps is not None
-    latent_dim = cfg.model.latent_dim
-    try:
-        with bar:
-            epoch = start_epoch - 1
-            while int(trainer.state["step"]) < trainer.total_steps:
-                epoch += 1
-                record = {"epoch": epoch + 1}
-                record.update(trainer.fit_epoch())
-                record.update(trainer.validate())
-                record["step"] = int(trainer.state["step"])
-                record = jsonable(record)
-                with open(run_dir / ck.METRICS_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                x_axis = record["step"] if counted_in_steps else epoch + 1
-                for k, v in record.items():
-                    if isinstance(v, (int, float)) and k != "epoch":
-                        writer.add_scalar(f"epoch/{k}", v, x_axis)
-                for j, v in enumerate(record.get("val/kl_per_dim", ())):
-                    writer.add_scalar(f"kl_per_dim/{j:03d}", v, x_axis)
-                writer.flush()
-                history.append(record)
-                bar.console.print(_epoch_line(record, num_epochs, latent_dim, counted_in_steps), soft_wrap=True)
-                if "val/kl_per_dim" in record:
-                    warning = collapse_warning(record["val/kl_per_dim"], record.get("val/active_units"), latent_dim)
-                    if warning:
-                        log.warning(warning)
-                value = record[best_key]
-                if not np.isfinite(value):
-                    raise TrainingDiverged(f"validation {caps.best_metric} is {value} after epoch {epoch + 1}; "
-                                           f"stopped. Try a lower train.learning_rate or train.grad_clip=1.0")
-                if np.isnan(best) or sign * value > sign * best:
-                    best = value
-                    trainer.state["best"] = jnp.asarray(best, jnp.float32)
-                    ckpt.save("best", epoch + 1, checkpoint_items(trainer.state))
-                if (epoch + 1) % cfg.train.checkpoint_every == 0 or record["step"] >= trainer.total_steps:
-                    ckpt.save("latest", epoch + 1, checkpoint_items(trainer.state))
-                info.update(status="running", epoch=epoch + 1, step=record["step"], best_metric=best_key, best=best)
-                ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
-    except TrainingDiverged as e:
-        info.update(status="diverged", error=str(e))
-        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
-        raise
-    except KeyboardInterrupt:
-        info.update(status="interrupted")
-        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
-        raise
-    except Exception as e:
-        info.update(status="failed", error=f"{type(e).__name__}: {e}")
-        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
-        raise
-    finally:
-        writer.close()
-        ckpt.close()
-
-    try:
-        model = merge_model(trainer.graphdef, trainer.state["params"], trainer.state["rest"])
-        write_pictures(run_dir, model, splits, cfg.train.seed)
-        if history:
-            plots.save_curves(run_dir / "curves.png", history)
-            plots.save_kl_heatmap(run_dir / "kl_per_dim.png", history)
-            last = history[-1]
-            info["final"] = {k: v for k, v in last.items() if not isinstance(v, list)}
-    except Exception as e:  # the checkpoints are saved; say what failed instead of leaving "running"
-        info.update(status="failed", error=f"writing pictures: {type(e).__name__}: {e}")
-        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
-        raise
-    info.update(status="complete")
-    ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
-    return run_dir
+    latent_dim = trainer.model.latent_dim  # the code's size (all layers of a hierarchical model)
+    with bar:
+        epoch = int(trainer.state["epoch"]) - 1
+        while int(trainer.state["step"]) < trainer.total_steps:
+            epoch += 1
+            record = {"epoch": epoch + 1}
+            record.update(trainer.fit_epoch())
+            bar.update(task, status="validating")
+            record.update(trainer.validate())
+            record["step"] = int(trainer.state["step"])
+            record = jsonable(record)
+            with open(run_dir / ck.METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            x_axis = record["step"] if counted_in_steps else epoch + 1
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "epoch":
+                    writer.add_scalar(f"epoch/{k}", v, x_axis)
+            for j, v in enumerate(record.get("val/kl_per_dim", ())):
+                writer.add_scalar(f"kl_per_dim/{j:03d}", v, x_axis)
+            writer.flush()
+            if tracker is not None:
+                tracker.log_metrics(record, x_axis)
+            history.append(record)
+            bar.console.print(_epoch_line(record, trainer.num_epochs, latent_dim, counted_in_steps), soft_wrap=True)
+            if "val/kl_per_dim" in record:
+                warning = collapse_warning(record["val/kl_per_dim"], record.get("val/active_units"), latent_dim)
+                if warning:
+                    log.warning(warning)
+            value = record[best_key]
+            if not np.isfinite(value):
+                raise TrainingDiverged(f"validation {caps.best_metric} is {value} after epoch {epoch + 1}; "
+                                       f"stopped. Try a lower train.learning_rate or train.grad_clip=1.0")
+            if np.isnan(best) or sign * value > sign * best:
+                best = value
+                trainer.state["best"] = jnp.asarray(best, jnp.float32)
+                ckpt.save("best", epoch + 1, checkpoint_items(trainer.state))
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or record["step"] >= trainer.total_steps:
+                ckpt.save("latest", epoch + 1, checkpoint_items(trainer.state))
+            info.update(status="running", epoch=epoch + 1, step=record["step"], best_metric=best_key, best=best)
+            ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
 
 
 def _version() -> str:

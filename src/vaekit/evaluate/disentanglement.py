@@ -539,8 +539,12 @@ def compute_all(
     dci_importance: str = "gain",
     n_jobs: int = 2,
     encode_batch_size: int = 1024,
+    on_phase: Callable[[str], None] | None = None,
 ) -> dict:
     """Every metric for one encoder on one ground-truth source.
+
+    ``on_phase``, if given, is called with one line of text as each phase (encoding, then each
+    metric) starts and ends, so a caller can show progress through a run of several minutes.
 
     ``num_train`` + ``num_test`` observations with uniform random factors are encoded
     once (train first, then test, from ``np.random.default_rng(seed)``) and feed MIG
@@ -557,6 +561,8 @@ def compute_all(
     num_test = _check_count("num_test", num_test)
     seconds: dict[str, float] = {}
 
+    say = on_phase or (lambda text: None)
+    say(f"[1/6] encoding {num_train + num_test:,} images ...")
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     train_factors = np.asarray(data_source.sample_classes(num_train, rng), dtype=np.int64)
@@ -564,6 +570,7 @@ def compute_all(
     train_codes = encode_classes(encode_fn, data_source, train_factors, encode_batch_size=encode_batch_size)
     test_codes = encode_classes(encode_fn, data_source, test_factors, encode_batch_size=encode_batch_size)
     seconds["encode"] = time.perf_counter() - start
+    say(f"[1/6] encoded in {seconds['encode']:.1f} s")
 
     results: dict[str, Any] = {}
     steps = {
@@ -579,10 +586,14 @@ def compute_all(
             seed=seed, encode_batch_size=encode_batch_size,
         ),
     }
-    for name, step in steps.items():
+    labels = {"mig": "MIG", "sap": "SAP", "dci": "DCI (a gradient-boosted classifier per factor)",
+              "factorvae": "FactorVAE score", "betavae": "beta-VAE score"}
+    for i, (name, step) in enumerate(steps.items(), start=2):
+        say(f"[{i}/6] {labels[name]} ...")
         start = time.perf_counter()
         results[name] = step()
         seconds[name] = time.perf_counter() - start
+        say(f"[{i}/6] {labels[name].split(' (')[0]} done in {seconds[name]:.1f} s")
     results["settings"] = {
         "num_train": num_train,
         "num_test": num_test,
@@ -605,7 +616,7 @@ def compute_all(
 
 
 def evaluate_run(run, *, num_train: int = 10_000, num_test: int = 5_000, seed: int = 0, n_jobs: int = 2,
-                 write: bool = True) -> dict:
+                 write: bool = True, on_phase: Callable[[str], None] | None = None) -> dict:
     """:func:`compute_all` for a trained ``shapes`` run (a :class:`vaekit.checkpoint.Run`).
 
     Codes are the posterior means of ``run.model`` on images rendered from the whole factor
@@ -631,7 +642,7 @@ def evaluate_run(run, *, num_train: int = 10_000, num_test: int = 5_000, seed: i
         raise VaekitError(f"disentanglement metrics need a model trained on data with known factors "
                           f"(data.source=shapes); this run used '{run.config.data.source}'")
     result = compute_all(posterior_mean_fn(run.model), ShapesData(seed=run.config.data.seed),
-                         num_train=num_train, num_test=num_test, seed=seed, n_jobs=n_jobs)
+                         num_train=num_train, num_test=num_test, seed=seed, n_jobs=n_jobs, on_phase=on_phase)
     result = json.loads(json.dumps(result, default=float))
     if write:
         write_json_atomic(run.path / "disentanglement.json", result)
