@@ -53,6 +53,19 @@ def random_images(n=50, shape=(6, 5), seed=0):
     return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
 
 
+def trained_run_dir(tmp_path_factory):
+    """A tiny trained MNIST run (512 examples, 1 epoch, 8 latents), trained once per test session."""
+    path = tmp_path_factory.getbasetemp() / "shared-runs" / "r"
+    if not (path / "run.json").exists() or '"complete"' not in (path / "run.json").read_text():
+        from vaekit.cli import main
+
+        rc = main(["train", "--runs-dir", str(path.parent), "--name", "r", "--set", "data.limit=512", "--set",
+                   "train.epochs=1", "--set", "model.hidden=[64]", "--set", "model.latent_dim=8", "--no-progress",
+                   "--overwrite"])
+        assert rc in (0, None)
+    return path
+
+
 @pytest.fixture
 def tiny_cfg():
     return tiny_config()

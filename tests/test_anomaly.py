@@ -2,7 +2,6 @@
 term, class-marginal scoring of a conditional model, and `vaekit anomaly` end to end with its
 bad-input errors (one line, exit 2, no output file)."""
 
-import argparse
 import math
 
 import numpy as np
@@ -10,36 +9,11 @@ import pytest
 from flax import nnx
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from conftest import synthetic_splits, tiny_config
+from conftest import synthetic_splits, tiny_config, trained_run_dir
+from vaekit.cli import main as run_cli
 from vaekit.errors import VaekitError
 from vaekit.evaluate.anomaly import anomaly_scores, anomaly_targets, auroc_auprc, png_bits, write_scores
 
-# ---------------------------------------------------------------- shared with the other tests of issue 18
-
-
-def run_cli(argv):
-    """`vaekit ARGV` through the real parser and error handling (with the cli_tools commands registered
-    whether or not cli.build_parser calls cli_tools.register yet). Returns the exit status."""
-    from vaekit import cli, cli_tools
-
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if argv[0] not in sub.choices:
-        cli_tools.register(sub)
-    return cli._run(parser.parse_args(argv))
-
-
-def trained_run_dir(tmp_path_factory):
-    """A tiny trained MNIST run (512 examples, 1 epoch), trained once per test session."""
-    path = tmp_path_factory.getbasetemp() / "issue18-runs" / "r"
-    if not (path / "run.json").exists() or '"complete"' not in (path / "run.json").read_text():
-        from vaekit.cli import main
-
-        rc = main(["train", "--runs-dir", str(path.parent), "--name", "r", "--set", "data.limit=512", "--set",
-                   "train.epochs=1", "--set", "model.hidden=[64]", "--set", "model.latent_dim=8", "--no-progress",
-                   "--overwrite"])
-        assert rc in (0, None)
-    return path
 
 
 @pytest.fixture(scope="module")

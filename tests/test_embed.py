@@ -4,7 +4,8 @@ blocks (binarized like the run's evaluation data), the linear probe, and bad inp
 import numpy as np
 import pytest
 
-from test_anomaly import run_cli, trained_run_dir
+from conftest import trained_run_dir
+from vaekit.cli import main as run_cli
 from vaekit.embed import NpzReader, encode_all, examples, linear_probe
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import synthetic_splits, tiny_config
-from test_anomaly import run_cli, trained_run_dir
+from conftest import synthetic_splits, tiny_config, trained_run_dir
+from vaekit.cli import main as run_cli
 from vaekit.errors import VaekitError
 from vaekit.latent import attribute_vector, interpolate, latent_map, lerp, pca_2d, slerp
 

@@ -14,7 +14,8 @@ import time
 import numpy as np
 import pytest
 
-from test_anomaly import run_cli, trained_run_dir
+from conftest import trained_run_dir
+from vaekit.cli import main as run_cli
 from vaekit.report import external_references
 
 SECTIONS = ("config", "curves", "kl", "pictures", "latent", "results")

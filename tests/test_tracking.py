@@ -54,3 +54,23 @@ def test_mlflow_logger_marks_a_failed_run(tmp_path):
         with MlflowLogger(tmp_path / "r", tracking_uri=uri, experiment="e") as logger:
             raise RuntimeError("boom")
     assert MlflowClient(tracking_uri=uri).get_run(logger.run_id).info.status == "FAILED"
+
+
+def test_training_logs_to_mlflow_when_asked(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from conftest import synthetic_splits, tiny_config
+    from vaekit.train import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    splits = synthetic_splits(n=80)
+    monkeypatch.setattr("vaekit.data.load_configured", lambda data_cfg, **kw: splits)
+    cfg = tiny_config(train={"loggers": ("mlflow",), "epochs": 2})
+    run_dir = train(cfg, runs_dir=tmp_path, name="tracked", progress=False)
+    assert not (run_dir / "tensorboard").exists()  # only the loggers asked for
+    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("vaekit").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/elbo")] == [1, 2]
+    assert "samples.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
