@@ -5,9 +5,18 @@
 * :func:`mlp_vae_flops_per_example` -- forward+backward FLOPs of one training example
   of the MLP VAE (``mnist-mlp``: 784-200-200-50);
 * :func:`seconds_per_step` -- a vaekit `Trainer`'s time per optimizer step, after compilation;
-* :func:`run_peer` -- runs the Pythae (PyTorch) peer, ``benchmarks/peers/pythae_mnist.py``,
-  in its own venv ``.venv-bench`` as a subprocess and returns its JSON, so a vaekit
-  benchmark can measure both libraries in the same run.
+* :func:`trainer_step_timer` -- the same, as a callable that times one more chunk per call, so
+  that several variants (and a peer) can be timed in alternation;
+* :func:`run_peer` -- runs a PyTorch peer in its own venv ``.venv-bench`` as a subprocess and
+  returns its JSON, so a vaekit benchmark can measure both in the same run: Pythae
+  (``benchmarks/peers/pythae_mnist.py``, the default) or the plain PyTorch loop
+  (``script=TORCH_PEER``, ``benchmarks/peers/torch_plain.py``);
+* :func:`configure_malloc` -- glibc malloc settings that stop XLA CPU's per-step page faults
+  (call before JAX starts; ``--malloc`` in the scripts that offer it);
+* :func:`cpu_info` -- the CPU model, its flags and the usable cores (from ``/proc/cpuinfo``), to
+  record with every result; :func:`cpu_busy` / :func:`wait_for_idle` -- how busy the CPU is with
+  other processes (a shared 2-core machine makes torch's threads several times slower when
+  anything else runs).
 
 Import from a script in ``benchmarks/`` with::
 
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
@@ -34,6 +44,39 @@ REPO_ROOT = BENCH_DIR.parent
 #: The peer's interpreter: the separate venv that holds torch and pythae.
 BENCH_PYTHON = REPO_ROOT / ".venv-bench" / "bin" / "python"
 PEER_SCRIPT = BENCH_DIR / "peers" / "pythae_mnist.py"
+#: The plain PyTorch loop (MLP and conv), also run in ``.venv-bench``.
+TORCH_PEER = BENCH_DIR / "peers" / "torch_plain.py"
+
+
+def trainer_step_timer(cfg, steps: int):
+    """A vaekit `Trainer` for `cfg`, compiled; returns ``timer()`` -> seconds per step of one more chunk.
+
+    The first chunk of `steps` steps compiles (and warms up) here, with whatever code the model
+    traces to now (benchmarks that patch layers keep the patch in place for this call only). Each
+    ``timer()`` runs the next `steps` steps, timed up to the host reading their metrics, as
+    `Trainer.fit_epoch` does.
+    """
+    import vaekit  # noqa: F401  (first: its XLA CPU settings must be in place before JAX starts)
+    import jax
+    from vaekit.data import load_configured
+    from vaekit.train import Trainer
+
+    tr = Trainer(cfg, load_configured(cfg.data))
+    idx = tr.epoch_indices(0, steps)
+    box = {"state": tr.state}
+
+    def run_chunk():
+        box["state"], metrics = tr._chunk(box["state"], tr.train_data, idx)
+        jax.device_get(metrics)
+
+    run_chunk()
+
+    def timer() -> float:
+        t0 = time.perf_counter()
+        run_chunk()
+        return (time.perf_counter() - t0) / steps
+
+    return timer
 
 
 def seconds_per_step(cfg, steps: int) -> float:
@@ -42,19 +85,90 @@ def seconds_per_step(cfg, steps: int) -> float:
     One chunk of `steps` steps compiles (and warms up), the next chunk of `steps` is timed up to
     the host reading its metrics, as `Trainer.fit_epoch` does.
     """
-    import vaekit  # noqa: F401  (first: its XLA CPU settings must be in place before JAX starts)
-    import jax
-    from vaekit.data import load_configured
-    from vaekit.train import Trainer
+    return trainer_step_timer(cfg, steps)()
 
-    tr = Trainer(cfg, load_configured(cfg.data))
-    idx = tr.epoch_indices(0, 2 * steps)
-    state, metrics = tr._chunk(tr.state, tr.train_data, idx[:steps])
-    jax.device_get(metrics)
-    t0 = time.perf_counter()
-    state, metrics = tr._chunk(state, tr.train_data, idx[steps:])
-    jax.device_get(metrics)
-    return (time.perf_counter() - t0) / steps
+
+def cpu_info() -> dict:
+    """{"model", "flags", "cores"}: the first processor's model name and flags in /proc/cpuinfo, usable cores."""
+    model, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name" and model in ("", platform.processor() or platform.machine()):
+                model = value.strip()
+            elif key == "flags" and not flags:
+                flags = value.split()
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return {"model": model, "flags": flags, "cores": cores}
+
+
+def cpu_flags_summary(flags: Sequence[str]) -> str:
+    """The SIMD flags that matter for these kernels, e.g. "avx2 fma avx512f avx512_bf16"."""
+    keep = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+    return " ".join(f for f in keep if f in flags) or "(no AVX2)"
+
+
+def _cpu_times() -> tuple[int, int]:
+    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in parts]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values), idle
+
+
+def cpu_busy(interval: float = 1.0) -> float:
+    """Fraction of all cores busy during `interval` seconds (this process sleeping): others' load."""
+    try:
+        t0, i0 = _cpu_times()
+        time.sleep(interval)
+        t1, i1 = _cpu_times()
+    except OSError:
+        return float("nan")
+    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def wait_for_idle(max_busy: float = 0.15, timeout: float = 120.0, interval: float = 1.0) -> float:
+    """Wait (up to `timeout` s) until other processes use at most `max_busy` of the CPU; return the last reading."""
+    deadline = time.monotonic() + timeout
+    busy = cpu_busy(interval)
+    while busy > max_busy and time.monotonic() < deadline:
+        busy = cpu_busy(interval)
+    return busy
+
+
+def configure_malloc() -> bool:
+    """Keep freed memory in glibc's heap instead of handing it back to the kernel (Linux/glibc only).
+
+    A profile of the shapes-beta step on the 2-core CPU found ~19,000-25,000 minor page faults and
+    30-45 ms of kernel time per step: XLA's CPU runtime allocates its large temporary buffers for
+    every execution, glibc serves them with fresh mmap'd (or per-thread-arena) pages and gives
+    them back on free, so every step faults its working set in again. With one arena, no mmap
+    chunks and no trimming (the equivalent of MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
+    MALLOC_TRIM_THRESHOLD_=2147483647), the faults drop to ~0 and the kernel time to ~1 ms a step;
+    the price is that the process keeps its peak heap (a few hundred MB here) until it exits.
+    `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment has much the same effect.
+
+    Must run before JAX starts its threads (i.e. before `import jax`) to cover every allocation;
+    returns whether mallopt accepted all three settings.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
+    ok = mallopt(m_arena_max, 1) == 1
+    ok &= mallopt(m_mmap_max, 0) == 1
+    ok &= mallopt(m_trim_threshold, 2**31 - 1) == 1
+    return bool(ok)
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
@@ -135,8 +249,8 @@ def _peer_argv(args: Sequence[str] | Mapping[str, object] | None) -> list[str]:
 
 
 def run_peer(args: Sequence[str] | Mapping[str, object] | None = None, *, python: str | os.PathLike | None = None,
-             timeout: float | None = None, echo: bool = False) -> dict:
-    """Run the Pythae peer benchmark in ``.venv-bench`` and return its JSON as a dict.
+             timeout: float | None = None, echo: bool = False, script: str | os.PathLike = PEER_SCRIPT) -> dict:
+    """Run a peer benchmark (default: Pythae) in ``.venv-bench`` and return its JSON as a dict.
 
     Args:
         args: the peer's CLI options, as a list (``["--epochs", "2"]``) or a mapping
@@ -147,6 +261,7 @@ def run_peer(args: Sequence[str] | Mapping[str, object] | None = None, *, python
         timeout: seconds before the subprocess is killed (``None``: no limit).
         echo: stream the peer's stdout/stderr (its table, Pythae's log and progress
             bars) to this process's stderr instead of capturing them.
+        script: the peer script: ``PEER_SCRIPT`` (Pythae) or ``TORCH_PEER`` (the plain loop).
 
     Returns:
         The peer's result (see ``benchmarks/peers/pythae_mnist.py``): ``examples_per_s``,
@@ -167,7 +282,7 @@ def run_peer(args: Sequence[str] | Mapping[str, object] | None = None, *, python
         raise ValueError("run_peer adds --json itself")
     with tempfile.TemporaryDirectory(prefix="vaekit-peer-") as tmp:
         out = Path(tmp) / "peer.json"
-        cmd = [str(interpreter), str(PEER_SCRIPT), *argv, "--json", str(out)]
+        cmd = [str(interpreter), str(script), *argv, "--json", str(out)]
         # The peer must not see this venv's site-packages or a PYTHONPATH meant for it.
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         proc = subprocess.run(
@@ -190,3 +305,5 @@ if __name__ == "__main__":  # quick look: python benchmarks/common.py
     per_ex = mlp_vae_flops_per_example()
     print(f"float32 matmul 2048^3: {f / 1e9:.1f} GFLOP/s")
     print(f"mnist-mlp training FLOPs/example: {per_ex:,} -> ceiling {f / per_ex:,.0f} examples/s at matmul speed")
+    info = cpu_info()
+    print(f"CPU: {info['model']}, {info['cores']} cores, {cpu_flags_summary(info['flags'])}")

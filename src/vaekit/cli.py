@@ -564,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.set_defaults(func=cmd_presets)
     from vaekit import cli_tools  # report, anomaly, embed, arithmetic, latent-map
 
-    cli_tools.register(sub)
+    cli_tools.register(command, run_arg)
     return p
 
 

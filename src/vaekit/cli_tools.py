@@ -1,6 +1,6 @@
 """Commands that put a trained model to work: report, anomaly, embed, arithmetic, latent-map.
 
-`register(subparsers)` adds them to the `vaekit` parser (cli.build_parser calls it); each
+`register(command, run_arg)` adds them to the `vaekit` parser (cli.build_parser calls it); each
 cmd_* function is a few lines over the library (vaekit.report, vaekit.evaluate.anomaly,
 vaekit.embed, vaekit.latent). As everywhere in the CLI, a user's mistake is a one-line
 `VaekitError` (exit status 2), output paths are checked before any work, and outputs are
@@ -110,27 +110,23 @@ def _parse_alphas(text: str) -> str:
     return text
 
 
-def register(sub) -> None:
-    """Add report, anomaly, embed, arithmetic and latent-map to the `vaekit` subparsers."""
-
-    def run_arg(sp):
-        sp.add_argument("run", help="run directory")
-        sp.add_argument("--checkpoint", default="best", choices=("best", "latest"),
-                        help="which checkpoint to load (default: best validation ELBO)")
+def register(command, run_arg) -> None:
+    """Add report, anomaly, embed, arithmetic and latent-map with `vaekit.cli`'s own helpers:
+    command(name, help) -> subparser, run_arg(subparser) adds RUN and --checkpoint."""
 
     def data_args(sp):
         sp.add_argument("--data", metavar="F.npz", help="an .npz with 'x' shaped like the run's data (and 'y')")
         sp.add_argument("--split", help="train, val or test of the run's own data")
         sp.add_argument("--limit", type=int, help="only the first N examples")
 
-    rp = sub.add_parser("report", help="a self-contained HTML report of a run, or a comparison of several runs")
+    rp = command("report", "a self-contained HTML report of a run, or a comparison of several runs")
     rp.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: a comparison)")
     rp.add_argument("--out", help="the HTML file (default: RUN/report.html; several runs: compare.html)")
     rp.add_argument("--no-model", action="store_true",
                     help="skip the pictures that need the model (interpolations, traversal, codes, linear probe)")
     rp.set_defaults(func=cmd_report)
 
-    an = sub.add_parser("anomaly", help="per-example anomaly scores; with labels, AUROC and AUPRC of each score")
+    an = command("anomaly", "per-example anomaly scores; with labels, AUROC and AUPRC of each score")
     run_arg(an)
     data_args(an)
     an.add_argument("--normal-label", type=int, metavar="C",
@@ -141,10 +137,10 @@ def register(sub) -> None:
     an.add_argument("--out", default="scores.npz", help="per-example scores, .npz or .csv (default scores.npz)")
     an.add_argument("--no-typicality", action="store_true",
                     help="skip the typicality score (it scores up to 1,000 validation examples as reference)")
-    an.add_argument("--no-progress", action="store_true")
+    an.add_argument("--no-progress", action="store_true", help="no progress bar")
     an.set_defaults(func=cmd_anomaly)
 
-    em = sub.add_parser("embed", help="posterior means and scales (+ labels) of a split or an .npz, "
+    em = command("embed", "posterior means and scales (+ labels) of a split or an .npz, "
                                       "to .npz or .parquet")
     run_arg(em)
     data_args(em)
@@ -152,21 +148,21 @@ def register(sub) -> None:
     em.add_argument("--batch-size", type=int, default=1024, help="examples encoded per step")
     em.set_defaults(func=cmd_embed)
 
-    ar = sub.add_parser("arithmetic", help="add an attribute vector mean(z|y=A) - mean(z) to codes of other classes")
+    ar = command("arithmetic", "add an attribute vector mean(z|y=A) - mean(z) to codes of other classes")
     run_arg(ar)
     ar.add_argument("--attribute", type=int, required=True, metavar="A", help="the label whose vector is added")
     ar.add_argument("--split", default="test", help="the labelled split the vector and the examples come from")
     ar.add_argument("-n", type=int, default=8, help="examples (rows)")
     ar.add_argument("--alphas", type=_parse_alphas, default="0,0.5,1,1.5,2",
                     help="multiples of the vector added, comma-separated (default 0,0.5,1,1.5,2)")
-    ar.add_argument("--out", default="arithmetic.png")
+    ar.add_argument("--out", default="arithmetic.png", help="output .png")
     ar.set_defaults(func=cmd_arithmetic)
 
-    lm = sub.add_parser("latent-map", help="decode a grid over a 2-D latent space (model.latent_dim=2)")
+    lm = command("latent-map", "decode a grid over a 2-D latent space (model.latent_dim=2)")
     run_arg(lm)
     lm.add_argument("-n", type=int, default=20, help="grid points per axis")
     lm.add_argument("--label", type=int, help="the class to decode under (conditional runs)")
-    lm.add_argument("--out", default="latent_map.png")
+    lm.add_argument("--out", default="latent_map.png", help="output .png")
     lm.set_defaults(func=cmd_latent_map)
 
 

@@ -5,23 +5,24 @@ image side must be divisible by 2 ** len(channels): 28x28 with 2 layers, 32x32 o
 5 or 6. BatchNorm uses batch statistics in train mode and running averages in eval mode; the mode
 is switched with `model.train()` / `model.eval()`.
 
-CPU speed: XLA's CPU backend runs the gradient of a strided transposed convolution (a convolution
-with a dilated input) 4-7x slower than an ordinary stride-1 convolution. On CPU the decoder
-therefore computes each 4x4 stride-2 transposed convolution in its sub-pixel form: one 3x3 stride-1
-convolution to 4x the output channels (one set per output phase), then a depth-to-space shuffle.
-The parameters are the `nnx.ConvTranspose` kernel and bias, unchanged, so checkpoints move freely
-between backends, and the result equals `nnx.ConvTranspose` up to float rounding (tested). Other
-backends (cuDNN) run the transposed convolution natively.
+CPU speed: XLA's CPU backend runs strided convolutions, and above all their gradients (convolutions
+with a dilated input or kernel), far below its stride-1 speed. On CPU every 4x4 stride-2 layer runs
+in a stride-1 form from `nets/cpu_conv.py`: the encoder's convolutions as space-to-depth followed by
+a 2x2 convolution, the decoder's transposed convolutions as one 2x2 convolution to four output
+phases followed by depth-to-space (benchmarks/conv_throughput.py measured both, and the
+alternatives). The parameters are the `nnx.Conv` / `nnx.ConvTranspose` kernel and bias, unchanged,
+so checkpoints move freely between backends, and the results equal the nnx layers up to float
+rounding, values and gradients (tested). Other backends (cuDNN) run the native layers.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from vaekit.errors import VaekitError
+from vaekit.nets.cpu_conv import conv, conv_transpose
 from vaekit.nets.conditioning import ConditionalBatchNorm, FiLM, broadcast_condition
 
 
@@ -39,38 +40,6 @@ def _check_side(image_shape, channels):
 def _flatten_lead(x: jax.Array, event_ndim: int):
     lead = x.shape[:-event_ndim]
     return x.reshape(-1, *x.shape[-event_ndim:]), lead
-
-
-# Sub-pixel form of a 4x4 stride-2 "SAME" transposed convolution (lax.conv_transpose, kernel not
-# flipped): along each axis, output 2i + q = sum over kernel taps k with k + q even of w[k] x[i + m],
-# tap k -> (m + 1, q): 0 -> (0, 0), 1 -> (1, 1), 2 -> (1, 0), 3 -> (2, 1).
-_TAP_OFFSET = np.array([0, 1, 1, 2])
-_TAP_PHASE = np.array([0, 1, 0, 1])
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _subpixel_kernel(kernel: jax.Array) -> jax.Array:
-    """(4, 4, I, O) transposed-conv kernel -> (3, 3, I, 4 * O) stride-1 kernel, phases (qy, qx, O)."""
-    i, o = kernel.shape[2:]
-    out = jnp.zeros((3, 3, i, 2, 2, o), kernel.dtype)
-    m, q = _TAP_OFFSET, _TAP_PHASE
-    out = out.at[m[:, None], m[None, :], :, q[:, None], q[None, :]].set(kernel)
-    return out.reshape(3, 3, i, 4 * o)
-
-
-def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array) -> jax.Array:
-    """`layer(x)` for a 4x4 stride-2 SAME `nnx.ConvTranspose`, in sub-pixel form on CPU."""
-    if jax.default_backend() != "cpu":
-        return layer(x)
-    strides = (layer.strides,) * 2 if isinstance(layer.strides, int) else tuple(layer.strides)
-    if tuple(layer.kernel_size) != (4, 4) or strides != (2, 2) or layer.padding != "SAME":
-        raise ValueError("conv_transpose implements 4x4 stride-2 SAME transposed convolutions only")
-    kernel = layer.kernel[...]
-    n, h, w, _ = x.shape
-    o = kernel.shape[-1]
-    y = jax.lax.conv_general_dilated(x, _subpixel_kernel(kernel), (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
-    y = y.reshape(n, h, w, 2, 2, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, o)
-    return y + layer.bias[...]
 
 
 class ConvEncoder(nnx.Module):
@@ -96,8 +65,8 @@ class ConvEncoder(nnx.Module):
         c = None if c is None else broadcast_condition(c, lead).reshape(h.shape[0], -1)  # (N, K)
         if self.condition == "concat":
             h = jnp.concatenate([h, jnp.broadcast_to(c[:, None, None, :], (*h.shape[:3], c.shape[-1]))], axis=-1)
-        for conv, norm, film in zip(self.convs, self.norms, self.films):
-            h = jax.nn.relu(_apply_norm(norm, conv(h), c))
+        for layer, norm, film in zip(self.convs, self.norms, self.films):
+            h = jax.nn.relu(_apply_norm(norm, conv(layer, h), c))
             if film is not None:
                 h = film(h, c)
         h = h.reshape(h.shape[0], -1)

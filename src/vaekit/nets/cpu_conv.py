@@ -1,0 +1,428 @@
+"""Faster CPU forms of the conv nets' 4x4 stride-2 "SAME" convolution and transposed convolution.
+
+XLA's CPU backend runs strided convolutions, and above all their gradients (convolutions with a
+dilated input or a dilated kernel), far below its matmul speed. Every form here computes exactly
+`layer(x)` (up to float rounding) from the layer's own `kernel` and `bias`, so checkpoints do not
+change, but only with stride-1 convolutions or plain matmuls, whose gradients are again stride-1
+convolutions or matmuls:
+
+Convolution, `nnx.Conv(i, o, (4, 4), strides=2, padding="SAME")`; along each axis, with the input
+padded to 2 * out + 2 (SAME: one zero before, one or two after), output i = sum over taps
+k = 2a + b (a, b in {0, 1}) of w[k] x_pad[2(i + a) + b]:
+
+* `conv_s2d`: space-to-depth of the padded input (pixel pairs b -> channels, 4 * C channels),
+  then a 2x2 stride-1 VALID convolution with the kernel regrouped to (2, 2, 4 * C, O);
+* `conv_s2d_matmul`: the same, the 2x2 window gathered as four slices (16 * C channels) and
+  contracted with one matmul (XLA's dot kernels instead of its convolution);
+* `conv_patches`: `lax.conv_general_dilated_patches` + one matmul (im2col the direct way).
+
+Transposed convolution, `nnx.ConvTranspose(i, o, (4, 4), strides=2, padding="SAME")`
+(`lax.conv_transpose`, kernel not flipped); along each axis, with x padded by one on each side,
+output 2i + q = sum over d in {0, 1} of w[2d + q] x_pad[i + q + d]:
+
+* `conv_transpose_subpixel`: vaekit's current form (`vaekit.nets.conv.conv_transpose`): a 3x3
+  stride-1 convolution to 4 * O channels (9 taps for each of the 4 output phases, of which 4 are
+  non-zero: 2.25x the useful FLOPs), then depth-to-space;
+* `conv_transpose_d2s`: a 2x2 stride-1 VALID convolution to 4 * O channels (every tap used) on the
+  padded input, depth-to-space, then a one-pixel crop on each side: re-indexing the odd outputs
+  2i + 1 = 2(i + 1) - 1 puts both phases on the same 2x2 window x_pad[i' + d], i' = 0..H, so one
+  convolution computes them all (the transpose of `conv_s2d`); the crop wastes (H+1)^2/H^2 - 1
+  of the FLOPs (1.56x at 4x4 inputs, 1.13x at 16x16);
+* `conv_transpose_d2s_matmul`: the same, the 2x2 window as four slices and one matmul.
+
+`conv(layer, x)` and `conv_transpose(layer, x)` are the entry points for the nets: they use the
+recommended form on CPU and fall back to `layer(x)` on other backends and for any layer that is not
+4x4 stride 2 SAME (other kernel sizes, dilation, groups, a mask, `transpose_kernel=True`).
+`CONV_FORMS` and `CONV_TRANSPOSE_FORMS` name every form for benchmarks/conv_throughput.py.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from flax.nnx.nn import dtypes as nnx_dtypes
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _pair(v) -> tuple[int, int]:
+    if v is None:
+        return (1, 1)
+    return (int(v), int(v)) if isinstance(v, int) else tuple(int(a) for a in v)
+
+
+def _is_4x4_s2_same(layer) -> bool:
+    pad = layer.padding
+    return (
+        tuple(layer.kernel_size) == (4, 4)
+        and _pair(layer.strides) == (2, 2)
+        and isinstance(pad, str)
+        and pad.upper() == "SAME"
+        and _pair(layer.kernel_dilation) == (1, 1)
+        and getattr(layer, "mask", None) is None
+    )
+
+
+def conv_applies(layer) -> bool:
+    """Whether `conv` computes `layer` itself (CPU, a plain 4x4 stride-2 SAME nnx.Conv)."""
+    return (
+        jax.default_backend() == "cpu"
+        and isinstance(layer, nnx.Conv)
+        and _is_4x4_s2_same(layer)
+        and _pair(layer.input_dilation) == (1, 1)
+        and layer.feature_group_count == 1
+    )
+
+
+def conv_transpose_applies(layer) -> bool:
+    """Whether `conv_transpose` computes `layer` itself (CPU, a plain 4x4 stride-2 SAME ConvTranspose)."""
+    return (
+        jax.default_backend() == "cpu"
+        and isinstance(layer, nnx.ConvTranspose)
+        and _is_4x4_s2_same(layer)
+        and not layer.transpose_kernel
+    )
+
+
+def _params(layer, x):
+    """The layer's kernel and bias, promoted with x to the layer's dtype, as the layer does."""
+    kernel = layer.kernel[...]
+    bias = layer.bias[...] if layer.bias is not None else None
+    x, kernel, bias = layer.promote_dtype((x, kernel, bias), dtype=layer.dtype)
+    return x, kernel, bias
+
+
+def _batched(fn, x: jax.Array, *args, **kwargs) -> jax.Array:
+    """Apply fn on (N, H, W, C) to x with any number of leading batch axes (or none)."""
+    lead = x.shape[:-3]
+    y = fn(x.reshape(-1, *x.shape[-3:]), *args, **kwargs)
+    return y.reshape(*lead, *y.shape[1:])
+
+
+def _same_pads(n: int) -> tuple[int, tuple[int, int]]:
+    """Output size and (low, high) padding of a 4-wide stride-2 SAME window over n pixels."""
+    out = -(-n // 2)
+    total = max((out - 1) * 2 + 4 - n, 0)
+    return out, (total // 2, total - total // 2)
+
+
+def space_to_depth(x: jax.Array) -> jax.Array:
+    """(N, 2A, 2B, C) -> (N, A, B, 4C), channels ordered (row parity, column parity, C)."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // 2, w // 2, 4 * c)
+
+
+def depth_to_space(y: jax.Array) -> jax.Array:
+    """(N, A, B, 4C) with channels (row parity, column parity, C) -> (N, 2A, 2B, C)."""
+    n, a, b, c4 = y.shape
+    c = c4 // 4
+    return y.reshape(n, a, b, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * a, 2 * b, c)
+
+
+def _windows2x2(s: jax.Array, oh: int, ow: int) -> jax.Array:
+    """(N, oh+1, ow+1, K) -> (N, oh, ow, 4K): the 2x2 window at each position, (dy, dx, K) order."""
+    return jnp.concatenate([s[:, dy : dy + oh, dx : dx + ow] for dy in (0, 1) for dx in (0, 1)], axis=-1)
+
+
+def _add_bias(y, bias):
+    return add_bias(y, bias)  # in the row view: see "per-channel reductions" below
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def _s2d_input(x: jax.Array) -> tuple[jax.Array, int, int]:
+    n, h, w, c = x.shape
+    oh, ph = _same_pads(h)
+    ow, pw = _same_pads(w)
+    xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))  # (N, 2 oh + 2, 2 ow + 2, C)
+    return space_to_depth(xp), oh, ow
+
+
+def s2d_kernel(kernel: jax.Array) -> jax.Array:
+    """(4, 4, C, O) stride-2 kernel -> (2, 2, 4C, O): [a_y, a_x, (b_y, b_x, c), o] = w[2a_y+b_y, 2a_x+b_x, c, o]."""
+    c, o = kernel.shape[2:]
+    return kernel.reshape(2, 2, 2, 2, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, o)
+
+
+def conv_s2d(x, kernel, bias=None, precision=None):
+    """4x4 stride-2 SAME convolution as space-to-depth + 2x2 stride-1 VALID convolution."""
+    s, _, _ = _s2d_input(x)
+    y = jax.lax.conv_general_dilated(s, s2d_kernel(kernel), (1, 1), "VALID", dimension_numbers=_NHWC,
+                                     precision=precision)
+    return _add_bias(y, bias)
+
+
+def conv_s2d_matmul(x, kernel, bias=None, precision=None):
+    """4x4 stride-2 SAME convolution as space-to-depth, 2x2 windows gathered by slicing, one matmul."""
+    s, oh, ow = _s2d_input(x)
+    k = s2d_kernel(kernel)
+    patches = _windows2x2(s, oh, ow)  # (N, oh, ow, 16C), order (a_y, a_x, b_y, b_x, c)
+    y = jnp.dot(patches, k.reshape(-1, k.shape[-1]), precision=precision)
+    return _add_bias(y, bias)
+
+
+def conv_patches(x, kernel, bias=None, precision=None):
+    """4x4 stride-2 SAME convolution as lax.conv_general_dilated_patches + one matmul."""
+    p = jax.lax.conv_general_dilated_patches(x, (4, 4), (2, 2), "SAME", dimension_numbers=_NHWC,
+                                             precision=precision)  # (N, oh, ow, C*16), order (c, ky, kx)
+    c, o = kernel.shape[2:]
+    y = jnp.dot(p, kernel.transpose(2, 0, 1, 3).reshape(16 * c, o), precision=precision)
+    return _add_bias(y, bias)
+
+
+def conv_native(x, kernel, bias=None, precision=None):
+    """Reference: lax.conv_general_dilated, 4x4 stride 2 SAME (what nnx.Conv computes)."""
+    y = jax.lax.conv_general_dilated(x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC, precision=precision)
+    return _add_bias(y, bias)
+
+
+# --------------------------------------------------------------------------- transposed convolution
+
+# Sub-pixel form (vaekit.nets.conv): along each axis, output 2i + q = sum over taps k with k + q even
+# of w[k] x[i + m]; tap k -> (m + 1, q): 0 -> (0, 0), 1 -> (1, 1), 2 -> (1, 0), 3 -> (2, 1).
+_TAP_OFFSET = np.array([0, 1, 1, 2])
+_TAP_PHASE = np.array([0, 1, 0, 1])
+
+
+def subpixel_kernel(kernel: jax.Array) -> jax.Array:
+    """(4, 4, I, O) transposed-conv kernel -> (3, 3, I, 4O) stride-1 kernel, phases (qy, qx, O)."""
+    i, o = kernel.shape[2:]
+    out = jnp.zeros((3, 3, i, 2, 2, o), kernel.dtype)
+    m, q = _TAP_OFFSET, _TAP_PHASE
+    out = out.at[m[:, None], m[None, :], :, q[:, None], q[None, :]].set(kernel)
+    return out.reshape(3, 3, i, 4 * o)
+
+
+def conv_transpose_subpixel(x, kernel, bias=None, precision=None):
+    """vaekit's current form: 3x3 stride-1 convolution to 4O channels, then depth-to-space."""
+    y = jax.lax.conv_general_dilated(x, subpixel_kernel(kernel), (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=_NHWC, precision=precision)
+    return _add_bias(depth_to_space(y), bias)
+
+
+def d2s_kernel(kernel: jax.Array) -> jax.Array:
+    """(4, 4, I, O) transposed-conv kernel -> (2, 2, I, 4O) for `conv_transpose_d2s`.
+
+    [d_y, d_x, i, (p_y, p_x, o)] = w[2 d_y + 1 - p_y, 2 d_x + 1 - p_x, i, o]: channel phase p = 0
+    holds the odd outputs (taps 1, 3), p = 1 the even ones (taps 0, 2).
+    """
+    i, o = kernel.shape[2:]
+    k = kernel.reshape(2, 2, 2, 2, i, o)[:, ::-1, :, ::-1]  # (d_y, p_y, d_x, p_x, I, O)
+    return k.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, i, 4 * o)
+
+
+def _d2s_crop(z: jax.Array, bias) -> jax.Array:
+    """(N, H+1, W+1, 4O) -> (N, 2H, 2W, O): depth-to-space, then drop the first and last row/column."""
+    y = depth_to_space(z)
+    return _add_bias(y[:, 1:-1, 1:-1], bias)
+
+
+def conv_transpose_d2s(x, kernel, bias=None, precision=None):
+    """4x4 stride-2 SAME transposed convolution as one 2x2 stride-1 convolution to 4O channels + d2s."""
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    z = jax.lax.conv_general_dilated(xp, d2s_kernel(kernel), (1, 1), "VALID", dimension_numbers=_NHWC,
+                                     precision=precision)  # (N, H+1, W+1, 4O)
+    return _d2s_crop(z, bias)
+
+
+def conv_transpose_d2s_matmul(x, kernel, bias=None, precision=None):
+    """`conv_transpose_d2s` with the 2x2 window gathered by slicing and one matmul."""
+    n, h, w, _ = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    k = d2s_kernel(kernel)
+    z = jnp.dot(_windows2x2(xp, h + 1, w + 1), k.reshape(-1, k.shape[-1]), precision=precision)
+    return _d2s_crop(z, bias)
+
+
+def conv_transpose_native(x, kernel, bias=None, precision=None):
+    """Reference: lax.conv_transpose, 4x4 stride 2 SAME (what nnx.ConvTranspose computes)."""
+    y = jax.lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC, precision=precision)
+    return _add_bias(y, bias)
+
+
+# --------------------------------------------------------------------------- entry points
+
+KernelFn = Callable[..., jax.Array]
+
+#: Every form of the convolution, by name (benchmarks/conv_throughput.py measures each).
+CONV_FORMS: dict[str, KernelFn] = {
+    "native": conv_native,
+    "s2d": conv_s2d,
+    "s2d_matmul": conv_s2d_matmul,
+    "patches": conv_patches,
+}
+#: Every form of the transposed convolution, by name.
+CONV_TRANSPOSE_FORMS: dict[str, KernelFn] = {
+    "native": conv_transpose_native,
+    "subpixel": conv_transpose_subpixel,
+    "d2s": conv_transpose_d2s,
+    "d2s_matmul": conv_transpose_d2s_matmul,
+}
+#: The forms `conv` and `conv_transpose` use on CPU (chosen by benchmarks/conv_throughput.py).
+CONV_FORM = "s2d"
+CONV_TRANSPOSE_FORM = "d2s"
+
+
+def conv(layer: nnx.Conv, x: jax.Array, *, form: str | None = None) -> jax.Array:
+    """`layer(x)` for an `nnx.Conv`; a 4x4 stride-2 SAME one on CPU runs in the faster form."""
+    if not conv_applies(layer):
+        return layer(x)
+    x, kernel, bias = _params(layer, x)
+    return _batched(CONV_FORMS[form or CONV_FORM], x, kernel, bias, precision=layer.precision)
+
+
+def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array, *, form: str | None = None) -> jax.Array:
+    """`layer(x)` for an `nnx.ConvTranspose`; a 4x4 stride-2 SAME one on CPU runs in the faster form."""
+    if not conv_transpose_applies(layer):
+        return layer(x)
+    x, kernel, bias = _params(layer, x)
+    return _batched(CONV_TRANSPOSE_FORMS[form or CONV_TRANSPOSE_FORM], x, kernel, bias, precision=layer.precision)
+
+
+# --------------------------------------------------------------------------- per-channel reductions
+#
+# A profile of the shapes-beta step (after the forms above) showed a quarter of it in XLA CPU's
+# reduce-window kernels: every per-channel reduction over (N, H, W) of a channels-last activation
+# (BatchNorm's mean and mean square, and in the backward pass the gradients of every per-channel
+# scale, shift and bias) is rewritten by XLA into a reduce-window, which ran at ~1.5 ms for a
+# 64x32x32x32 array. Viewed as rows (N*H, W*C), the same sum over the rows, then over W, is ~8x
+# faster. `batch_norm` and `add_bias` do all their per-channel work in that view, so that their
+# gradients' reductions take the same fast form.
+
+
+def _row_view(x: jax.Array) -> tuple[jax.Array, int]:
+    """(..., W, C) -> (rows, W * C) and W."""
+    w = x.shape[-2]
+    return x.reshape(-1, w * x.shape[-1]), w
+
+
+def _tile(v: jax.Array, w: int) -> jax.Array:
+    return jnp.tile(v, w)
+
+
+def channel_sum(x: jax.Array) -> jax.Array:
+    """Sum of x (..., W, C) over everything but the last axis, as a row sum then a sum over W."""
+    if x.ndim < 3:
+        return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
+    x2, w = _row_view(x)
+    return jnp.sum(x2, axis=0).reshape(w, -1).sum(axis=0)
+
+
+def add_bias(x: jax.Array, bias: jax.Array | None) -> jax.Array:
+    """x + bias over the last axis, in the row view (so the bias gradient is a fast row sum)."""
+    if bias is None:
+        return x
+    if x.ndim < 3:
+        return x + bias
+    x2, w = _row_view(x)
+    return (x2 + _tile(bias, w)).reshape(x.shape)
+
+
+def batch_norm_applies(layer, x) -> bool:
+    """Whether `batch_norm` computes `layer(x)` itself (CPU, channels-last input of rank >= 3)."""
+    return (
+        jax.default_backend() == "cpu"
+        and isinstance(layer, nnx.BatchNorm)
+        and x.ndim >= 3
+        and layer.axis in (-1, x.ndim - 1)
+        and layer.axis_name is None
+        and layer.use_fast_variance
+    )
+
+
+def batch_norm(layer: nnx.BatchNorm, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
+    """`layer(x, use_running_average)` for an `nnx.BatchNorm` over the last axis, with fast reductions.
+
+    Same statistics (E[x^2] - E[x]^2, clipped at 0), the same running-average update of
+    `layer.mean` / `layer.var` in training mode, the same normalization ((x - mean) * rsqrt(var +
+    eps) * scale + bias); only the per-channel reductions run in the row view. Falls back to
+    `layer(x, ...)` off CPU and for inputs of rank < 3, another axis, `axis_name` or slow variance.
+    """
+    if not batch_norm_applies(layer, x):
+        return layer(x, use_running_average)
+    use_ra = layer.use_running_average if use_running_average is None else use_running_average
+    if use_ra is None:
+        return layer(x, use_running_average)  # let nnx raise its error
+    scale = layer.scale[...] if layer.scale is not None else None
+    bias = layer.bias[...] if layer.bias is not None else None
+    x, mean, var, scale, bias = layer.promote_dtype((x, layer.mean[...], layer.var[...], scale, bias),
+                                                    dtype=layer.dtype)
+    x2, w = _row_view(x)
+    if use_ra:
+        mul = jax.lax.rsqrt(var + layer.epsilon)
+        if scale is not None:
+            mul = mul * scale
+        y2 = (x2 - _tile(mean, w)) * _tile(mul, w)
+        if bias is not None:
+            y2 = y2 + _tile(bias, w)
+    else:
+        stat_dtype = jnp.promote_types(layer.dtype or x.dtype, jnp.float32)
+        c = x.shape[-1]
+        s = jnp.ones((c,), x.dtype) if scale is None else scale
+        b = jnp.zeros((c,), x.dtype) if bias is None else bias
+        y2, mean, var = _bn_train(w, float(layer.epsilon), stat_dtype, x2, s, b)
+        can_update = getattr(layer.mean, "_can_update", False) or getattr(layer.var, "_can_update", False)
+        sg = jax.lax.stop_gradient if can_update else (lambda v: v)
+        layer.mean[...] = sg(layer.momentum * layer.mean[...] + (1 - layer.momentum) * mean)
+        layer.var[...] = sg(layer.momentum * layer.var[...] + (1 - layer.momentum) * var)
+    args = [a for a in (x, scale, bias) if a is not None]
+    return jnp.asarray(y2.reshape(x.shape), nnx_dtypes.canonicalize_dtype(*args, dtype=layer.dtype))
+
+
+def _row_channel_sum(x2: jax.Array, w: int) -> jax.Array:
+    return jnp.sum(x2, axis=0).reshape(w, -1).sum(axis=0)
+
+
+def _bn_train_fwd(w, eps, stat_dtype, x2, scale, bias):
+    xs = x2.astype(stat_dtype)
+    n = x2.shape[0] * w
+    mean = _row_channel_sum(xs, w) / n
+    mean2 = _row_channel_sum(xs * xs, w) / n
+    var = jnp.maximum(0.0, mean2 - mean * mean)
+    r = jax.lax.rsqrt(var + eps)
+    mul = (r * scale).astype(x2.dtype)
+    y2 = (x2 - _tile(mean.astype(x2.dtype), w)) * _tile(mul, w) + _tile(bias, w)
+    return (y2, mean, var), (x2, mean, r, scale)
+
+
+def _bn_train_bwd(w, eps, stat_dtype, res, cts):
+    """Gradients of (y, mean, var) = batch-norm(x) w.r.t. x, scale, bias: two channel sums, one pass.
+
+    With xhat = (x - mu) r, y = xhat * scale + bias, n values per channel, S1 = sum gy,
+    S2 = sum gy * x: d bias = S1, d scale = r (S2 - mu S1) and
+    dx = r scale (gy - S1 / n - xhat d_scale / n) + g_mu / n + 2 g_var (x - mu) / n,
+    written as A gy + B x + C with per-channel A, B, C (the variance is treated as unclipped).
+    """
+    x2, mean, r, scale = res
+    gy, g_mean, g_var = cts
+    n = x2.shape[0] * w
+    gys = gy.astype(stat_dtype)
+    s1 = _row_channel_sum(gys, w)
+    s2 = _row_channel_sum(gys * x2.astype(stat_dtype), w)
+    d_bias = s1
+    d_scale = r * (s2 - mean * s1)
+    a = r * scale
+    b = -r * r * scale * d_scale / n + 2.0 * g_var / n
+    c = -a * s1 / n + r * r * mean * scale * d_scale / n + g_mean / n - 2.0 * g_var * mean / n
+    dt = x2.dtype
+    dx2 = gy * _tile(a.astype(dt), w) + x2 * _tile(b.astype(dt), w) + _tile(c.astype(dt), w)
+    return dx2, d_scale.astype(scale.dtype), d_bias.astype(scale.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _bn_train(w, eps, stat_dtype, x2, scale, bias):
+    """Training-mode batch norm of the row view x2 (rows, W * C): (y2, batch mean, batch variance)."""
+    return _bn_train_fwd(w, eps, stat_dtype, x2, scale, bias)[0]
+
+
+_bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
+
