@@ -62,10 +62,6 @@ class DiagonalGaussian:
     def kl(self) -> jax.Array:
         return jnp.sum(self.kl_per_dim(), axis=-1)
 
-    @property
-    def event_dim(self) -> int:
-        return self.mean.shape[-1]
-
 
 def standard_normal_log_prob(z: jax.Array) -> jax.Array:
     """log N(z; 0, I) summed over the last axis."""

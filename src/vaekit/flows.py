@@ -115,10 +115,6 @@ class FlowPosterior:
         """The base mean pushed through the flow: a representative code (N, D), not E[z]."""
         return self.transform(self.base.mean)[0]
 
-    @property
-    def event_dim(self) -> int:
-        return self.base.event_dim
-
     def sample_and_log_prob(self, key: jax.Array, sample_shape: tuple[int, ...] = ()):
         z0, log_q0 = self.base.sample_and_log_prob(key, sample_shape)
         z, log_det = self.transform(z0)

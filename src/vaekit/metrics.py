@@ -50,10 +50,6 @@ def mean_of(values: jax.Array, mask: jax.Array | None = None, axis=0) -> Mean:
     return Mean(total, count)
 
 
-def is_mean(x) -> bool:
-    return isinstance(x, Mean)
-
-
 class Accumulator:
     """Adds metrics dicts (of `Mean`s or plain values, possibly stacked over steps) on the host."""
 
@@ -85,7 +81,7 @@ def values(metrics: dict) -> dict:
                         is_leaf=lambda m: isinstance(m, Mean))
 
 
-__all__ = ["Accumulator", "Mean", "is_mean", "mean_of", "values"]
+__all__ = ["ACTIVE_UNIT_VARIANCE", "Accumulator", "Mean", "active_unit_count", "mean_of", "values"]
 
 
 ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al. 2015: Var_x E_q[u|x] above this marks an active unit

@@ -78,8 +78,4 @@ class DataSpec:
         raise VaekitError("run.json has neither data_spec nor image_shape; the run cannot be rebuilt")
 
 
-def images(shape, num_classes: int | None = None) -> DataSpec:
-    return DataSpec("images", tuple(shape), num_classes)
-
-
-__all__ = ["DataSpec", "KINDS", "images"]
+__all__ = ["DataSpec", "KINDS"]
