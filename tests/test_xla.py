@@ -49,3 +49,32 @@ def test_no_ynnpack_fusions_in_compiled_code():
     x = jnp.ones((100, 28, 28, 1))
     text = jax.jit(lambda v: jnp.sum(jax.nn.log_sigmoid(v) * 2.0) + (v.reshape(100, -1) @ jnp.ones((784, 8))).sum()).lower(x).compile().as_text()
     assert "__ynn_fusion" not in text
+
+
+def test_compilation_cache_goes_to_the_user_cache_unless_set_or_off(monkeypatch, tmp_path):
+    import os
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("VAEKIT_COMPILATION_CACHE", raising=False)
+    assert _xla.configure_cache() and os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "vaekit" / "jax")
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/mine")
+    assert not _xla.configure_cache() and os.environ["JAX_COMPILATION_CACHE_DIR"] == "/mine"
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.setenv("VAEKIT_COMPILATION_CACHE", "0")
+    assert not _xla.configure_cache() and "JAX_COMPILATION_CACHE_DIR" not in os.environ
+
+
+def test_a_run_fills_the_compilation_cache(tmp_path):
+    """A real `vaekit train` process writes compiled executables to the user cache directory."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "VAEKIT_"))}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    out = subprocess.run([sys.executable, "-m", "vaekit.cli", "train", "--runs-dir", str(tmp_path / "runs"),
+                          "--set", "data.limit=300", "--set", "train.epochs=1", "--set", "model.hidden=[16]",
+                          "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "cache" / "vaekit" / "jax").iterdir())) > 0

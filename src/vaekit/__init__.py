@@ -9,6 +9,7 @@
 from vaekit import _xla
 
 _xla.configure()  # before anything below can start JAX's backends
+_xla.configure_cache()  # JAX reads its cache settings from the environment when it is imported
 
 from vaekit.checkpoint import Run, load_run  # noqa: E402
 from vaekit.config import Config, DataConfig, ModelConfig, ObjectiveConfig, TrainConfig, list_presets, resolve  # noqa: E402

@@ -106,6 +106,7 @@ class TrainConfig:
     eval_batch_size: int = 1000  # batch size of validation passes
     checkpoint_every: int = 1  # save a checkpoint every N epochs (with `steps`: every N validations) (the best-by-validation one is kept too)
     keep_checkpoints: int = 2  # how many periodic checkpoints to keep
+    compilation_cache: bool = True  # reuse compiled steps across runs (JAX's persistent cache; also VAEKIT_COMPILATION_CACHE=0)
     loggers: tuple[str, ...] = ("tensorboard",)  # where metrics go besides metrics.jsonl: tensorboard, mlflow (pip install 'vaekit[mlflow]')
 
 

@@ -198,6 +198,8 @@ class Trainer:
         if t.batch_size > n:
             raise VaekitError(f"train.batch_size {t.batch_size} is larger than the training set ({n} examples)")
         self.cfg, self.splits = cfg, splits
+        if not t.compilation_cache:
+            jax.config.update("jax_enable_compilation_cache", False)
         data_epoch = n // t.batch_size  # the last incomplete batch is dropped; reshuffled every epoch
         # An "epoch" of the host loop is one pass over the data, or, with train.steps, eval_every
         # steps (the last one possibly shorter); each ends with a validation and a metrics record.
