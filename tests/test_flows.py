@@ -131,3 +131,20 @@ def test_two_layer_linear_gaussian_nll_matches_the_closed_form():
 
     est = log_likelihood(model, {"x": x}, samples=5000, chunk=500, batch_size=6)["log_px"]
     np.testing.assert_allclose(est, exact, atol=0.05)
+
+
+def test_two_layer_model_reports_kl_and_active_units_per_layer():
+    from conftest import synthetic_splits, tiny_config
+    from vaekit import metrics as metrics_lib
+    from vaekit.train import Trainer
+
+    splits = synthetic_splits(n=80)
+    cfg = tiny_config(model={"kind": "hvae", "z1_dim": 4, "hidden2": [8], "latent_dim": 3})
+    trainer = Trainer(cfg, splits)
+    batch = {k: jnp.asarray(v[:6]) for k, v in splits.val.items()}
+    _, m = trainer.model.loss(batch, rngs=nnx.Rngs(sample=0), step=jnp.asarray(0))
+    m = metrics_lib.values(m)
+    assert float(m["kl/z1"]) + float(m["kl/z2"]) == pytest.approx(float(m["kl"]), rel=1e-4, abs=1e-4)
+    out = trainer.validate()
+    assert out["val/active_units/z1"] + out["val/active_units/z2"] == out["val/active_units"]
+    assert "val/kl/z1" in out and "val/kl/z2" in out

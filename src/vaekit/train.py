@@ -379,7 +379,10 @@ class Trainer:
                 means.append(mu)
         out = acc.result(f"{prefix}/")
         if means:
-            out[f"{prefix}/active_units"] = metrics_lib.active_unit_count(np.concatenate(means))
+            codes = np.concatenate(means)
+            out[f"{prefix}/active_units"] = metrics_lib.active_unit_count(codes)
+            for layer, (start, stop) in getattr(self.model, "latent_layers", {}).items():
+                out[f"{prefix}/active_units/{layer}"] = metrics_lib.active_unit_count(codes[:, start:stop])
         return out
 
 

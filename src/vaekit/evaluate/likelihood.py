@@ -212,7 +212,10 @@ def evaluate(
     if run.config.model.likelihood in DISCRETE_LIKELIHOODS:  # a density of continuous data has no bits/dim
         summary["bits_per_dim"] = float(nll.mean() / (dims * math.log(2)))
     if model.capabilities.latent_vector:
-        summary["active_units"] = active_units(model, x, y)[0]
+        count, variances = active_units(model, x, y)
+        summary["active_units"] = count
+        for layer, (start, stop) in getattr(model, "latent_layers", {}).items():  # per stochastic layer
+            summary[f"active_units_{layer}"] = int(np.sum(variances[start:stop] > ACTIVE_UNIT_VARIANCE))
     if write:
         path = Path(run.path) / "evaluation.json"
         results = read_json(path) if path.exists() else {}

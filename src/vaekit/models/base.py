@@ -18,6 +18,8 @@ with these methods:
     prior                                             `log_prob(z)`, `sample(key, shape)`
     reconstruct(x, y=None), sample(n, *, rngs, y=None, temperature=1.0) -> data
     param_groups() -> {name: ParamGroup}             what each optimizer updates
+    latent_layers (optional) -> {layer: (start, stop)}   slices of the code per stochastic layer:
+                                                      active units are reported per layer too
 
 What else a command may use, the model declares in `capabilities` (a `Capabilities`), and a
 command checks it with `require` instead of assuming: a model without a likelihood bound is

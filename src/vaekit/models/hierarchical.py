@@ -22,6 +22,7 @@ from flax import nnx
 from vaekit.config import ModelConfig
 from vaekit.distributions import DiagonalGaussian, posterior_scale, standard_normal_log_prob
 from vaekit.errors import VaekitError
+from vaekit.metrics import mean_of
 from vaekit.models.base import Capabilities
 from vaekit.models.vae import VAE
 from vaekit.nets import build_decoder, build_encoder
@@ -116,6 +117,19 @@ class HVAE(VAE):
     @classmethod
     def capabilities_for(cls, model) -> Capabilities:
         return Capabilities(kl_per_dim=False)  # a Monte Carlo KL over both layers
+
+    @property
+    def latent_layers(self) -> dict:
+        return {"z1": (0, self.z1_dim), "z2": (self.z1_dim, self.latent_dim)}
+
+    def layer_kls(self, q, z, log_qz) -> dict:
+        """Monte Carlo KL of each layer from the loss's draws z = [z1, z2] (k, B, .):
+        E[log q(z1|x) - log p(z1|z2)] and E[log q(z2|z1) - log p(z2)]; they sum to the total KL."""
+        z1, z2 = z[..., : self.z1_dim], z[..., self.z1_dim :]
+        log_q1 = q.q1.log_prob(z1)
+        kl1 = jnp.mean(log_q1 - self.prior.conditional(z2).log_prob(z1), axis=0)  # (B,)
+        kl2 = jnp.mean(log_qz - log_q1 - standard_normal_log_prob(z2), axis=0)
+        return {"kl/z1": mean_of(kl1), "kl/z2": mean_of(kl2)}
 
     def encode(self, x: jax.Array, y: jax.Array | None = None) -> TwoLayerPosterior:
         """q(z1|x) q(z2|z1): a posterior over [z1, z2] with (N, z1_dim + latent_dim) codes."""

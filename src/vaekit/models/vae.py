@@ -147,7 +147,16 @@ class VAE(nnx.Module):
         }
         if kl.per_dim is not None:
             metrics["kl_per_dim"] = mean_of(kl.per_dim)  # (D,)
+        metrics.update(self.layer_kls(q, z, log_qz))
         return loss, metrics
+
+    #: Named slices of the code, one per stochastic layer: {name: (start, stop)}; validation and
+    #: evaluate report active units per layer. Empty for a one-layer model.
+    latent_layers: dict = {}
+
+    def layer_kls(self, q, z: jax.Array, log_qz: jax.Array) -> dict:
+        """Per-layer KL metrics ({"kl/<layer>": Mean}) from the loss's own draws; none for one layer."""
+        return {}
 
     # ------------------------------------------------------------------ data out
 
