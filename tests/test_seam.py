@@ -1,7 +1,6 @@
 """The widened model seam: parameter groups against hand-computed Adam steps, Monte Carlo KL
 against the closed form, exact masked reductions, and the three conditioning modes."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp

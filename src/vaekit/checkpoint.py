@@ -41,6 +41,7 @@ from flax import nnx
 from vaekit import config as config_lib
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
+from vaekit.files import write_text_atomic
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -52,12 +53,6 @@ log = logging.getLogger("vaekit")
 
 # Orbax logs every save at INFO; a training log has no use for that.
 logging.getLogger("absl").setLevel(logging.WARNING)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 from vaekit.errors import VaekitError
+from vaekit.files import check_out
 
 EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -67,24 +67,19 @@ def _load(args):
     return load_run(args.run, checkpoint=args.checkpoint)
 
 
-def _out_path(out: str, allowed=(".png",)) -> Path:
-    path = Path(out)
-    if path.suffix.lower() not in allowed:
-        raise VaekitError(f"--out must end in {' or '.join(allowed)}, got '{out}'")
-    if not path.parent.exists():
-        raise VaekitError(f"directory '{path.parent}' for --out does not exist")
-    return path
-
-
 def _save_array_or_grid(path: Path, images, ncols: int, title: str, row_labels=None) -> None:
     import numpy as np
 
     from vaekit import plots
 
     if path.suffix.lower() == ".npy":
-        tmp = path.with_name(f".{path.name}.tmp.npy")
-        np.save(tmp, np.asarray(images))
-        os.replace(tmp, path)
+        from vaekit.files import atomic_write
+
+        def save(tmp):
+            with open(tmp, "wb") as f:  # a file object: np.save would append .npy to the name
+                np.save(f, np.asarray(images))
+
+        atomic_write(path, save)
     else:
         plots.save_images(path, np.asarray(images), ncols=ncols, title=title, row_labels=row_labels)
 
@@ -121,7 +116,7 @@ def cmd_sample(args) -> None:
         raise VaekitError(f"-n must be positive, got {args.n}")
     if args.temperature <= 0:
         raise VaekitError(f"--temperature must be positive, got {args.temperature}")
-    out = _out_path(args.out, (".png", ".npy"))
+    out = check_out(args.out, (".png", ".npy"))
     run = _load(args)
     _check_label(run, args.label)
     rngs = nnx.Rngs(sample=args.seed)
@@ -166,7 +161,7 @@ def cmd_reconstruct(args) -> None:
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
-    out = _out_path(args.out)
+    out = check_out(args.out, (".png",))
     run = _load(args)
     _check_label(run, args.label)
     x, y = _split_arrays(run, args.split, args.n)
@@ -187,7 +182,7 @@ def cmd_interpolate(args) -> None:
     from vaekit import plots
     from vaekit.models import require
 
-    out = _out_path(args.out)
+    out = check_out(args.out, (".png",))
     if args.steps < 2 or args.pairs < 1:
         raise VaekitError("--steps must be >= 2 and --pairs >= 1")
     run = _load(args)
@@ -271,7 +266,7 @@ def cmd_traverse(args) -> None:
     from vaekit import plots
     from vaekit.evaluate.disentanglement import latent_traversal
 
-    out = _out_path(args.out)
+    out = check_out(args.out, (".png",))
     run = _load(args)
     _check_label(run, args.label)
     x, y = _split_arrays(run, args.split, 1000, args.label)

@@ -10,6 +10,7 @@ written atomically: an error leaves no partial file behind.
 from __future__ import annotations
 
 from vaekit.errors import VaekitError
+from vaekit.files import check_out
 
 
 def _console(stderr: bool = False):
@@ -36,7 +37,6 @@ def cmd_report(args) -> None:
 def cmd_anomaly(args) -> None:
     from rich.table import Table
 
-    from vaekit.embed import check_out
     from vaekit.evaluate.anomaly import score_run, write_scores
 
     out = check_out(args.out, (".npz", ".csv")) if args.out else None
@@ -62,7 +62,7 @@ def cmd_anomaly(args) -> None:
 
 
 def cmd_embed(args) -> None:
-    from vaekit.embed import _out_kind, check_out, embed
+    from vaekit.embed import _out_kind, embed
 
     out = check_out(args.out, (".npz", ".parquet"))
     _out_kind(out)  # pyarrow present for .parquet, before any work
@@ -75,7 +75,6 @@ def cmd_embed(args) -> None:
 
 
 def cmd_arithmetic(args) -> None:
-    from vaekit.embed import check_out
     from vaekit.latent import save_arithmetic
 
     out = check_out(args.out, (".png",))
@@ -87,7 +86,6 @@ def cmd_arithmetic(args) -> None:
 
 
 def cmd_latent_map(args) -> None:
-    from vaekit.embed import check_out
     from vaekit.latent import save_latent_map
 
     out = check_out(args.out, (".png",))

@@ -373,8 +373,8 @@ def resolve_layers(preset: str | None = None, config_file: str | None = None,
         explicit |= set(update.get("train", ()))
     if "epochs" in explicit and cfg.train.steps is not None:
         if "steps" in explicit:
-            raise VaekitError(f"train.epochs and train.steps are both set (a run counts in one): drop one, or "
-                              f"set train.steps=none to count in epochs")
+            raise VaekitError("train.epochs and train.steps are both set (a run counts in one): drop one, or "
+                              "set train.steps=none to count in epochs")
         # The preset counted in steps; the user asked for epochs: the explicit choice wins.
         log.info("counting the run in train.epochs=%d (preset %s counted in train.steps=%s)",
                  cfg.train.epochs, name, preset_steps)

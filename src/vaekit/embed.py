@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vaekit.errors import VaekitError
+from vaekit.files import atomic_write, check_out
 
 EMBED_BATCH = 1024  # examples per encoded block
 
@@ -288,22 +289,6 @@ def _out_kind(out: Path) -> str:
     raise VaekitError(f"--out must end in .npz or .parquet, got '{out}'")
 
 
-def check_out(out: str | Path, allowed: tuple[str, ...]) -> Path:
-    """An output path with an allowed suffix in an existing directory; one line otherwise."""
-    path = Path(out)
-    if path.suffix.lower() not in allowed:
-        raise VaekitError(f"--out must end in {' or '.join(allowed)}, got '{out}'")
-    if not path.parent.exists():
-        raise VaekitError(f"directory '{path.parent}' for --out does not exist")
-    if path.is_dir():
-        raise VaekitError(f"--out '{out}' is a directory")
-    return path
-
-
-def tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def embed(run, out: str | Path, *, data: str | Path | None = None, split: str | None = None,
           limit: int | None = None, batch_size: int = EMBED_BATCH) -> dict:
     """Write posterior means (and scales, labels) of `data` or `split` to `out` (.npz or .parquet).
@@ -318,31 +303,31 @@ def embed(run, out: str | Path, *, data: str | Path | None = None, split: str | 
     require(run.model, "latent_vector", "vaekit embed")
     n, blocks = iter_examples(run, data=data, split=split, limit=limit, batch_size=batch_size)
     enc = encoder_fn(run.model, min(batch_size, n))
-    tmp = tmp_path(out)
-    writer = None
     keys: list[str] = []
-    try:
-        for block in blocks:
-            mean, scale = enc(block["x"], _condition(run, block))
-            cols = {"mean": mean, **({"scale": scale} if scale is not None else {}),
-                    **({"y": block["y"].astype(np.int32)} if "y" in block else {})}
-            if writer is None:
-                keys = list(cols)
-                writer = _open_writer(kind, tmp, cols, n)
-            writer.append(cols)
-        if writer is None:
-            raise VaekitError("no examples to embed")
-        writer.close()
+
+    def write(tmp):
         writer = None
-        os.replace(tmp, out)
-    except BaseException:
-        if writer is not None:
-            try:
-                writer.close(complete=False)
-            except Exception:
-                pass
-        tmp.unlink(missing_ok=True)
-        raise
+        try:
+            for block in blocks:
+                mean, scale = enc(block["x"], _condition(run, block))
+                cols = {"mean": mean, **({"scale": scale} if scale is not None else {}),
+                        **({"y": block["y"].astype(np.int32)} if "y" in block else {})}
+                if writer is None:
+                    keys.extend(cols)
+                    writer = _open_writer(kind, tmp, cols, n)
+                writer.append(cols)
+            if writer is None:
+                raise VaekitError("no examples to embed")
+        except BaseException:
+            if writer is not None:
+                try:
+                    writer.close(complete=False)
+                except Exception:
+                    pass
+            raise
+        writer.close()
+
+    atomic_write(out, write)
     return {"path": str(out), "examples": n, "latent_dim": int(run.model.latent_dim), "keys": keys}
 
 
@@ -431,5 +416,5 @@ def probe_run(run, *, num_train: int = 5000, num_test: int = 2000) -> dict | Non
     return linear_probe(z_tr, train["y"], z_te, test["y"])
 
 
-__all__ = ["NpzReader", "check_out", "check_shape", "embed", "encode_all", "encoder_fn", "examples",
+__all__ = ["NpzReader", "check_shape", "embed", "encode_all", "encoder_fn", "examples",
            "iter_examples", "linear_probe", "probe_run"]

@@ -81,7 +81,7 @@ def values(metrics: dict) -> dict:
                         is_leaf=lambda m: isinstance(m, Mean))
 
 
-__all__ = ["ACTIVE_UNIT_VARIANCE", "Accumulator", "Mean", "active_unit_count", "mean_of", "values"]
+__all__ = ["ACTIVE_UNIT_VARIANCE", "Accumulator", "Mean", "active_unit_count", "active_units_per_layer", "mean_of", "values"]
 
 
 ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al. 2015: Var_x E_q[u|x] above this marks an active unit
@@ -90,3 +90,8 @@ ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al. 2015: Var_x E_q[u|x] above this mark
 def active_unit_count(posterior_means: np.ndarray, threshold: float = ACTIVE_UNIT_VARIANCE) -> int:
     """Active units of codes (N, D): dimensions whose posterior mean varies over the data."""
     return int(np.sum(np.var(posterior_means, axis=0) > threshold))
+
+
+def active_units_per_layer(posterior_means: np.ndarray, layers: dict) -> dict[str, int]:
+    """{layer: active units of its slice} for a model's `latent_layers` ({name: (start, stop)})."""
+    return {name: active_unit_count(posterior_means[:, a:b]) for name, (a, b) in layers.items()}

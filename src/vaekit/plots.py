@@ -33,7 +33,6 @@ picture.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -43,6 +42,8 @@ matplotlib.use("Agg")  # headless: runs on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+
+from vaekit.files import atomic_write  # noqa: E402
 
 #: Smallest size in pixels of a tile's longer side that integer upscaling aims for.
 MIN_TILE = 56
@@ -220,27 +221,10 @@ def render_images(images: np.ndarray, ncols: int = 8, title: str | None = None, 
     return picture, s, origins
 
 
-def _atomic_write(path, write) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it into place."""
-    path = Path(path)
-    # The process id keeps concurrent writers apart; a plain name (not mkstemp) keeps the
-    # file's permissions the umask's, as for any other file the run writes.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _save_figure(fig, path: Path) -> None:
     fmt = Path(path).suffix.lstrip(".") or "png"
     try:
-        _atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100, bbox_inches="tight"))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100, bbox_inches="tight"))
     finally:
         plt.close(fig)
 
@@ -251,7 +235,7 @@ def save_images(path, images: np.ndarray, ncols: int = 8, title: str | None = No
     See :func:`render_images` and the module docstring (upscaling, channels, values).
     """
     picture, _, _ = render_images(images, ncols, title=title, row_labels=row_labels)
-    _atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 def save_reconstructions(path, x: np.ndarray, x_hat: np.ndarray, ncols: int = 8) -> None:

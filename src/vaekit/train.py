@@ -37,7 +37,6 @@ from flax import nnx
 from vaekit import metrics as metrics_lib
 from vaekit.config import Config, TrainConfig
 from vaekit.errors import VaekitError
-from vaekit.metrics import ACTIVE_UNIT_VARIANCE
 from vaekit.models import build_model
 from vaekit.progress import bar_shown, progress_bar
 
@@ -198,8 +197,8 @@ class Trainer:
         if t.batch_size > n:
             raise VaekitError(f"train.batch_size {t.batch_size} is larger than the training set ({n} examples)")
         self.cfg, self.splits = cfg, splits
-        if not t.compilation_cache:
-            jax.config.update("jax_enable_compilation_cache", False)
+        # Set either way: a process that trains several runs gets each run's own setting.
+        jax.config.update("jax_enable_compilation_cache", t.compilation_cache)
         data_epoch = n // t.batch_size  # the last incomplete batch is dropped; reshuffled every epoch
         # An "epoch" of the host loop is one pass over the data, or, with train.steps, eval_every
         # steps (the last one possibly shorter); each ends with a validation and a metrics record.
@@ -381,8 +380,8 @@ class Trainer:
         if means:
             codes = np.concatenate(means)
             out[f"{prefix}/active_units"] = metrics_lib.active_unit_count(codes)
-            for layer, (start, stop) in getattr(self.model, "latent_layers", {}).items():
-                out[f"{prefix}/active_units/{layer}"] = metrics_lib.active_unit_count(codes[:, start:stop])
+            layers = metrics_lib.active_units_per_layer(codes, getattr(self.model, "latent_layers", {}))
+            out |= {f"{prefix}/active_units/{layer}": count for layer, count in layers.items()}
         return out
 
 

@@ -276,7 +276,7 @@ def score_run(run, *, data: str | Path | None = None, split: str | None = None, 
 def write_scores(path: str | Path, scores: dict[str, np.ndarray], y=None, is_anomaly=None) -> Path:
     """Write per-example scores to .npz (one array per score, plus y and is_anomaly) or .csv (a
     header row, one row per example), atomically: nothing is left behind on an error."""
-    import os
+    from vaekit.files import atomic_write
 
     path = Path(path)
     cols = {"index": np.arange(len(next(iter(scores.values()))))}
@@ -285,8 +285,8 @@ def write_scores(path: str | Path, scores: dict[str, np.ndarray], y=None, is_ano
     if is_anomaly is not None:
         cols["is_anomaly"] = np.asarray(is_anomaly).astype(np.int8)
     cols |= scores
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+
+    def write(tmp):
         if path.suffix.lower() == ".npz":
             with open(tmp, "wb") as f:
                 np.savez(f, **{k: v for k, v in cols.items() if k != "index"})
@@ -296,10 +296,8 @@ def write_scores(path: str | Path, scores: dict[str, np.ndarray], y=None, is_ano
                 rows = zip(*[v.tolist() for v in cols.values()])
                 f.writelines(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) + "\n"
                              for row in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return path
 
 

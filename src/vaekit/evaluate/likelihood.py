@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from vaekit.errors import VaekitError
-from vaekit.metrics import ACTIVE_UNIT_VARIANCE
+from vaekit.metrics import ACTIVE_UNIT_VARIANCE, active_unit_count, active_units_per_layer
 from vaekit.progress import progress_bar
 
 IWAE_BOUNDS = (1, 5, 50)
@@ -111,6 +111,11 @@ def log_likelihood(
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
+def _rows(a: np.ndarray | None, start: int, size: int):
+    """Rows start..start+size of a host array as a device array (None stays None: no labels)."""
+    return None if a is None else jnp.asarray(a[start : start + size])
+
+
 def posterior_mean_fn(model: nnx.Module, batch_size: int = 512) -> Callable[..., np.ndarray]:
     """A function (x (N, ...)[, y (N,)]) -> E_q[z|x[, y]] (N, D) on the host, compiled once per batch shape.
 
@@ -121,8 +126,8 @@ def posterior_mean_fn(model: nnx.Module, batch_size: int = 512) -> Callable[...,
     mean = jax.jit(lambda st, xb, yb: nnx.merge(graphdef, st).encode(xb, yb).mean)
 
     def encode(x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
-        part = lambda a, i: None if a is None else jnp.asarray(a[i : i + batch_size])  # noqa: E731
-        return np.concatenate([np.asarray(mean(state, part(x, i), part(y, i))) for i in range(0, len(x), batch_size)])
+        return np.concatenate([np.asarray(mean(state, _rows(x, i, batch_size), _rows(y, i, batch_size)))
+                               for i in range(0, len(x), batch_size)])
 
     return encode
 
@@ -143,8 +148,7 @@ def reconstruction_error(model: nnx.Module, x: np.ndarray, y: np.ndarray | None 
     """Mean squared error per data entry between data and its reconstructions (posterior mean)."""
     graphdef, state = nnx.split(model)
     rec = jax.jit(lambda st, xb, yb: jnp.sum((nnx.merge(graphdef, st).reconstruct(xb, yb) - xb) ** 2))
-    part = lambda a, i: None if a is None else jnp.asarray(a[i : i + batch_size])  # noqa: E731
-    total = sum(float(rec(state, part(x, i), part(y, i))) for i in range(0, len(x), batch_size))
+    total = sum(float(rec(state, _rows(x, i, batch_size), _rows(y, i, batch_size))) for i in range(0, len(x), batch_size))
     return total / (len(x) * math.prod(x.shape[1:]))
 
 
@@ -212,10 +216,10 @@ def evaluate(
     if run.config.model.likelihood in DISCRETE_LIKELIHOODS:  # a density of continuous data has no bits/dim
         summary["bits_per_dim"] = float(nll.mean() / (dims * math.log(2)))
     if model.capabilities.latent_vector:
-        count, variances = active_units(model, x, y)
-        summary["active_units"] = count
-        for layer, (start, stop) in getattr(model, "latent_layers", {}).items():  # per stochastic layer
-            summary[f"active_units_{layer}"] = int(np.sum(variances[start:stop] > ACTIVE_UNIT_VARIANCE))
+        codes = posterior_means(model, x, y)
+        summary["active_units"] = active_unit_count(codes)
+        layers = active_units_per_layer(codes, getattr(model, "latent_layers", {}))  # per stochastic layer
+        summary |= {f"active_units_{layer}": count for layer, count in layers.items()}
     if write:
         path = Path(run.path) / "evaluation.json"
         results = read_json(path) if path.exists() else {}
