@@ -46,6 +46,9 @@ class CVAE(VAE):
             raise VaekitError("model.kind=cvae needs labelled data (a 'y' array of class labels); this data has none")
         return spec.num_classes
 
+    def condition_mode(self, model: CVAEConfig) -> str:
+        return model.condition
+
     def condition(self, y: jax.Array | None) -> jax.Array:
         if y is None:
             raise VaekitError("a conditional VAE needs labels y for every call (encode, decode, sample, loss)")

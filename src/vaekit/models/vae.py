@@ -40,7 +40,7 @@ class VAE(nnx.Module):
         self.spec = spec
         self.latent_dim = model.latent_dim
         self.cond_dim = self.condition_dim(spec)
-        condition = getattr(model, "condition", None)
+        condition = self.condition_mode(model)
         params_per_entry, self._likelihood = LIKELIHOODS[model.likelihood]
         d = model.latent_dim
         # The encoder's head: the base Gaussian's mean and scale, then what the posterior needs more
@@ -69,6 +69,10 @@ class VAE(nnx.Module):
     def condition_dim(self, spec: DataSpec) -> int:
         """Width of the condition vector the nets take (0: unconditional)."""
         return 0
+
+    def condition_mode(self, model: ModelConfig) -> str | None:
+        """How the nets take the condition (`nets.conditioning`); None for an unconditional model."""
+        return None
 
     def condition(self, y: jax.Array | None) -> jax.Array | None:
         """The nets' condition for labels y (N,); an unconditional model ignores y."""
