@@ -14,7 +14,8 @@ else a file store `mlruns/` beside the run directory (`mlflow ui --backend-store
 runs/mlruns`). MLflow 3 keeps file stores in maintenance mode and refuses them unless
 `MLFLOW_ALLOW_FILE_STORE=true`; the logger sets that variable for a file store it is asked to
 use (only when it is unset). The MLflow run is named after the run directory and tagged with
-its path.
+its path. A resumed vaekit run (`vaekit train --resume`) continues the same MLflow run: its id
+is kept in run.json as "mlflow_run_id".
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class MlflowLogger:
     """
 
     def __init__(self, run_dir: str | Path, *, tracking_uri: str | None = None,
-                 experiment: str = MLFLOW_EXPERIMENT, run_name: str | None = None):
+                 experiment: str = MLFLOW_EXPERIMENT, run_name: str | None = None, run_id: str | None = None):
         try:
             from mlflow.tracking import MlflowClient
         except ImportError:
@@ -82,8 +83,11 @@ class MlflowLogger:
             self.client = MlflowClient(tracking_uri=uri)
             exp = self.client.get_experiment_by_name(experiment)
             exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
-            run = self.client.create_run(exp_id, run_name=run_name or run_dir.name,
-                                         tags={"vaekit.run_dir": str(run_dir.absolute())})
+            run = self._reopen(run_id, exp_id) if run_id else None
+            self.resumed = run is not None
+            if run is None:
+                run = self.client.create_run(exp_id, run_name=run_name or run_dir.name,
+                                             tags={"vaekit.run_dir": str(run_dir.absolute())})
         except Exception as e:  # an unreachable server, a refused store: one line
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise VaekitError(f"MLflow tracking at {uri} failed: {first[:200]}") from None
@@ -91,13 +95,37 @@ class MlflowLogger:
         self.experiment_id = exp_id
         self._closed = False
 
-    def log_params(self, config: dict) -> None:
-        """Every config key (flattened, "section.key") as an MLflow parameter, in batches of 100."""
-        from mlflow.entities import Param
+    def _reopen(self, run_id: str, exp_id: str):
+        """The MLflow run of an earlier part of this vaekit run (a resume), marked running again;
+        None when the store no longer has it (a new MLflow run is made instead)."""
+        from mlflow.exceptions import MlflowException
 
-        params = [Param(k, v[:6000]) for k, v in flatten_config(config).items()]
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.experiment_id != exp_id:
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        return run
+
+    def log_params(self, config: dict) -> None:
+        """Every config key (flattened, "section.key") as an MLflow parameter, in batches of 100.
+
+        MLflow parameters cannot change: on a resumed run, keys already logged with the same value
+        are skipped, and a value that changed (an override given with --resume) is recorded as the
+        tag "resume.<key>" instead.
+        """
+        from mlflow.entities import Param, RunTag
+
+        logged = self.client.get_run(self.run_id).data.params if self.resumed else {}
+        flat = {k: v[:6000] for k, v in flatten_config(config).items()}
+        params = [Param(k, v) for k, v in flat.items() if k not in logged]
+        tags = [RunTag(f"resume.{k}", v) for k, v in flat.items() if k in logged and logged[k] != v]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i : i + 100])
+        if tags:
+            self.client.log_batch(self.run_id, tags=tags)
 
     def log_metrics(self, record: dict, step: int) -> None:
         """The numbers of one metrics record (an epoch of metrics.jsonl) at `step`."""

@@ -613,8 +613,11 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
         if "mlflow" in cfg.train.loggers:
             from vaekit.tracking import MlflowLogger
 
-            tracker = MlflowLogger(run_dir)
+            tracker = MlflowLogger(run_dir, run_id=info.get("mlflow_run_id") if resuming else None)
             tracker.log_params(cfg.to_dict())
+            if info.get("mlflow_run_id") != tracker.run_id:
+                info["mlflow_run_id"] = tracker.run_id
+                ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
         _loop(cfg, run_dir, trainer, info, history, writer, ckpt, progress, tracker)
         writer.close()
         ckpt.close()
