@@ -45,7 +45,7 @@ RUFF_TABLE1 = {
 HOLD_OUT = 500  # training images of the class kept for validation and the typicality reference
 
 
-def _train(cfg_overrides: list[str], runs_dir: Path, name: str, reuse: bool = False):
+def _train(args, cfg_overrides: list[str], runs_dir: Path, name: str, reuse: bool = False):
     from vaekit import config as config_lib
     from vaekit.train import train
 
@@ -53,7 +53,7 @@ def _train(cfg_overrides: list[str], runs_dir: Path, name: str, reuse: bool = Fa
     if reuse and done.exists() and json.loads(done.read_text()).get("status") == "complete":
         return runs_dir / name  # --reuse: score the run trained by an earlier call
 
-    cfg = config_lib.resolve("mnist-mlp", None, cfg_overrides)
+    cfg = config_lib.resolve(args.preset, None, [*cfg_overrides, *args.set])
     return train(cfg, runs_dir=runs_dir, name=name, overwrite=True, progress=False)
 
 
@@ -84,7 +84,7 @@ def one_class(args, runs_dir: Path) -> dict:
         held = xc[-HOLD_OUT:]
         path = runs_dir / f"digit{c}.npz"
         np.savez(path, x=xc[:-HOLD_OUT], x_val=held, x_test=held)
-        run_dir = _train([f"data.path={path}", "data.binarize=dynamic", f"train.steps={args.steps}",
+        run_dir = _train(args, [f"data.path={path}", "data.binarize=dynamic", f"train.steps={args.steps}",
                           f"train.eval_every={args.steps // 4}", f"train.seed={args.seed}"], runs_dir, f"digit{c}",
                          args.reuse)
         train_s = time.perf_counter() - t0
@@ -107,7 +107,7 @@ def ood(args, runs_dir: Path) -> dict:
     from vaekit.data.shapes import load_shapes_splits
 
     t0 = time.perf_counter()
-    run_dir = _train([f"train.epochs={args.ood_epochs}", f"train.seed={args.seed}"], runs_dir, "mnist", args.reuse)
+    run_dir = _train(args, [f"train.epochs={args.ood_epochs}", "data.binarize=dynamic", f"train.seed={args.seed}"], runs_dir, "mnist", args.reuse)
     train_s = time.perf_counter() - t0
     run = load_run(run_dir)
     splits = run.data()
@@ -134,6 +134,9 @@ def ood(args, runs_dir: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="mnist-mlp", help="the model trained for each case (default mnist-mlp)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override after the benchmark's own (repeatable), e.g. model.latent_dim=32")
     p.add_argument("--digits", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps per one-class model (batch 100)")
     p.add_argument("--samples", type=int, default=100, help="importance samples per test image")
