@@ -1,0 +1,151 @@
+"""`vaekit sample / reconstruct / interpolate` for text runs (token data): sentences in, sentences out.
+
+cli.py sends a run here when its data spec is token data (never by model name); everything a
+text run cannot do is a one-line VaekitError. Decoding runs compiled (`jax.jit` over the model's
+scanned decoders), sentences are printed one per line and saved to a .txt file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vaekit.errors import VaekitError
+from vaekit.files import check_out, write_text_atomic
+
+TEXT_FLAGS = (("text", "--text"), ("between", "--between"), ("decode", "--decode"), ("beam", "--beam"),
+              ("top_k", "--top-k"))
+
+
+def is_text_run(path) -> bool:
+    """Whether the run directory at `path` was trained on token data (read from run.json, no model loaded)."""
+    from vaekit import checkpoint as ck
+    from vaekit.data.spec import DataSpec
+
+    run_dir = ck.check_run_dir(path)
+    return DataSpec.from_run_info(ck.read_json(run_dir / ck.RUN_FILE)).kind == "tokens"
+
+
+def reject_text_flags(args, command: str) -> None:
+    """One line when a text-only flag is given for an image run."""
+    for attr, flag in TEXT_FLAGS:
+        if getattr(args, attr, None) is not None:
+            raise VaekitError(f"{flag} applies to text runs; run '{args.run}' was not trained on text "
+                              f"(vaekit {command} there makes pictures)")
+
+
+def _no_label(args) -> None:
+    if getattr(args, "label", None) is not None:
+        raise VaekitError(f"--label needs a run with class labels; run '{args.run}' is a text run (sentences have "
+                          f"no labels)")
+
+
+def _out(args, default: str) -> Path:
+    return check_out(args.out or default, (".txt",))
+
+
+def _compiled(model, fn):
+    """jit(fn(model, *args)) over the model's split state: one compilation per shape."""
+    import jax
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    jitted = jax.jit(lambda st, *a: fn(nnx.merge(graphdef, st), *a))
+    return lambda *a: jitted(state, *a)
+
+
+def _save(out: Path, lines: list[str]) -> None:
+    write_text_atomic(out, "".join(line + "\n" for line in lines))
+    for line in lines:
+        print(line)
+    print(out)
+
+
+def _load(args, load):
+    from vaekit.data.text import run_vocabulary
+
+    run = load(args)
+    return run, run_vocabulary(run)
+
+
+def cmd_sample(args, load) -> None:
+    """Sentences from the prior: sampled at --temperature, top-k, greedy or beam-searched."""
+    import jax
+
+    _no_label(args)
+    method = args.decode or "sample"
+    out = _out(args, "samples.txt")
+    if method == "beam" and (args.beam or 5) < 1:
+        raise VaekitError(f"--beam must be >= 1, got {args.beam}")
+    if args.beam is not None and method != "beam":
+        raise VaekitError("--beam applies to --decode beam")
+    if args.top_k is not None and method != "topk":
+        raise VaekitError("--top-k applies to --decode topk")
+    run, vocab = _load(args, load)
+    model = run.model
+    key = jax.random.PRNGKey(args.seed)
+    z = model.latent_codes(args.n, jax.random.fold_in(key, 0))
+    if method == "beam":
+        ids, _ = _compiled(model, lambda m, z: m.beam_search(z, args.beam or 5))(z)
+    else:
+        top_k = args.top_k if args.top_k is not None else 10
+        if method == "topk" and not 0 < top_k <= len(vocab):
+            raise VaekitError(f"--top-k must be in [1, {len(vocab)}] (the vocabulary), got {top_k}")
+        ids = _compiled(model, lambda m, z, k: m.generate(z, method=method, key=k, temperature=args.temperature,
+                                                          top_k=top_k))(z, jax.random.fold_in(key, 1))
+    _save(out, vocab.decode(jax.device_get(ids)))
+
+
+def _sentences(args, run, vocab) -> tuple[list[str], dict]:
+    """The --text sentences, else the first -n of --split, with their encoded batch."""
+    import numpy as np
+
+    if args.text:
+        return list(args.text), vocab.encode(args.text)
+    if args.split not in ("train", "val", "test"):
+        raise VaekitError(f"--split must be train, val or test, got '{args.split}'")
+    data = run.data().examples(args.split, args.n)
+    return vocab.decode(data["x"]), {k: np.asarray(v) for k, v in data.items()}
+
+
+def cmd_reconstruct(args, load) -> None:
+    """Each sentence and the greedy decoding of its posterior mean, as "input => output" lines."""
+    import jax
+    import jax.numpy as jnp
+
+    from vaekit.models import require
+
+    _no_label(args)
+    out = _out(args, "reconstructions.txt")
+    run, vocab = _load(args, load)
+    require(run.model, "latent_vector", "vaekit reconstruct --text")
+    texts, batch = _sentences(args, run, vocab)
+    ids = _compiled(run.model, lambda m, x: m.reconstruct(x))(jnp.asarray(batch["x"]))
+    outputs = vocab.decode(jax.device_get(ids))
+    _save(out, [f"{a}  =>  {b}" for a, b in zip(texts, outputs)])
+
+
+def cmd_interpolate(args, load) -> None:
+    """A homotopy (Bowman et al. section 5): greedy sentences along the line between two posterior means."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vaekit.latent import interpolate
+    from vaekit.models import require
+
+    _no_label(args)
+    if args.steps < 2:
+        raise VaekitError("--steps must be >= 2")
+    if not args.between:
+        raise VaekitError('a text run interpolates between two sentences: give --between "first" "second"')
+    out = _out(args, "interpolations.txt")
+    run, vocab = _load(args, load)
+    require(run.model, "latent_vector", "vaekit interpolate")
+    batch = vocab.encode(list(args.between))
+    mu = np.asarray(_compiled(run.model, lambda m, x: m.encode(x).mean)(jnp.asarray(batch["x"])))  # (2, D)
+    z = interpolate(mu[:1], mu[1:], args.steps, args.method).astype(np.float32)[0]  # (steps, D)
+    ids = _compiled(run.model, lambda m, z: m.generate(z, method="greedy"))(jnp.asarray(z))
+    _save(out, vocab.decode(jax.device_get(ids)))
+
+
+__all__ = ["cmd_interpolate", "cmd_reconstruct", "cmd_sample", "is_text_run", "reject_text_flags"]
