@@ -1,0 +1,169 @@
+"""The PixelCNN code prior (nets/pixelcnn.py, models/vqprior.py): masked-convolution causality,
+the prior's likelihood against a direct computation, ancestral sampling, the two-stage bound, the
+frozen parent and its checksum, and the conformance checks every kind gets, on a tiny parent run."""
+
+import itertools
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from conftest import synthetic_splits, tiny_config
+from test_vqvae import TRAIN, tiny_vq_run
+from vaekit import checkpoint as ck
+from vaekit.checkpoint import load_run
+from vaekit.errors import VaekitError
+from vaekit.metrics import values
+from vaekit.models import build_model
+from vaekit.nets.pixelcnn import GatedPixelCNN
+from vaekit.train import train
+
+PRIOR = {"kind": "vqprior", "prior_channels": 8, "prior_layers": 1}
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return synthetic_splits(n=120)  # the data the parent run (test_vqvae.vq_run) was trained on
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    return tiny_vq_run(tmp_path_factory)
+
+
+def _prior_cfg(parent, **model):
+    return tiny_config(model={**PRIOR, "parent": str(parent), **model}, train=TRAIN)
+
+
+def _net(k=3, layers=2, channels=8, seed=0):
+    """A PixelCNN with random biases too (at zero, the first position's logits would tie exactly)."""
+    net = GatedPixelCNN(k, channels, layers, 3, rngs=nnx.Rngs(params=seed))
+    graphdef, state = nnx.split(net)
+    flat = nnx.to_flat_state(state)
+    keys = iter(jax.random.split(jax.random.PRNGKey(seed + 1), len(flat)))
+    state = nnx.from_flat_state([(path, v.replace(0.5 * jax.random.normal(next(keys), v.shape)) if path[-1] == "bias"
+                                  else v) for path, v in flat])
+    return nnx.merge(graphdef, state)
+
+
+# --------------------------------------------------------------------------- the PixelCNN
+
+
+def test_masked_convolutions_are_causal_without_a_blind_spot():
+    """d logits(i) / d input(j) is exactly zero for every j >= i (raster order), nonzero for every j < i."""
+    net = _net(k=5, layers=2)
+    emb = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 4, 8))
+    jac = jax.jit(jax.jacrev(lambda e: jnp.sum(net.logits_from_embeddings(e)[0], -1)))(emb)  # (4, 4, 1, 4, 4, 8)
+    dep = np.abs(np.asarray(jac)).sum(axis=(2, 5)).reshape(16, 16)  # [output i, input j]
+    for i in range(16):
+        assert np.all(dep[i, i:] == 0), (i, dep[i])
+        assert np.all(dep[i, :i] > 0), (i, dep[i])
+
+
+def test_prior_log_likelihood_against_a_direct_computation():
+    net = _net(k=3)
+    grids = jnp.asarray(list(itertools.product(range(3), repeat=4)), jnp.int32).reshape(-1, 2, 2)  # all 81
+    logp = np.asarray(net.log_prob(grids), np.float64)
+    np.testing.assert_allclose(np.exp(logp).sum(), 1.0, rtol=1e-5)  # a distribution over every grid
+    # Direct: the chain rule, position by position, each conditional read with the later positions
+    # replaced by other codes (which must not matter), log-softmax in numpy.
+    rng = np.random.default_rng(0)
+    codes = np.asarray(grids[::7])
+    direct = np.zeros(len(codes))
+    for p in range(4):
+        masked = codes.reshape(-1, 4).copy()
+        masked[:, p:] = rng.integers(0, 3, masked[:, p:].shape)
+        logits = np.asarray(net(jnp.asarray(masked.reshape(-1, 2, 2))), np.float64).reshape(-1, 4, 3)[:, p]
+        logits -= logits.max(-1, keepdims=True)
+        log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        direct += log_softmax[np.arange(len(codes)), codes.reshape(-1, 4)[:, p]]
+    np.testing.assert_allclose(logp[::7], direct, rtol=1e-5, atol=1e-5)
+
+
+def test_ancestral_sampling_is_reproducible_and_draws_the_model_distribution():
+    net = _net(k=3)
+    graphdef, state = nnx.split(net)
+    draw = jax.jit(lambda s, key, t, k: nnx.merge(graphdef, s).sample(key, 20000, (2, 2), t, k), static_argnums=(2, 3))
+    a, b = draw(state, jax.random.PRNGKey(5), 1.0, 0), draw(state, jax.random.PRNGKey(5), 1.0, 0)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(draw(state, jax.random.PRNGKey(6), 1.0, 0)))
+    grids = np.asarray(list(itertools.product(range(3), repeat=4)))
+    p = np.exp(np.asarray(net.log_prob(jnp.asarray(grids.reshape(-1, 2, 2))), np.float64))
+    index = np.asarray(a).reshape(-1, 4) @ (3 ** np.arange(3, -1, -1))
+    freq = np.bincount(index, minlength=81) / len(index)
+    assert np.max(np.abs(freq - p)) < 4 * np.sqrt(p.max() / 20000) + 1e-3
+    # top_k = 1 is the greedy path, whatever the key; a low temperature concentrates on it
+    g1, g2 = draw(state, jax.random.PRNGKey(1), 1.0, 1), draw(state, jax.random.PRNGKey(2), 1.0, 1)
+    np.testing.assert_array_equal(np.asarray(g1), np.asarray(g2))
+    cold = np.asarray(draw(state, jax.random.PRNGKey(3), 0.05, 0))
+    assert np.mean(np.all(cold == np.asarray(g1)[:1], axis=(1, 2))) > 0.9
+
+
+# --------------------------------------------------------------------------- the stage-2 model
+
+
+def test_two_stage_bound_and_the_frozen_parent(parent, splits):
+    cfg = _prior_cfg(parent)
+    assert cfg.model.parent == str(parent.absolute()) and len(cfg.model.parent_sha256) == 64
+    model = build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))
+    stage1 = load_run(parent).model
+    x = jnp.asarray(splits.val["x"][:5])
+    lw = np.asarray(model.log_weights({"x": x}, 2, rngs=nnx.Rngs(0)))
+    q = stage1.encode(x)
+    expected = stage1.decode(q.z_q).log_prob(x) + model.pixelcnn.log_prob(q.codes)
+    np.testing.assert_allclose(lw, np.repeat(np.asarray(expected)[:, None], 2, 1), rtol=1e-5)
+    stage1_lw = np.asarray(stage1.log_weights({"x": x}, 1, rngs=nnx.Rngs(0)))[:, 0]  # uniform prior
+    np.testing.assert_allclose(lw[:, 0] - stage1_lw,
+                               np.asarray(model.pixelcnn.log_prob(q.codes)) + 4 * np.log(8), rtol=1e-4, atol=1e-4)
+    # Only the PixelCNN's parameters are trained; the parent's are in no group.
+    group = model.param_groups()["prior"].filter
+    trained = nnx.state(model, group)
+    n_trained = sum(v.size for v in jax.tree.leaves(trained))
+    assert n_trained == sum(v.size for v in jax.tree.leaves(nnx.state(model.pixelcnn, nnx.Param)))
+
+
+def test_trains_saves_and_loads_with_a_frozen_parent(parent, splits, tmp_path, monkeypatch):
+    """What the conformance suite checks of every kind, on a tiny prior over the tiny parent."""
+    monkeypatch.setattr("vaekit.data.load_configured", lambda data_cfg, **kw: splits)
+    run = load_run(train(_prior_cfg(parent), runs_dir=tmp_path, name="prior", progress=False), checkpoint="latest")
+    assert run.info["model_kind"] == "vqprior" and run.spec == splits.spec
+    last = run.history[-1]
+    assert np.isfinite(last["train/grad_norm"]) and last["train/grad_norm"] > 0
+    assert last["val/elbo"] == pytest.approx(-(last["val/recon"] + last["val/prior_nll"]), rel=1e-5)
+    # The restored model scores the validation split as the trained one did before saving.
+    val = {"x": jnp.asarray(splits.val["x"])}
+    _, metrics = jax.jit(lambda b: run.model.loss(b, rngs=nnx.Rngs(0), step=jnp.asarray(0)))(val)
+    assert float(values(metrics)["elbo"]) == pytest.approx(last["val/elbo"], rel=1e-5)
+    stage1 = load_run(parent).model
+    for a, b in zip(jax.tree.leaves(nnx.state(run.model.parent)), jax.tree.leaves(nnx.state(stage1))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the parent did not move
+    x = jnp.asarray(splits.val["x"][:3])
+    assert run.model.reconstruct(x).shape == x.shape
+    assert run.model.sample(3, rngs=nnx.Rngs(sample=0)).shape == x.shape
+    assert (run.path / "samples_t0.7.png").is_file()
+
+
+def test_bad_parents_are_one_line(parent, splits, tmp_path):
+    with pytest.raises(VaekitError, match="needs model.parent=RUN"):
+        tiny_config(model=PRIOR)
+    with pytest.raises(VaekitError, match="does not exist|not a run"):
+        _prior_cfg(tmp_path / "nowhere")
+    not_vq = tmp_path / "vae"
+    shutil.copytree(parent, not_vq)
+    ck.write_config(not_vq, tiny_config())
+    with pytest.raises(VaekitError, match="is a vae run, not a vqvae run"):
+        build_model(_prior_cfg(not_vq), splits.spec, rngs=nnx.Rngs(params=0))
+    changed = tmp_path / "changed"
+    shutil.copytree(parent, changed)
+    cfg = _prior_cfg(changed)
+    files = [p for p in (changed / "checkpoints" / "best").rglob("*") if p.is_file()]
+    blob = max(files, key=lambda p: p.stat().st_size)
+    blob.write_bytes(blob.read_bytes()[:-1] + bytes([blob.read_bytes()[-1] ^ 1]))
+    with pytest.raises(VaekitError, match="changed since this prior was configured"):
+        build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))
+    from vaekit.cli import main
+
+    assert main(["train", "--preset", "mnist-vqvae-prior", "--no-progress"]) == 2
