@@ -41,6 +41,26 @@ def synthetic_splits(n=200, shape=(8, 8, 1), seed=0, binarize="none") -> Splits:
                   binarize=binarize)
 
 
+def synthetic_token_splits(n=200, seq_len=8, vocab_size=12, seed=0) -> Splits:
+    """Token sentences in the text layout (words, <eos>=3, <pad>=0; ids 4.. are words) of two kinds:
+    ascending or descending runs of words, of random lengths, so that a text model can learn something."""
+    rng = np.random.default_rng(seed)
+
+    def make(m):
+        x = np.zeros((m, seq_len), np.int32)
+        length = rng.integers(2, seq_len + 1, m)  # words + <eos>
+        for i, n_tok in enumerate(length):
+            start = rng.integers(4, vocab_size)
+            step = 1 if i % 2 else -1
+            words = 4 + (start - 4 + step * np.arange(n_tok - 1)) % (vocab_size - 4)
+            x[i, : n_tok - 1], x[i, n_tok - 1] = words, 3
+        mask = (np.arange(seq_len)[None] < length[:, None]).astype(np.float32)
+        return {"x": x, "mask": mask, "length": length.astype(np.int32)}
+
+    return Splits(train=make(n), val=make(n // 4), test=make(n // 4),
+                  spec=DataSpec("tokens", (seq_len,), None, vocab_size), binarize="none")
+
+
 def write_npz(tmp_path, name="data.npz", **arrays):
     """Save arrays as an .npz in tmp_path and return its path as a string."""
     path = tmp_path / name

@@ -229,3 +229,31 @@ def test_rng_streams_reach_the_model(monkeypatch):
     monkeypatch.setitem(MODELS, "vae", Spy)
     Trainer(tiny_config(train={"steps": 1, "eval_every": 1, "chunk_steps": 1}), synthetic_splits(n=40)).fit_epoch()
     assert seen == {"sample": True, "dropout": True, "noise": True}
+
+
+def test_a_group_may_override_the_optimizer_settings():
+    """ParamGroup.train_overrides: the group's Adam uses its own b1, b2; two steps on fixed
+    gradients match optax.adam with those betas and differ from the train config's."""
+    import optax
+
+    from vaekit.train import group_optimizers
+
+    class Groups:
+        def param_groups(self):
+            return {"a": ParamGroup(nnx.Param), "b": ParamGroup(nnx.Param, learning_rate=0.1,
+                                                                train_overrides={"adam_b1": 0.5, "adam_b2": 0.9})}
+
+    t = tiny_config(train={"lr_schedule": "constant", "grad_clip": 0.0, "warmup_steps": 0}).train
+    opts = group_optimizers(Groups(), t, steps_per_epoch=10)
+    grads = [jnp.asarray([1.0, -2.0]), jnp.asarray([0.3, 4.0])]
+
+    def run(tx):
+        p, s = jnp.zeros(2), tx.init(jnp.zeros(2))
+        for g in grads:
+            u, s = tx.update(g, s, p)
+            p = optax.apply_updates(p, u)
+        return np.asarray(p)
+
+    want = run(optax.adam(0.1, b1=0.5, b2=0.9, eps=t.adam_eps))
+    np.testing.assert_allclose(run(opts["b"][0]), want, rtol=1e-6)
+    assert not np.allclose(run(optax.adam(0.1, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps)), want)

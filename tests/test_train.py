@@ -198,3 +198,28 @@ def test_resume_refuses_data_of_another_size(tmp_path, monkeypatch, splits):
     with pytest.raises(VaekitError, match="cannot be resumed"):
         train(cfg, resume=part, progress=False)
     assert json.loads((part / "run.json").read_text())["status"] == "complete"  # untouched
+
+
+def test_a_ctrl_c_python_swallowed_still_stops_the_run(tmp_path, monkeypatch, splits):
+    """A KeyboardInterrupt raised inside a gc callback is printed and ignored by Python; the SIGINT
+    handler's flag makes the trainer stop after the chunk anyway, and the run is marked interrupted."""
+    import signal
+    import sys
+
+    T = sys.modules["vaekit.train"]  # the module (the package's `train` attribute is the function)
+
+    _fake_data(monkeypatch, splits)
+    guard = T._guard_finite
+
+    def swallowed_ctrl_c(*args):
+        guard(*args)
+        try:
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)  # the handler train() installed
+        except KeyboardInterrupt:
+            pass  # what a gc callback does with it
+
+    monkeypatch.setattr(T, "_guard_finite", swallowed_ctrl_c)
+    with pytest.raises(T.RunInterrupted):
+        train(tiny_config(train={"epochs": 2}), runs_dir=tmp_path, name="x", progress=False)
+    assert json.loads((tmp_path / "x" / "run.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

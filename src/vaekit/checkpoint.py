@@ -303,7 +303,12 @@ class Checkpointer:
             raise VaekitError(f"checkpoint {where} has no '{missing[0]}' item")
         args = {}
         for name, tree in targets.items():
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+            # Restored with the target's sharding (replicated over a data-parallel mesh, possibly
+            # spanning processes), else on this process's first device: a checkpoint saved from
+            # several devices or processes loads anywhere.
+            here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or here), tree)
             args[name] = self._ocp.args.StandardRestore(abstract)
         try:
             with _drained_orbax_loops():
@@ -415,10 +420,18 @@ class Run:
         return DataSpec.from_run_info(self.info)
 
     def data(self, **overrides):
-        """The run's data splits, loaded as the run was trained (binarization included)."""
+        """The run's data splits, loaded as the run was trained (binarization included). Files the
+        data source wrote into the run (a vocabulary) must come out the same, or the data is not
+        encoded as in training: one line then."""
         from vaekit.data import load_configured
 
-        return load_configured(self.config.data, **overrides)
+        splits = load_configured(self.config.data, **overrides)
+        for name, text in splits.run_files.items():
+            saved = Path(self.path) / name
+            if saved.is_file() and saved.read_text(encoding="utf-8") != text:
+                raise VaekitError(f"the run's data now gives another {name} than {saved} (did the data file change "
+                                  f"since training?); its examples would not be encoded as in training")
+        return splits
 
 
 def load_run(path: str | Path, *, checkpoint: str = "best") -> Run:

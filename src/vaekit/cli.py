@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from vaekit import text_cli
 from vaekit.errors import VaekitError
 from vaekit.files import check_out
 
@@ -29,7 +30,10 @@ def _console(stderr: bool = True):
 def cmd_train(args) -> None:
     from vaekit import checkpoint as ck
     from vaekit import config as config_lib
+    from vaekit import distributed
     from vaekit.train import train
+
+    distributed.initialize()  # joins a multi-process run when VAEKIT_COORDINATOR etc. (or a cluster) say so
 
     if args.resume:
         run_dir = ck.check_run_dir(args.resume)
@@ -116,7 +120,10 @@ def cmd_sample(args) -> None:
         raise VaekitError(f"-n must be positive, got {args.n}")
     if args.temperature <= 0:
         raise VaekitError(f"--temperature must be positive, got {args.temperature}")
-    out = check_out(args.out, (".png", ".npy"))
+    if text_cli.is_text_run(args.run):  # token data: sentences (by the data kind, never the model name)
+        return text_cli.cmd_sample(args, _load)
+    text_cli.reject_text_flags(args, "sample")
+    out = check_out(args.out or "samples.png", (".png", ".npy"))
     run = _load(args)
     _check_label(run, args.label)
     rngs = nnx.Rngs(sample=args.seed)
@@ -124,6 +131,12 @@ def cmd_sample(args) -> None:
     if args.label is not None:
         images = run.model.sample(args.n, rngs=rngs, y=jnp.full((args.n,), args.label), temperature=args.temperature)
         title = f"{args.n} samples of class {args.label}, temperature {args.temperature}"
+        from vaekit.evaluate.quality import samples_label_accuracy
+
+        judged = samples_label_accuracy(run, images, args.label)
+        if judged is not None:
+            print(f"label accuracy {judged[0]:.3f}: the fraction of these samples the feature net {judged[1]} "
+                  f"classifies as {args.label}", file=sys.stderr)
     elif run.model.capabilities.conditional:  # one row per class
         images, cols, rows = sample_grid(run.model, args.n, rngs.sample(), run.spec.num_classes, per_class=args.cols)
         title = f"{cols} samples per class, temperature 1"
@@ -161,7 +174,10 @@ def cmd_reconstruct(args) -> None:
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
-    out = check_out(args.out, (".png",))
+    if text_cli.is_text_run(args.run):
+        return text_cli.cmd_reconstruct(args, _load)
+    text_cli.reject_text_flags(args, "reconstruct")
+    out = check_out(args.out or "reconstructions.png", (".png",))
     run = _load(args)
     _check_label(run, args.label)
     x, y = _split_arrays(run, args.split, args.n)
@@ -182,7 +198,10 @@ def cmd_interpolate(args) -> None:
     from vaekit import plots
     from vaekit.models import require
 
-    out = check_out(args.out, (".png",))
+    if text_cli.is_text_run(args.run):
+        return text_cli.cmd_interpolate(args, _load)
+    text_cli.reject_text_flags(args, "interpolate")
+    out = check_out(args.out or "interpolations.png", (".png",))
     if args.steps < 2 or args.pairs < 1:
         raise VaekitError("--steps must be >= 2 and --pairs >= 1")
     run = _load(args)
@@ -220,6 +239,8 @@ def cmd_evaluate(args) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     nll = "conditional NLL -log p(x|y) (nats)" if s["conditional"] else "NLL (nats)"
+    if s.get("nll_is_bound"):  # an exact bound, no importance sampling
+        nll = "NLL upper bound -log p(x|z_q) - log p(z_q) (nats)"
     table.add_row(nll, f"{s['nll']:.2f} ± {s['nll_stderr']:.2f}")
     table.add_row("ELBO (k = 1)", f"{s['elbo']:.2f}")
     for key in ("iwae_k1", "iwae_k5", "iwae_k50"):
@@ -229,7 +250,13 @@ def cmd_evaluate(args) -> None:
         table.add_row("bits per dimension", f"{s['bits_per_dim']:.4f}")
     if "active_units" in s:
         table.add_row("active units", f"{s['active_units']}/{s['latent_dim']}")
-    table.add_row("reconstruction MSE per pixel", f"{s['reconstruction_mse']:.5f}")
+    if "perplexity" in s:  # token data
+        table.add_row("NLL per word (nats, <eos> counted)", f"{s['nll_per_token']:.4f}")
+        table.add_row(f"perplexity per word ({s['tokens']} words and <eos>)", f"{s['perplexity']:.2f}")
+    if "kl" in s:
+        table.add_row("KL(q(z|x) || p(z)) (nats)", f"{s['kl']:.2f}")
+    if "reconstruction_mse" in s:
+        table.add_row("reconstruction MSE per pixel", f"{s['reconstruction_mse']:.5f}")
     table.add_row("wall time (s)", f"{s['seconds']:.1f}")
     _console(stderr=False).print(table)
     print(Path(run.path) / "evaluation.json")
@@ -266,6 +293,9 @@ def cmd_traverse(args) -> None:
     from vaekit import plots
     from vaekit.evaluate.disentanglement import latent_traversal
 
+    if text_cli.is_text_run(args.run):
+        raise VaekitError(f"vaekit traverse draws images; run '{args.run}' is a text run (use vaekit interpolate "
+                          f"--between \"a\" \"b\")")
     out = check_out(args.out, (".png",))
     run = _load(args)
     _check_label(run, args.label)
@@ -392,7 +422,8 @@ def _show_results(console, run_dir: Path) -> None:
             nll = "NLL -log p(x|y)" if s.get("conditional") else "NLL"
             if "nll" in s:
                 table.add_row(f"{nll} ({label})", f"{_fmt(s['nll'])} ± {_fmt(s.get('nll_stderr', float('nan')))}")
-            for k in ("elbo", "iwae_k5", "iwae_k50", "bits_per_dim", "active_units", "reconstruction_mse"):
+            for k in ("elbo", "iwae_k5", "iwae_k50", "bits_per_dim", "perplexity", "kl", "active_units",
+                      "reconstruction_mse"):
                 if k in s:
                     table.add_row(f"  {k}", _fmt(s[k]))
         console.print(table)
@@ -494,20 +525,29 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("sample", "draw samples from the prior and save a grid (.png) or array (.npy)")
     run_arg(s)
     s.add_argument("-n", type=int, default=64, help="number of samples")
-    s.add_argument("--out", default="samples.png", help="output .png grid or .npy array")
-    s.add_argument("--temperature", type=float, default=1.0, help="prior standard deviation multiplier")
+    s.add_argument("--out", help="output .png grid or .npy array (default samples.png); a text run: .txt "
+                                 "(default samples.txt)")
+    s.add_argument("--temperature", type=float, default=1.0,
+                   help="prior standard deviation multiplier (text runs: the softmax temperature of sampled words)")
     s.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
     s.add_argument("--cols", type=int, default=8, help="grid columns (a conditional run: samples per class row)")
     s.add_argument("--label", type=int, help="class to sample (conditional runs; default: one row per class)")
+    s.add_argument("--decode", choices=("sample", "greedy", "topk", "beam"),
+                   help="text runs: how words are chosen (default: sample at --temperature)")
+    s.add_argument("--beam", type=int, help="text runs, --decode beam: beam width (default 5)")
+    s.add_argument("--top-k", type=int, help="text runs, --decode topk: sample among the k likeliest words (default 10)")
     s.set_defaults(func=cmd_sample)
 
     r = command("reconstruct", "save inputs and their reconstructions")
     run_arg(r)
     r.add_argument("--split", default="test", help="train, val or test")
     r.add_argument("-n", type=int, default=32, help="number of images")
-    r.add_argument("--out", default="reconstructions.png", help="output .png grid")
+    r.add_argument("--out", help="output .png grid (default reconstructions.png); a text run: .txt "
+                                 "(default reconstructions.txt)")
     r.add_argument("--cols", type=int, default=8, help="grid columns")
     r.add_argument("--label", type=int, help="decode every input's code under this class (conditional runs)")
+    r.add_argument("--text", action="append", metavar="SENTENCE",
+                   help="text runs: reconstruct this sentence (repeatable; default: -n sentences of --split)")
     r.set_defaults(func=cmd_reconstruct)
 
     i = command("interpolate", "decode straight lines between pairs of posterior means")
@@ -515,7 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--split", default="test", help="train, val or test: where the end points come from")
     i.add_argument("--pairs", type=int, default=8, help="number of interpolations (rows)")
     i.add_argument("--steps", type=int, default=10, help="images per interpolation, end points included")
-    i.add_argument("--out", default="interpolations.png", help="output .png grid")
+    i.add_argument("--out", help="output .png grid (default interpolations.png); a text run: .txt "
+                                 "(default interpolations.txt)")
+    i.add_argument("--between", nargs=2, metavar=("FIRST", "SECOND"),
+                   help="text runs: the two sentences whose posterior means are interpolated")
     i.add_argument("--method", choices=("lerp", "slerp"), default="lerp",
                    help="straight line (lerp) or spherical (slerp) interpolation")
     i.add_argument("--label", type=int, help="interpolate between examples of this class, decoded under it "
@@ -560,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vaekit import cli_tools  # report, anomaly, embed, arithmetic, latent-map
 
     cli_tools.register(command, run_arg)
+    from vaekit import cli_quality  # quality
+
+    cli_quality.register(command, run_arg)
     return p
 
 

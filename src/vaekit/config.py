@@ -39,6 +39,14 @@ class DataConfig:
     binarize: str = "none"  # "none" (continuous [0,1]), "dynamic" (fresh Bernoulli draw per batch), "static" (one seeded draw)
     seed: int = 0  # seed of the static binarization draw (and of generated sources' subsets)
     val_size: int = 10_000  # validation size where the source carves one (arrays without x_val, shapes); MNIST's is fixed
+    max_len: int = 30  # text: most tokens per sentence (then <eos>); longer sentences are truncated
+    vocab_size: int = 10_000  # text: vocabulary size, the specials <pad> <unk> <bos> <eos> included
+    lowercase: bool = True  # text: lower-case sentences before tokenizing
+    val_path: str | None = None  # text: validation sentences (else carved from data.path with data.seed)
+    test_path: str | None = None  # text: test sentences (else carved from data.path with data.seed)
+    image_size: int | None = None  # folder: resize (shorter side) and center-crop every image to this square side (None: all must share one size)
+    color: str = "rgb"  # folder: "rgb" (3 channels) or "grey" (1 channel)
+    stream: str = "auto"  # folder: "yes" (training images read from disk with Grain), "no" (decoded into memory), "auto" (stream above 2 GiB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +56,13 @@ class ModelConfig:
     for the kinds that declare it."""
 
     kind: str = "vae"  # registered model class (`vaekit.models.MODELS`)
-    net: str = "mlp"  # encoder/decoder body: "mlp" or "conv"
+    net: str = "mlp"  # encoder/decoder body: "mlp", "conv" or "resnet" (pre-activation residual stages)
     latent_dim: int = 50  # dimensions of z
     hidden: tuple[int, ...] = (200, 200)  # MLP hidden sizes (the decoder mirrors them)
     activation: str = "tanh"  # MLP activation: tanh, relu, gelu, silu, elu, softplus, leaky_relu
     conv_channels: tuple[int, ...] = (32, 64)  # channels of the 4x4 stride-2 conv stack (decoder mirrors)
     conv_dense: int = 0  # width of a dense layer between the conv stack and the latent heads (0: none)
+    resnet_blocks: int = 1  # model.net=resnet: pre-activation residual blocks per stage (one stage per conv_channels entry)
     likelihood: str = "bernoulli"  # p(x|z): bernoulli, gaussian (fixed sigma), gaussian_learned, categorical
     sigma: float = 0.1  # standard deviation of the fixed-sigma Gaussian likelihood
     min_scale: float = 1e-3  # floor of a learned Gaussian likelihood's standard deviation
@@ -108,6 +117,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # how many periodic checkpoints to keep
     compilation_cache: bool = True  # reuse compiled steps across runs (JAX's persistent cache; also VAEKIT_COMPILATION_CACHE=0)
     loggers: tuple[str, ...] = ("tensorboard",)  # where metrics go besides metrics.jsonl: tensorboard, mlflow (pip install 'vaekit[mlflow]')
+    devices: str = "1"  # data parallel over this many local devices per process ("all": every one); batch_size is global
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,8 +439,15 @@ def validate(cfg: Config) -> None:
     _check(d.limit is None or d.limit > 0, f"data.limit must be positive, got {d.limit}")
     _check(d.val_size > 0, f"data.val_size must be positive, got {d.val_size}")
     _check(d.source != "arrays" or d.path is not None, "data.source 'arrays' needs data.path=FILE.npz")
+    _check(d.max_len > 0, f"data.max_len must be positive, got {d.max_len}")
+    _check(d.vocab_size >= 5, f"data.vocab_size must be at least 5 (<pad> <unk> <bos> <eos> and one word), got {d.vocab_size}")
+    text_keys = [k for k in ("max_len", "vocab_size", "lowercase", "val_path", "test_path")
+                 if getattr(d, k) != getattr(DataConfig, k)]
+    _check(d.source == "text" or not text_keys,
+           f"data.{', data.'.join(text_keys)} apply to data.source=text only (this run's source is '{d.source}')")
     _check(m.latent_dim > 0, f"model.latent_dim must be positive, got {m.latent_dim}")
-    _one_of(m.net, ("mlp", "conv"), "model.net")
+    _one_of(m.net, ("mlp", "conv", "resnet"), "model.net")
+    _check(m.resnet_blocks >= 0, f"model.resnet_blocks must be >= 0, got {m.resnet_blocks}")
     _one_of(m.activation, ACTIVATIONS, "model.activation")
     _one_of(m.likelihood, LIKELIHOODS, "model.likelihood")
     _one_of(m.posterior_scale, ("softplus", "logvar"), "model.posterior_scale")
@@ -484,3 +501,11 @@ def validate(cfg: Config) -> None:
     _check(t.keep_checkpoints > 0, f"train.keep_checkpoints must be positive, got {t.keep_checkpoints}")
     for name in t.loggers:
         _one_of(name, LOGGERS, "train.loggers")
+    _check(t.devices == "all" or (t.devices.isdigit() and int(t.devices) > 0),
+           f"train.devices must be 'all' or a positive integer, got '{t.devices}'")
+    _one_of(d.color, ("rgb", "grey"), "data.color")
+    _one_of(d.stream, ("auto", "yes", "no"), "data.stream")
+    _check(d.image_size is None or d.image_size > 0, f"data.image_size must be positive, got {d.image_size}")
+    _check(d.source == "folder" or (d.image_size is None and d.color == "rgb" and d.stream == "auto"),
+           f"data.image_size, data.color and data.stream apply to data.source=folder only (this run's source is '{d.source}')")
+    _check(d.source != "folder" or d.path is not None, "data.source 'folder' needs data.path=DIRECTORY")

@@ -13,7 +13,15 @@ conv nets on CPU (`train.loop`), as a loop of asynchronously dispatched jitted s
 device-resident copy of the training data (batches gathered by a per-epoch permutation, or drawn
 with replacement per step when the run is counted in `train.steps`; the data's own transform,
 dynamic binarization or a generated source's rendering, runs on the device). The host syncs once
-per chunk: progress bar, NaN/Inf guard, TensorBoard scalars.
+per chunk: progress bar, NaN/Inf guard, TensorBoard scalars. A streamed source (`splits.stream`,
+a folder too large for memory) instead feeds host batches, read ahead by its reader threads, to
+the same step (`_fed_train_step`), one jitted call per step.
+
+Several devices (`train.devices`) and processes (`vaekit.distributed`): a one-axis mesh; state
+and resident data replicated, each step's batch sharded on the batch axis inside the same jitted
+step (explicit in/out shardings), so gradients, BatchNorm statistics and metric sums are reduced
+across devices by XLA and the run equals the one-device run up to float rounding. Only process 0
+writes the run directory; every process takes part in the Orbax checkpoints.
 
 Determinism: every random draw comes from keys derived from `train.seed` and the step or epoch
 number (fold_in), so a run resumed from a checkpoint retraces the uninterrupted run exactly.
@@ -21,10 +29,13 @@ number (fold_in), so a run resumed from a checkpoint retraces the uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +45,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from vaekit import distributed
 from vaekit import metrics as metrics_lib
 from vaekit.config import Config, TrainConfig
 from vaekit.errors import VaekitError
@@ -106,7 +118,10 @@ def group_optimizers(model, t: TrainConfig, steps_per_epoch: int) -> dict[str, t
     """{group name: (optax transform, learning-rate schedule)} for the model's parameter groups."""
     out = {}
     for name, group in model.param_groups().items():
-        cfg = t if group.learning_rate is None else dataclasses.replace(t, learning_rate=group.learning_rate)
+        changes = dict(group.train_overrides)
+        if group.learning_rate is not None:
+            changes["learning_rate"] = group.learning_rate
+        cfg = dataclasses.replace(t, **changes) if changes else t
         out[name] = make_optimizer(cfg, steps_per_epoch)
     return out
 
@@ -205,6 +220,11 @@ class Trainer:
         self.steps_per_epoch = data_epoch if t.steps is None else t.eval_every
         self.total_steps = total_steps(t, data_epoch)
         self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
+        # Data parallel (train.devices): None on one device in one process, the plain path.
+        self.mesh = distributed.data_mesh(t.devices)
+        if self.mesh is not None and t.batch_size % self.mesh.size:
+            raise VaekitError(f"train.batch_size {t.batch_size} is not divisible by the {self.mesh.size} devices "
+                              f"(train.devices={t.devices}, {jax.process_count()} process(es)); the batch is split evenly")
         self.model, self.state = init_state(cfg, splits.spec, data_epoch)
         self.capabilities = self.model.capabilities
         self.graphdef, _, _ = split_model(self.model)
@@ -213,28 +233,66 @@ class Trainer:
         self.model.train()
         self.optimizers = group_optimizers(self.model, t, data_epoch)
         # Every per-example array reaches the model (labels, masks, a generated source's records).
-        self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items()}
+        # A streamed source (splits.stream) feeds host batches instead (`_run_fed_steps`).
+        self.stream = splits.stream
+        self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items()} if self.stream is None else None
+        self._data_epoch = data_epoch
         self.root = jax.random.PRNGKey(t.seed)
         self.chunk_callback = chunk_callback
-        self.loop = resolve_loop(t.loop, self.model)
-        if self.loop == "scan":
-            self._chunk = jax.jit(self._train_chunk, donate_argnums=(0,))
+        self.loop = resolve_loop(t.loop, self.model) if self.stream is None else "stream"
+        # With a mesh: state and resident data replicated on every device, the batch split on the
+        # mesh's axis inside the step (`_shard_batch`), explicit in/out shardings on every jit.
+        jit_kw, self._batch_sharding = {}, None
+        if self.mesh is not None:
+            rep = distributed.replicated(self.mesh)
+            jit_kw = dict(in_shardings=rep, out_shardings=rep)
+            self._batch_sharding = distributed.batch_sharding(self.mesh)
+            self.state = self.replicate(self.state)
+            self.train_data = self.replicate(splits.train) if self.stream is None else None
+            log.info("data parallel over %d devices (%d process(es)): %d examples per device per step",
+                     self.mesh.size, jax.process_count(), t.batch_size // self.mesh.size)
+        if self.loop == "stream":
+            fed_kw = dict(jit_kw, in_shardings=(rep, rep, self._batch_sharding)) if jit_kw else {}  # batch: split
+            self._fed_step = jax.jit(self._guarded_fed_step, donate_argnums=(0,), **fed_kw)
+            self._chunk = self._run_fed_steps
+        elif self.loop == "scan":
+            self._chunk = jax.jit(self._train_chunk, donate_argnums=(0,), **jit_kw)
         else:
-            self._step = jax.jit(self._guarded_step, donate_argnums=(0,))
+            self._step = jax.jit(self._guarded_step, donate_argnums=(0,), **jit_kw)
             self._chunk = self._run_steps
-        self._eval_batch = jax.jit(self._eval_step)
+        self._eval_batch = jax.jit(self._eval_step, **jit_kw)
+
+    def replicate(self, tree):
+        """Arrays -> global arrays replicated over the mesh (unchanged without a mesh)."""
+        return tree if self.mesh is None else distributed.put_replicated(tree, self.mesh)
+
+    def _shard_batch(self, tree):
+        """Traced: constrain per-example arrays to be split on the mesh's axis (no-op without a mesh)."""
+        if self._batch_sharding is None:
+            return tree
+        return jax.lax.with_sharding_constraint(tree, self._batch_sharding)
 
     # -- compiled regions -------------------------------------------------------------
 
     def gather(self, data: dict, batch_idx: jax.Array, key: jax.Array) -> dict:
         """The model's batch for example indices (B,): rows of the resident data, then the
         data's device-side transform (rendering, dynamic binarization) drawn from `key`."""
-        return self.splits.training_batch({k: v[batch_idx] for k, v in data.items()}, key)
+        batch_idx = self._shard_batch(batch_idx)  # each device gathers its own rows
+        return self._shard_batch(self.splits.training_batch({k: v[batch_idx] for k, v in data.items()}, key))
 
     def _train_step(self, state: dict, data: dict, batch_idx: jax.Array):
-        """One optimizer step (every parameter group) on the examples ``batch_idx`` (B,)."""
+        """One optimizer step (every parameter group) on the resident examples ``batch_idx`` (B,)."""
+        return self._update(state, lambda key: self.gather(data, batch_idx, key))
+
+    def _fed_train_step(self, state: dict, batch: dict):
+        """One optimizer step on a batch fed from the host (a streamed source), split over the
+        mesh as a gathered batch is."""
+        return self._update(state, lambda key: self._shard_batch(self.splits.training_batch(batch, key)))
+
+    def _update(self, state: dict, make_batch):
+        """The optimizer step on the batch `make_batch(data_key)` (its device-side draws from data_key)."""
         data_key, model_key = jax.random.split(jax.random.fold_in(state["key"], state["step"]))
-        batch = self.gather(data, batch_idx, data_key)
+        batch = make_batch(data_key)
         step = state["step"]
 
         def loss_fn(params, rest):
@@ -278,8 +336,12 @@ class Trainer:
         or an earlier step of the chunk's was (`ok` false): the chunk returns the last good state,
         which the host keeps when it stops the run (the input state was donated)."""
         new, metrics = self._train_step(state, data, batch_idx)
-        ok = ok & _all_finite(metrics["loss"], metrics["grad_norm"])
-        return jax.tree.map(lambda n, o: jax.lax.select(ok, n, o), new, state), ok, metrics
+        return _keep_if_finite(new, state, ok, metrics)
+
+    def _guarded_fed_step(self, state: dict, ok: jax.Array, batch: dict):
+        """`_guarded_step` on a host-fed batch."""
+        new, metrics = self._fed_train_step(state, batch)
+        return _keep_if_finite(new, state, ok, metrics)
 
     def _train_chunk(self, state: dict, data: dict, idx: jax.Array):
         """Run idx.shape[0] optimizer steps; idx (S, B) holds the example indices of each step."""
@@ -298,13 +360,31 @@ class Trainer:
         when the caller reads the stacked metrics.
         """
         per_step = []
-        ok = jnp.asarray(True)
+        ok = self.replicate(jnp.asarray(True))
         for i in range(idx.shape[0]):
             state, ok, metrics = self._step(state, ok, data, idx[i])
             per_step.append(metrics)
         return state, jax.tree.map(lambda *v: jnp.stack(v), *per_step)
 
+    def _run_fed_steps(self, state: dict, feed, steps: np.ndarray):
+        """A chunk of a streamed source: one jitted step per host batch from `feed` (len(steps)
+        of them). Each process puts its own rows of the global batch on its own devices."""
+        per_step = []
+        ok = self.replicate(jnp.asarray(True))
+        for _ in range(len(steps)):
+            local = next(feed)
+            if self.mesh is None:
+                batch = jax.device_put(local)
+            else:
+                batch = {k: jax.make_array_from_process_local_data(self._batch_sharding, np.asarray(v))
+                         for k, v in local.items()}
+            state, ok, metrics = self._fed_step(state, ok, batch)
+            per_step.append(metrics)
+        return state, jax.tree.map(lambda *v: jnp.stack(v), *per_step)
+
     def _eval_step(self, state: dict, batch: dict, key: jax.Array):
+        if self.mesh is not None and len(batch["x"]) % self.mesh.size == 0:  # a short last batch stays whole
+            batch = self._shard_batch(batch)
         model = merge_model(self.graphdef_eval, state["params"], state["rest"])
         _, metrics = model.loss(batch, rngs=step_rngs(key), step=state["step"])
         if not self.capabilities.latent_vector:
@@ -340,7 +420,13 @@ class Trainer:
             to_grid = self.steps_per_epoch - step0 % self.steps_per_epoch
             remaining = self.total_steps - step0
             steps = min(to_grid, remaining) if remaining > 0 else to_grid
-        idx = self.epoch_indices(epoch, steps, first_step=step0)
+        if self.stream is None:
+            data, idx = self.train_data, self.replicate(self.epoch_indices(epoch, steps, first_step=step0))
+        else:  # host batches of these steps, read and decoded ahead by the stream's threads
+            idx = np.arange(step0, step0 + steps)
+            data = self.stream.batches(first_step=step0, steps=steps, batch_size=self.cfg.train.batch_size,
+                                       steps_per_epoch=self._data_epoch, seed=self.cfg.train.seed,
+                                       process_index=jax.process_index(), process_count=jax.process_count())
         s = self.cfg.train.chunk_steps
         acc = metrics_lib.Accumulator()
         t0 = time.perf_counter()
@@ -349,9 +435,11 @@ class Trainer:
             # The state is donated: from here on only the chunk's result is valid. That result is
             # the last good state even when a step diverged (`_guarded_step`), so the trainer
             # stays usable after TrainingDiverged.
-            self.state, metrics = self._chunk(self.state, self.train_data, idx[start : start + s])
+            self.state, metrics = self._chunk(self.state, data, idx[start : start + s])
             metrics = jax.device_get(metrics)  # the one host sync per chunk
             _guard_finite(metrics, first_step, epoch)
+            if _SIGINT.is_set():  # a Ctrl-C that Python swallowed (raised inside a gc callback)
+                raise KeyboardInterrupt
             acc.add(metrics, stacked=True)
             if self.chunk_callback is not None:
                 self.chunk_callback(first_step, metrics_lib.values(metrics))
@@ -371,8 +459,8 @@ class Trainer:
         acc = metrics_lib.Accumulator()
         means = []
         for i, start in enumerate(range(0, n, bs)):  # full batches share one compilation, the tail one more
-            batch = {k: jnp.asarray(v[start : start + bs]) for k, v in split.items()}
-            m, mu = jax.device_get(self._eval_batch(self.state, batch, jax.random.fold_in(key, i)))
+            batch = self.replicate({k: jnp.asarray(v[start : start + bs]) for k, v in split.items()})
+            m, mu = jax.device_get(self._eval_batch(self.state, batch, self.replicate(jax.random.fold_in(key, i))))
             acc.add(m)
             if mu is not None:
                 means.append(mu)
@@ -383,6 +471,12 @@ class Trainer:
             layers = metrics_lib.active_units_per_layer(codes, getattr(self.model, "latent_layers", {}))
             out |= {f"{prefix}/active_units/{layer}": count for layer, count in layers.items()}
         return out
+
+
+def _keep_if_finite(new: dict, old: dict, ok: jax.Array, metrics: dict):
+    """(new state if ok and this step's loss and gradient norm are finite else old, ok, metrics)."""
+    ok = ok & _all_finite(metrics["loss"], metrics["grad_norm"])
+    return jax.tree.map(lambda n, o: jax.lax.select(ok, n, o), new, old), ok, metrics
 
 
 def _all_finite(*trees) -> jax.Array:
@@ -491,7 +585,8 @@ def sample_grid(model, n: int, key, num_classes: int | None, per_class: int = 8,
 
 def write_pictures(run_dir: Path, model, splits, seed: int, n: int = 64) -> None:
     """samples.png (prior samples; one row per class for a conditional model) and reconstructions.png
-    (validation inputs and outputs), for image data. The model's train/eval mode is left as given."""
+    (validation inputs and outputs), for image data, and whatever the model's optional
+    `extra_pictures(run_dir, splits, key)` draws. The model's train/eval mode is left as given."""
     from vaekit import plots
 
     if not splits.spec.is_images:
@@ -505,6 +600,9 @@ def write_pictures(run_dir: Path, model, splits, seed: int, n: int = 64) -> None
         y = splits.val.get("y")
         x_hat = np.asarray(model.reconstruct(jnp.asarray(x), None if y is None else jnp.asarray(y[:32])))
         plots.save_reconstructions(run_dir / "reconstructions.png", x, x_hat)
+        extra = getattr(model, "extra_pictures", None)  # a model's own pictures, e.g. its codebook's use
+        if extra is not None:
+            extra(run_dir, splits, key)
 
 
 def train(
@@ -528,6 +626,41 @@ def train(
     a warning); a run stopped before its first checkpoint is trained again from the start.
     Ctrl-C marks the run "interrupted" and raises `RunInterrupted` naming its directory.
     """
+    main = distributed.is_main()  # several processes: only process 0 writes the run directory
+    with _watch_sigint():
+        return _train(cfg, runs_dir, name, overwrite, resume, progress, layers, main)
+
+
+_SIGINT = threading.Event()
+
+
+@contextlib.contextmanager
+def _watch_sigint():
+    """Remember Ctrl-C while training, besides raising KeyboardInterrupt as Python does.
+
+    A KeyboardInterrupt raised while the interpreter runs a gc callback (JAX installs one) is
+    printed and ignored; the trainer checks this flag after every chunk, so such a Ctrl-C still
+    stops the run. A handler the caller installed is left alone, as is any thread but the main one.
+    """
+    _SIGINT.clear()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        _SIGINT.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _SIGINT.clear()
+
+
+def _train(cfg, runs_dir, name, overwrite, resume, progress, layers, main) -> Path:
     from vaekit import checkpoint as ck
     from vaekit.config import default_run_name
     from vaekit.data import load_configured
@@ -536,18 +669,23 @@ def train(
     try:
         if resume is not None:
             run_dir = ck.check_run_dir(resume)
-            lock = ck.RunLock(run_dir).acquire()  # first: another live process may be training it
-            if lock.stale is not None:
-                log.warning("run %s was interrupted (its process %s on %s died); resuming it", run_dir,
-                            lock.stale.get("pid"), lock.stale.get("host"))
+            if main:
+                lock = ck.RunLock(run_dir).acquire()  # first: another live process may be training it
+                if lock.stale is not None:
+                    log.warning("run %s was interrupted (its process %s on %s died); resuming it", run_dir,
+                                lock.stale.get("pid"), lock.stale.get("host"))
         else:
-            name = name or f"{default_run_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(distributed.agreed_time()))
+            name = name or f"{default_run_name(cfg)}-{stamp}"
             run_dir = ck.prepare_run_dir(runs_dir, name, overwrite)
         splits = load_configured(cfg.data)
         trainer = Trainer(cfg, splits)
         if resume is None:
-            ck.create_run_dir(run_dir, overwrite)
-            lock = ck.RunLock(run_dir).acquire()
+            distributed.barrier("vaekit-run-dir-checked")  # every process checked it before process 0 makes it
+            if main:
+                ck.create_run_dir(run_dir, overwrite)
+                lock = ck.RunLock(run_dir).acquire()
+            distributed.barrier("vaekit-run-dir-created")
         return _train_run(cfg, run_dir, trainer, splits, resume is not None, progress, layers)
     except KeyboardInterrupt as e:
         if resume is not None and not isinstance(e, RunInterrupted):  # stopped while loading: run untouched
@@ -568,6 +706,7 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
 
     history: list[dict] = []
     info: dict = {}
+    main = distributed.is_main()
     if resuming:
         info = ck.read_json(run_dir / ck.RUN_FILE)
         if info.get("num_train", splits.num_train) != splits.num_train:
@@ -586,7 +725,8 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
             done = int(trainer.state["epoch"])
             # Epoch records written after the restored checkpoint are retraced, so drop them.
             history = [r for r in ck.read_metrics(run_dir) if r.get("epoch", 0) <= done]
-            ck.write_text_atomic(run_dir / ck.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
+            if main:
+                ck.write_text_atomic(run_dir / ck.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
             if done:
                 log.info("resuming %s after epoch %d, step %d/%d", run_dir, done, int(trainer.state["step"]),
                          trainer.total_steps)
@@ -594,7 +734,10 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
                 info.setdefault("config_layers", {}).setdefault("resume_overrides", []).extend(layers.get("overrides", []))
         elif layers is not None:
             info["config_layers"] = layers
-        ck.write_config(run_dir, cfg)
+        if main:
+            ck.write_config(run_dir, cfg)
+            for name, text in splits.run_files.items():  # what the data contributes (a vocabulary)
+                ck.write_text_atomic(run_dir / name, text)
         info |= {
             "vaekit_version": _version(),
             "data_spec": splits.spec.to_dict(),
@@ -607,25 +750,29 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
         }
         info.pop("final", None)
         info.pop("error", None)
-        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        _write_info(run_dir, info)
         info_written = True
-        writer = SummaryWriter(str(run_dir / "tensorboard")) if "tensorboard" in cfg.train.loggers else _NoWriter()
-        if "mlflow" in cfg.train.loggers:
+        on = "tensorboard" in cfg.train.loggers and main
+        writer = SummaryWriter(str(run_dir / "tensorboard")) if on else _NoWriter()
+        if "mlflow" in cfg.train.loggers and main:
             from vaekit.tracking import MlflowLogger
 
             tracker = MlflowLogger(run_dir, run_id=info.get("mlflow_run_id") if resuming else None)
             tracker.log_params(cfg.to_dict())
             if info.get("mlflow_run_id") != tracker.run_id:
                 info["mlflow_run_id"] = tracker.run_id
-                ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
-        _loop(cfg, run_dir, trainer, info, history, writer, ckpt, progress, tracker)
+                _write_info(run_dir, info)
+        _loop(cfg, run_dir, trainer, info, history, writer, ckpt, progress and main, tracker)
         writer.close()
         ckpt.close()
         writer = ckpt = None
-        model = merge_model(trainer.graphdef, trainer.state["params"], trainer.state["rest"])
+        # This process's own copy: process 0 draws alone, without the others.
+        state = distributed.local_copy({k: trainer.state[k] for k in ("params", "rest")})
+        model = merge_model(trainer.graphdef, state["params"], state["rest"])
         try:
-            write_pictures(run_dir, model, splits, cfg.train.seed)
-            if history:
+            if main:
+                write_pictures(run_dir, model, splits, cfg.train.seed)
+            if history and main:
                 plots.save_curves(run_dir / "curves.png", history)
                 plots.save_kl_heatmap(run_dir / "kl_per_dim.png", history)
         except Exception as e:  # the checkpoints are saved; say what failed instead of leaving "running"
@@ -640,26 +787,26 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
             tracker = None
     except TrainingDiverged as e:
         info.update(status="diverged", error=str(e))
-        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        _write_info(run_dir, info)
         raise
     except KeyboardInterrupt:
-        if not resuming and not info_written:  # a new run stopped before it was written: nothing to keep
+        if not resuming and not info_written and main:  # a new run stopped before it was written: nothing to keep
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         if info_written:
             info.update(status="interrupted")
-            ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+            _write_info(run_dir, info)
         raise RunInterrupted(run_dir) from None
     except _PicturesFailed as e:
         info.update(status="failed", error=str(e))
-        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        _write_info(run_dir, info)
         raise e.__cause__ from None
     except Exception as e:
-        if not resuming and not info_written:  # a new run that never started: leave no half-made directory
+        if not resuming and not info_written and main:  # a new run that never started: leave no half-made directory
             shutil.rmtree(run_dir, ignore_errors=True)
         elif info_written:  # a resume refused before it began leaves the run as it was
             info.update(status="failed", error=str(e) if isinstance(e, VaekitError) else f"{type(e).__name__}: {e}")
-            ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+            _write_info(run_dir, info)
         raise
     finally:
         if writer is not None:
@@ -669,8 +816,16 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
         if tracker is not None:  # still open: the run ended early
             tracker.close("FAILED" if info.get("status") in ("diverged", "failed") else "KILLED")
     info.update(status="complete")
-    ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+    _write_info(run_dir, info)
     return run_dir
+
+
+def _write_info(run_dir: Path, info: dict) -> None:
+    """run.json, written by process 0 only (the one process of a single-process run)."""
+    from vaekit import checkpoint as ck
+
+    if distributed.is_main():
+        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
 
 
 class _NoWriter:
@@ -723,8 +878,9 @@ def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: lis
             record.update(trainer.validate())
             record["step"] = int(trainer.state["step"])
             record = jsonable(record)
-            with open(run_dir / ck.METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if distributed.is_main():
+                with open(run_dir / ck.METRICS_FILE, "a") as f:
+                    f.write(json.dumps(record) + "\n")
             x_axis = record["step"] if counted_in_steps else epoch + 1
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "epoch":
@@ -735,7 +891,8 @@ def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: lis
             if tracker is not None:
                 tracker.log_metrics(record, x_axis)
             history.append(record)
-            bar.console.print(_epoch_line(record, trainer.num_epochs, latent_dim, counted_in_steps), soft_wrap=True)
+            if distributed.is_main():
+                bar.console.print(_epoch_line(record, trainer.num_epochs, latent_dim, counted_in_steps), soft_wrap=True)
             if "val/kl_per_dim" in record:
                 warning = collapse_warning(record["val/kl_per_dim"], record.get("val/active_units"), latent_dim)
                 if warning:
@@ -746,12 +903,12 @@ def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: lis
                                        f"stopped. Try a lower train.learning_rate or train.grad_clip=1.0")
             if np.isnan(best) or sign * value > sign * best:
                 best = value
-                trainer.state["best"] = jnp.asarray(best, jnp.float32)
+                trainer.state["best"] = trainer.replicate(jnp.asarray(best, jnp.float32))
                 ckpt.save("best", epoch + 1, checkpoint_items(trainer.state))
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or record["step"] >= trainer.total_steps:
                 ckpt.save("latest", epoch + 1, checkpoint_items(trainer.state))
             info.update(status="running", epoch=epoch + 1, step=record["step"], best_metric=best_key, best=best)
-            ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+            _write_info(run_dir, info)
 
 
 def _version() -> str:

@@ -18,7 +18,10 @@ three splits or for none) and any further per-example arrays (sliced along with
 per-example records without ``"x"`` (the shapes grid gives grid indices) together with
 ``"train_transform"``: a traceable function that turns a gathered batch of those records
 into ``{"x": ..., ...}`` on the device (see :attr:`Splits.train_transform`). It raises :class:`~vaekit.errors.VaekitError` for any problem
-the user can fix. ``val_size``, ``seed`` and ``limit`` may be ignored: a source that
+the user can fix. A source whose data is not images or vectors returns its ``"spec"`` (a
+:class:`DataSpec`: token data), and ``"run_files"`` ({file name: text}, e.g. a vocabulary) that
+the trainer writes into the run directory; a loader with a ``data_config`` keyword gets the
+whole ``DataConfig`` (for options of its own). ``val_size``, ``seed`` and ``limit`` may be ignored: a source that
 generates data can use ``limit`` to generate only that many training examples (or
 more than a default), and :func:`load_data` afterwards keeps the first ``limit``
 training examples of whatever the loader returned.
@@ -37,14 +40,17 @@ runs, seeds and checkpoints.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 
 import numpy as np
 
 from vaekit.data.arrays import load_arrays_splits
+from vaekit.data.folder import load_folder_splits
 from vaekit.data.mnist import load_mnist_splits
 from vaekit.data.shapes import load_shapes_source
 from vaekit.data.spec import DataSpec
+from vaekit.data.text import load_text_splits
 from vaekit.errors import VaekitError
 
 __all__ = [
@@ -77,6 +83,8 @@ DATA_SOURCES: dict[str, Loader] = {
     "mnist": load_mnist_splits,
     "arrays": load_arrays_splits,
     "shapes": load_shapes_source,  # dSprites-style factor grid, generated (no file)
+    "folder": load_folder_splits,  # a folder of PNG/JPEG images, class subfolders as labels (data/folder.py)
+    "text": load_text_splits,  # one sentence per line (or the shipped demo corpus): token ids, masks, vocabulary
 }
 
 
@@ -104,6 +112,12 @@ class Splits:
     spec: DataSpec
     binarize: str
     train_transform: Callable[[Split], Split] | None = None
+    run_files: dict[str, str] = dataclasses.field(default_factory=dict)  # {file name: text} for the run directory (a vocabulary)
+    stream: object | None = None  # a training split read from disk batch by batch (data/folder.py FolderStream); train then holds no "x"
+
+    def __post_init__(self):
+        if self.spec.num_examples != self.num_train:  # the spec carries the training set's size
+            object.__setattr__(self, "spec", dataclasses.replace(self.spec, num_examples=self.num_train))
 
     @property
     def num_classes(self) -> int | None:
@@ -142,6 +156,8 @@ class Splits:
             VaekitError: ``n`` is ``None`` or above 200,000 for a generated training split
                 (the whole shapes grid would be 12 GB of float32 images).
         """
+        if split == "train" and self.stream is not None:
+            return self.stream.examples(n)
         rows = {k: v[:n] for k, v in getattr(self, split).items()}
         if "x" in rows or self.train_transform is None:
             return rows
@@ -211,7 +227,7 @@ def load_configured(data_cfg, **overrides) -> "Splits":
     kwargs = dict(source=data_cfg.source, path=data_cfg.path, limit=data_cfg.limit, binarize=data_cfg.binarize,
                   seed=data_cfg.seed, val_size=data_cfg.val_size)
     kwargs.update(overrides)
-    return load_data(**kwargs)
+    return load_data(**kwargs, data_config=data_cfg)
 
 
 def load_data(
@@ -222,6 +238,7 @@ def load_data(
     binarize: str = "none",
     seed: int = 0,
     val_size: int = 10_000,
+    data_config=None,
 ) -> Splits:
     """Load a dataset as train/validation/test splits.
 
@@ -256,8 +273,13 @@ def load_data(
     if source not in DATA_SOURCES:
         raise VaekitError(f"unknown data source {source!r}; available: {', '.join(sorted(DATA_SOURCES))}")
 
-    splits = DATA_SOURCES[source](path, val_size=val_size, seed=seed, limit=limit)
+    loader = DATA_SOURCES[source]
+    # A source with options of its own (text: max_len, vocab_size, ...) takes the whole DataConfig.
+    extra = {"data_config": data_config} if "data_config" in inspect.signature(loader).parameters else {}
+    splits = loader(path, val_size=val_size, seed=seed, limit=limit, **extra)
+    given_spec, run_files = splits.pop("spec", None), splits.pop("run_files", {})
     transform = splits.pop("train_transform", None)
+    stream = splits.pop("stream", None)
     num_classes = _num_classes(splits)  # before limit: the class count is the dataset's
 
     if limit is not None and limit < len(next(iter(splits["train"].values()))):
@@ -267,7 +289,9 @@ def load_data(
     # Binarize after limiting: less work, and the same result (see binarize_fixed).
     splits = _binarize_splits(splits, binarize, seed)
     shape = splits["val"]["x"].shape[1:]
-    spec = DataSpec("images" if len(shape) == 3 else "vectors", shape, num_classes)
+    spec = given_spec or DataSpec("images" if len(shape) == 3 else "vectors", shape, num_classes)
+    if spec.kind == "tokens" and binarize != "none":
+        raise VaekitError(f"data.binarize={binarize} applies to images; token data cannot be binarized")
     return Splits(
         train=splits["train"],
         val=splits["val"],
@@ -275,4 +299,6 @@ def load_data(
         spec=spec,
         binarize=binarize,
         train_transform=transform,
+        run_files=run_files,
+        stream=stream,
     )

@@ -29,12 +29,15 @@ class DataSpec:
     shape: the event shape of one example.
     num_classes: ``max(y) + 1`` over the dataset, or None without labels.
     vocab_size: the vocabulary size of token data, else None.
+    num_examples: the training split's size N (`Splits` sets it), for objectives that need the
+        data set size (beta-TCVAE's stratified estimator); None where unknown.
     """
 
     kind: str
     shape: tuple[int, ...]
     num_classes: int | None = None
     vocab_size: int | None = None
+    num_examples: int | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -62,11 +65,12 @@ class DataSpec:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "shape": list(self.shape), "num_classes": self.num_classes,
-                "vocab_size": self.vocab_size}
+                "vocab_size": self.vocab_size, "num_examples": self.num_examples}
 
     @classmethod
     def from_dict(cls, doc: dict) -> "DataSpec":
-        return cls(doc["kind"], tuple(doc["shape"]), doc.get("num_classes"), doc.get("vocab_size"))
+        return cls(doc["kind"], tuple(doc["shape"]), doc.get("num_classes"), doc.get("vocab_size"),
+                   doc.get("num_examples"))
 
     @classmethod
     def from_run_info(cls, info: dict) -> "DataSpec":

@@ -16,6 +16,7 @@ conditional model is scored as log p(x|y).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -152,6 +153,33 @@ def reconstruction_error(model: nnx.Module, x: np.ndarray, y: np.ndarray | None 
     return total / (len(x) * math.prod(x.shape[1:]))
 
 
+def token_summary(model: nnx.Module, data: dict, nll: np.ndarray, batch_size: int = 500) -> dict:
+    """Per-word figures of token data from per-sentence NLLs (N,): {"tokens", "nll_per_token",
+    "perplexity"} and, for a model with a latent vector, the mean "kl" of its loss metrics.
+
+    The token count is the mask's sum: every word and the <eos> of every sentence, never padding;
+    perplexity = exp(total NLL / tokens), the convention of Bowman et al. 2016."""
+    from vaekit import metrics as metrics_lib
+    from vaekit.train import step_rngs
+
+    mask = np.asarray(data["mask"]) if "mask" in data else (np.asarray(data["x"]) != 0).astype(np.float32)
+    count = float(mask.sum())
+    out = {"tokens": int(count), "nll_per_token": float(nll.sum() / count),
+           "perplexity": float(math.exp(nll.sum() / count))}
+    if model.capabilities.latent_vector:
+        graphdef, state = nnx.split(model)
+        step = jax.jit(lambda st, b, key: nnx.merge(graphdef, st).loss(b, rngs=step_rngs(key), step=jnp.asarray(0))[1])
+        acc = metrics_lib.Accumulator()
+        n = len(data["x"])
+        for i, start in enumerate(range(0, n, batch_size)):
+            batch = {k: jnp.asarray(np.asarray(v)[start : start + batch_size]) for k, v in data.items()}
+            acc.add(jax.device_get(step(state, batch, jax.random.PRNGKey(EVAL_SEED + i))))
+        result = acc.result()
+        if "kl" in result:
+            out["kl"] = float(result["kl"])
+    return out
+
+
 def evaluate(
     run,
     *,
@@ -181,6 +209,11 @@ def evaluate(
     from vaekit.models import require
 
     require(run.model, "likelihood_bound", "vaekit evaluate")
+    exact = getattr(run.model, "deterministic_bound", False)  # no posterior draws: every draw is the same
+    if exact and samples > 1:
+        logging.getLogger("vaekit").info("model.kind %s has a deterministic bound (no posterior draws): scoring it "
+                                         "once per example instead of --samples %d", run.model.kind, samples)
+        samples = 1
     data = run.data().examples(split, limit)
     n = len(data["x"])
     model = run.model
@@ -207,13 +240,18 @@ def evaluate(
         "elbo": float(est["elbo"].mean()),
         **{f"iwae_k{b}": float(est[f"iwae_{b}"].mean()) for b in IWAE_BOUNDS if f"iwae_{b}" in est},
         "conditional": conditional,  # the NLL is -log p(x|y) for a conditional model
+        "nll_is_bound": exact and not getattr(model, "exact_likelihood", False),  # a deterministic bound: "nll" is its upper bound, not an estimate
         "latent_dim": int(model.latent_dim),  # the code's size
-        "reconstruction_mse": reconstruction_error(model, x, y),
         "seconds": seconds,
         "binarize": run.config.data.binarize,
         "seed": seed,
     }
-    if run.config.model.likelihood in DISCRETE_LIKELIHOODS:  # a density of continuous data has no bits/dim
+    tokens = run.spec.kind == "tokens"
+    if tokens:  # sentences: per word, counting <eos> (a sentence of L words has L + 1 predicted tokens)
+        summary |= token_summary(model, data, nll, batch_size=max(batch_size, 100))
+    else:
+        summary["reconstruction_mse"] = reconstruction_error(model, x, y)
+    if run.config.model.likelihood in DISCRETE_LIKELIHOODS and not tokens:  # a density of continuous data has no bits/dim
         summary["bits_per_dim"] = float(nll.mean() / (dims * math.log(2)))
     if model.capabilities.latent_vector:
         codes = posterior_means(model, x, y)

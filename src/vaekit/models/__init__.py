@@ -14,10 +14,19 @@ from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.models.base import Capabilities, Model, ParamGroup, require
 from vaekit.models.cvae import CVAE, CVAEConfig
+from vaekit.models.disentangle import DIPVAE, TCVAE, FactorVAE
 from vaekit.models.hierarchical import HVAE, HVAEConfig
+from vaekit.models.sharp import SharpConfig, SharpVAE
+from vaekit.models.vaegan import VAEGAN, VAEGANConfig
+from vaekit.models.ladder import LadderConfig, LadderVAE
+from vaekit.models.textvae import LanguageModel, TextConfig, TextVAE
 from vaekit.models.vae import VAE
+from vaekit.models.vqvae import VQVAE, VQVAEConfig
+from vaekit.models.vqprior import VQPrior, VQPriorConfig
 
-MODELS = {"vae": VAE, "cvae": CVAE, "hvae": HVAE}
+MODELS = {"vae": VAE, "cvae": CVAE, "hvae": HVAE, "ladder": LadderVAE, "vqvae": VQVAE, "vqprior": VQPrior,
+          "tcvae": TCVAE, "factorvae": FactorVAE, "dipvae": DIPVAE,
+          "sharp": SharpVAE, "vaegan": VAEGAN, "textvae": TextVAE, "lm": LanguageModel}
 
 
 def build_model(config: Config, spec: DataSpec, *, rngs: nnx.Rngs):
@@ -33,5 +42,5 @@ def abstract_model(config: Config, spec: DataSpec):
     return nnx.eval_shape(lambda: build_model(config, spec, rngs=nnx.Rngs(0)))
 
 
-__all__ = ["CVAE", "CVAEConfig", "Capabilities", "HVAE", "HVAEConfig", "MODELS", "Model", "ParamGroup", "VAE", "abstract_model",
+__all__ = ["CVAE", "CVAEConfig", "Capabilities", "HVAE", "HVAEConfig", "LadderConfig", "LadderVAE", "MODELS", "Model", "ParamGroup", "VAE", "VQPrior", "VQPriorConfig", "VQVAE", "VQVAEConfig", "abstract_model",
            "build_model", "require"]

@@ -59,10 +59,13 @@ class ParamGroup:
         `nnx.All(...)`); parameters in no group stay frozen (a pretrained part).
     learning_rate: this group's peak learning rate (None: `train.learning_rate`); the rest of
         the optimizer (schedule, Adam moments, clipping) follows the train config.
+    train_overrides: other `train.*` optimizer fields for this group only, e.g.
+        {"adam_b1": 0.5, "adam_b2": 0.9} for a discriminator (names of `TrainConfig` fields).
     """
 
     filter: Any = nnx.Param
     learning_rate: float | None = None
+    train_overrides: tuple[tuple[str, Any], ...] | dict = ()
 
 
 DEFAULT_GROUPS = {"model": ParamGroup(nnx.Param)}

@@ -168,13 +168,16 @@ class FactorVAEConfig(ModelConfig):
     kind: str = "factorvae"
     gamma: float = 35.0  # weight of the discriminator's total-correlation estimate added to the ELBO loss
     discriminator_hidden: tuple[int, ...] = (1000,) * 6  # the discriminator MLP's hidden sizes (leaky ReLU 0.2), 2 logits out
-    discriminator_lr: float = 1e-4  # the discriminator's learning rate (its own Adam; the rest as train.*)
+    discriminator_lr: float = 1e-4  # the discriminator's learning rate (its own Adam; schedule and clipping as train.*)
+    discriminator_betas: tuple[float, float] = (0.5, 0.9)  # the discriminator's Adam b1, b2 (Kim and Mnih 2018)
 
     def check(self) -> None:
         _non_negative(self, "gamma")
         if not self.discriminator_hidden or any(h <= 0 for h in self.discriminator_hidden):
             raise VaekitError(f"model.discriminator_hidden must be a non-empty list of positive sizes, got "
                               f"{list(self.discriminator_hidden)}")
+        if len(self.discriminator_betas) != 2 or not all(0 <= b < 1 for b in self.discriminator_betas):
+            raise VaekitError(f"model.discriminator_betas must be two numbers in [0, 1), got {list(self.discriminator_betas)}")
         if self.discriminator_lr <= 0:
             raise VaekitError(f"model.discriminator_lr must be positive, got {self.discriminator_lr}")
 
@@ -304,7 +307,9 @@ class FactorVAE(_PenalizedVAE):
     def param_groups(self) -> dict[str, ParamGroup]:
         in_disc = nnx.PathContains("discriminator")
         return {"vae": ParamGroup(nnx.All(nnx.Param, nnx.Not(in_disc))),
-                "discriminator": ParamGroup(nnx.All(nnx.Param, in_disc), learning_rate=self.model_cfg.discriminator_lr)}
+                "discriminator": ParamGroup(nnx.All(nnx.Param, in_disc), learning_rate=self.model_cfg.discriminator_lr,
+                                            train_overrides={"adam_b1": self.model_cfg.discriminator_betas[0],
+                                                             "adam_b2": self.model_cfg.discriminator_betas[1]})}
 
     def loss(self, batch: dict, *, rngs: nnx.Rngs, step: jax.Array) -> tuple[dict, dict]:
         """{"vae": ELBO loss + gamma TC estimate, "discriminator": its cross-entropy} and metrics

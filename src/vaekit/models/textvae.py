@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vaekit import objectives
 from vaekit.config import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
 from vaekit.data.text import BOS, EOS, PAD, UNK
@@ -43,7 +42,8 @@ from vaekit.distributions import DiagonalGaussian, posterior_scale
 from vaekit.errors import VaekitError
 from vaekit.metrics import mean_of
 from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup
-from vaekit.priors import StandardNormal, kl_divergence
+from vaekit.models.vae import variational_objective
+from vaekit.priors import StandardNormal
 
 log = logging.getLogger("vaekit")
 
@@ -259,28 +259,12 @@ class TextVAE(nnx.Module):
         """The ELBO (KL weight schedule, free bits) or IWAE objective as a batch mean, and metrics:
         per-sentence recon, KL and ELBO, the masked per-token NLL (`token_nll`), KL per dimension."""
         cfg = self.objective
-        x = jnp.asarray(batch["x"], jnp.int32)
-        mask = _sentence_mask(x)
+        mask = _sentence_mask(jnp.asarray(batch["x"], jnp.int32))
         k = cfg.iwae_k if cfg.kind == "iwae" else 1
         q, z, log_qz, tok = self._draws(batch, k, rngs)
-        log_px_z = jnp.sum(tok, axis=-1)  # (k, B)
-        kl = kl_divergence(q, self.prior, z, log_qz)
-        recon = -jnp.mean(log_px_z, axis=0)  # (B,)
-        if cfg.kind == "iwae":
-            loss = -jnp.mean(objectives.iwae_bound((log_px_z + self.prior.log_prob(z) - log_qz).T))
-            info = {"beta": jnp.ones(())}
-        else:
-            penalty, info = objectives.kl_term(kl, step, cfg, latent_dim=self.latent_dim)
-            loss = jnp.mean(recon) + penalty
-        metrics = {
-            "loss": mean_of(jnp.broadcast_to(loss, recon.shape)),
-            "recon": mean_of(recon),
-            "kl": mean_of(kl.total),
-            "elbo": mean_of(-(recon + kl.total)),
-            "token_nll": mean_of(-tok[0], mask, axis=(0, 1)),  # per real token (words and <eos>)
-            "kl_per_dim": mean_of(kl.per_dim),
-            **info,
-        }
+        loss, metrics = variational_objective(cfg, step, q, self.prior, z, log_qz, jnp.sum(tok, axis=-1),
+                                              self.prior.log_prob(z), self.latent_dim)
+        metrics["token_nll"] = mean_of(-tok[0], mask, axis=(0, 1))  # per real token (words and <eos>)
         return loss, metrics
 
     # ------------------------------------------------------------------ decoding

@@ -26,6 +26,32 @@ from vaekit.flows import IAF, FlowPosterior, planar_params, planar_transform
 from vaekit.priors import StandardNormal, VampPrior, kl_divergence
 
 
+def variational_objective(cfg: ObjectiveConfig, step, q, prior, z, log_qz, log_px_z, log_pz, latent_dim: int):
+    """The ELBO-family loss (a batch mean) and its metrics from k draws, for any latent-variable
+    model with a posterior object q and a prior object: z (k, B, D), log q(z|x), log p(x|z) and
+    log p(z) (k, B). objective.kind "elbo": recon + the KL term (closed form or Monte Carlo) under
+    the beta schedule, free bits or capacity; "iwae": -mean_B log (1/k) sum_i w_i. Metrics are the
+    true ELBO's parts (beta = 1) as exact means, and the KL per dimension where it is closed form."""
+    kl = kl_divergence(q, prior, z, log_qz)  # (B,), and (B, D) in closed form
+    recon = -jnp.mean(log_px_z, axis=0)  # (B,)
+    if cfg.kind == "iwae":
+        loss = -jnp.mean(objectives.iwae_bound((log_px_z + log_pz - log_qz).T))
+        info = {"beta": jnp.ones(())}
+    else:
+        penalty, info = objectives.kl_term(kl, step, cfg, latent_dim=latent_dim)
+        loss = jnp.mean(recon) + penalty
+    metrics = {
+        "loss": mean_of(jnp.broadcast_to(loss, recon.shape)),
+        "recon": mean_of(recon),
+        "kl": mean_of(kl.total),
+        "elbo": mean_of(-(recon + kl.total)),
+        **info,
+    }
+    if kl.per_dim is not None:
+        metrics["kl_per_dim"] = mean_of(kl.per_dim)  # (D,)
+    return loss, metrics
+
+
 class VAE(nnx.Module):
     """Variational autoencoder with a diagonal-Gaussian posterior and an N(0, I) prior."""
 
@@ -131,26 +157,10 @@ class VAE(nnx.Module):
         capacity control when configured. objective.kind "iwae": -mean_B log (1/k) sum_i w_i
         over k draws. Metrics report the true ELBO (beta = 1, no free bits) as exact means.
         """
-        cfg = self.objective
-        k = cfg.iwae_k if cfg.kind == "iwae" else 1
+        k = self.objective.iwae_k if self.objective.kind == "iwae" else 1
         q, z, log_qz, log_px_z, log_pz = self._draws(batch, k, rngs)
-        kl = kl_divergence(q, self.prior, z, log_qz)  # (B,), and (B, D) in closed form
-        recon = -jnp.mean(log_px_z, axis=0)  # (B,)
-        if cfg.kind == "iwae":
-            loss = -jnp.mean(objectives.iwae_bound((log_px_z + log_pz - log_qz).T))
-            info = {"beta": jnp.ones(())}
-        else:
-            penalty, info = objectives.kl_term(kl, step, cfg, latent_dim=self.latent_dim)
-            loss = jnp.mean(recon) + penalty
-        metrics = {
-            "loss": mean_of(jnp.broadcast_to(loss, recon.shape)),
-            "recon": mean_of(recon),
-            "kl": mean_of(kl.total),
-            "elbo": mean_of(-(recon + kl.total)),
-            **info,
-        }
-        if kl.per_dim is not None:
-            metrics["kl_per_dim"] = mean_of(kl.per_dim)  # (D,)
+        loss, metrics = variational_objective(self.objective, step, q, self.prior, z, log_qz, log_px_z, log_pz,
+                                              self.latent_dim)
         metrics.update(self.layer_kls(q, z, log_qz))
         return loss, metrics
 

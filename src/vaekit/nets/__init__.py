@@ -10,16 +10,21 @@ from vaekit.errors import VaekitError
 from vaekit.nets.conditioning import MODES as CONDITIONING_MODES
 from vaekit.nets.conv import ConvDecoder, ConvEncoder
 from vaekit.nets.mlp import MLPDecoder, MLPEncoder
+from vaekit.nets.resnet import ResNetDecoder, ResNetEncoder
 
 ENCODERS = {
     "mlp": lambda cfg, shape, out, kw: MLPEncoder(shape, cfg.hidden, out, cfg.activation, **kw),
     "conv": lambda cfg, shape, out, kw: ConvEncoder(shape, cfg.conv_channels, cfg.conv_dense, out, **kw),
+    "resnet": lambda cfg, shape, out, kw: ResNetEncoder(shape, cfg.conv_channels, cfg.resnet_blocks, cfg.conv_dense, out,
+                                                        **kw),
 }
 DECODERS = {
     "mlp": lambda cfg, d, shape, p, kw: MLPDecoder(d, cfg.hidden, shape, p, cfg.activation, **kw),
     "conv": lambda cfg, d, shape, p, kw: ConvDecoder(d, cfg.conv_channels, cfg.conv_dense, shape, p, **kw),
+    "resnet": lambda cfg, d, shape, p, kw: ResNetDecoder(d, cfg.conv_channels, cfg.resnet_blocks, cfg.conv_dense, shape,
+                                                         p, **kw),
 }
-IMAGE_ONLY = {"conv"}  # nets that need (H, W, C) examples
+IMAGE_ONLY = {"conv", "resnet"}  # nets that need (H, W, C) examples
 
 
 def _check_shape(cfg, event_shape) -> tuple[int, ...]:
