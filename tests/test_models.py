@@ -18,7 +18,10 @@ from vaekit.train import Trainer, train
 # Every registered kind, and the VAE with each posterior and prior option (the options every
 # Gaussian-latent kind accepts). A kind built on a trained run (`needs_parent_run`, e.g. vqprior)
 # runs these checks in its own test file, on a parent run made there.
-VARIANTS = [(k, {}) for k in sorted(MODELS) if not getattr(MODELS[k], "needs_parent_run", False)] + [
+# A deep kind's own defaults, made small so that the checks compile quickly (a ladder of two
+# stochastic layers still takes the top-down path; tests/test_ladder.py covers more depth).
+SMALL = {"ladder": {"lower_dims": (6,), "mlp_layers": 1}}
+VARIANTS = [(k, SMALL.get(k, {})) for k in sorted(MODELS) if not getattr(MODELS[k], "needs_parent_run", False)] + [
     ("vae", {"posterior": "planar", "flow_steps": 2}),
     ("vae", {"posterior": "iaf", "flow_steps": 2, "flow_hidden": 16}),
     ("vae", {"prior": "vamp", "prior_components": 7}),
