@@ -357,8 +357,12 @@ def cmd_info(args) -> None:
         run.add_row("epochs", f"{info.get('epoch', 0)} of {cfg.train.epochs}")
         if "step" in info:
             run.add_row("steps", f"{info['step']:,}" + (f" of {total:,}" if total else ""))
-    run.add_row("model", f"{info.get('model_kind', cfg.model.kind)} ({cfg.model.net}, {cfg.model.latent_dim} latents, "
-                         f"{cfg.model.likelihood} likelihood)")
+    if "parameters" in info:  # what the trainer counted on the built model: right for every kind
+        width = f", code width {info['code_width']}" if info.get("code_width") else ""
+        run.add_row("model", f"{info['model_kind']} ({info['parameters']:,} trainable parameters{width})")
+    else:  # a run from before vaekit recorded them
+        run.add_row("model", f"{info.get('model_kind', cfg.model.kind)} ({cfg.model.net}, {cfg.model.latent_dim} latents, "
+                             f"{cfg.model.likelihood} likelihood)")
     spec = info.get("data_spec") or {}
     data = cfg.data.path or cfg.data.source
     run.add_row("data", f"{data}: {info.get('num_train', '?'):,} training examples" if isinstance(info.get("num_train"), int)

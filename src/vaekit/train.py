@@ -742,6 +742,8 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
             "vaekit_version": _version(),
             "data_spec": splits.spec.to_dict(),
             "model_kind": cfg.model.kind,
+            "parameters": _parameter_count(trainer.state["params"]),
+            "code_width": getattr(trainer.model, "latent_dim", None),  # the whole code ([z1..zL] for several layers)
             "capabilities": dataclasses.asdict(trainer.capabilities),
             "num_train": splits.num_train,
             "steps_per_epoch": trainer.steps_per_epoch,
@@ -818,6 +820,11 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
     info.update(status="complete")
     _write_info(run_dir, info)
     return run_dir
+
+
+def _parameter_count(params: dict) -> int:
+    """Trainable parameters (every group's), as `vaekit info` shows them."""
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))
 
 
 def _write_info(run_dir: Path, info: dict) -> None:
