@@ -98,14 +98,8 @@ class HVAE(VAE):
     config_class = HVAEConfig
 
     def __init__(self, model: HVAEConfig, objective, spec, *, rngs: nnx.Rngs):
-        if spec.kind not in ("images", "vectors"):
-            raise VaekitError(f"model.kind 'hvae' does not take {spec.kind} data")
-        from vaekit.distributions import LIKELIHOODS
-
-        self.model_cfg, self.objective, self.spec = model, objective, spec
-        self.cond_dim = 0
+        params_per_entry = self._bind(model, objective, spec)
         self.z1_dim, self.latent_dim = model.z1_dim, model.z1_dim + model.latent_dim  # the code is [z1, z2]
-        params_per_entry, self._likelihood = LIKELIHOODS[model.likelihood]
         self.encoder = build_encoder(model, spec.shape, 2 * model.z1_dim, rngs=rngs)  # q(z1|x)
         self.encoder2 = MLP((model.z1_dim, *model.hidden2, 2 * model.latent_dim), model.activation, rngs=rngs)
         self.decoder = build_decoder(model, model.z1_dim, spec.shape, params_per_entry, rngs=rngs)  # p(x|z1)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vaekit.config import ModelConfig
-from vaekit.distributions import LIKELIHOODS, DiagonalGaussian, posterior_scale, standard_normal_log_prob
+from vaekit.distributions import DiagonalGaussian, posterior_scale, standard_normal_log_prob
 from vaekit.errors import VaekitError
 from vaekit.metrics import mean_of
 from vaekit.models.base import Capabilities
@@ -247,13 +247,9 @@ class LadderVAE(VAE):
     config_class = LadderConfig
 
     def __init__(self, model: LadderConfig, objective, spec, *, rngs: nnx.Rngs):
-        if spec.kind not in ("images", "vectors"):
-            raise VaekitError(f"model.kind 'ladder' does not take {spec.kind} data")
-        self.model_cfg, self.objective, self.spec = model, objective, spec
-        self.cond_dim = 0
+        params_per_entry = self._bind(model, objective, spec)
         self.dims = model.layer_dims
         self.latent_dim = sum(self.dims)  # the code is [z_1, ..., z_L]
-        params_per_entry, self._likelihood = LIKELIHOODS[model.likelihood]
         m, act, bn = model.mlp_layers, model.activation, model.batch_norm
         # Bottom-up: d_1 = block(x), d_i = block(d_{i-1}); a Gaussian head on each d_i.
         up_blocks, up_heads, d_in = [], [], math.prod(spec.shape)

@@ -59,15 +59,9 @@ class VAE(nnx.Module):
     config_class = ModelConfig
 
     def __init__(self, model: ModelConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
-        if spec.kind not in self.capabilities_for(model).data_kinds:
-            raise VaekitError(f"model.kind '{self.kind}' does not take {spec.kind} data")
-        self.model_cfg = model
-        self.objective = objective
-        self.spec = spec
+        params_per_entry = self._bind(model, objective, spec)
         self.latent_dim = model.latent_dim
-        self.cond_dim = self.condition_dim(spec)
         condition = self.condition_mode(model)
-        params_per_entry, self._likelihood = LIKELIHOODS[model.likelihood]
         d = model.latent_dim
         # The encoder's head: the base Gaussian's mean and scale, then what the posterior needs more
         # (planar: u, w, b of every step; IAF: the context h of its MADE layers).
@@ -86,6 +80,16 @@ class VAE(nnx.Module):
         else:
             self.prior = nnx.data(StandardNormal(d))  # data, so a variant may put a Module here
         self.capabilities = self.capabilities_for(model)
+
+    def _bind(self, model: ModelConfig, objective: ObjectiveConfig, spec: DataSpec) -> int:
+        """A constructor's common start (this kind and its variants): check the data kind, keep the
+        configs, the condition width and the likelihood. Returns the likelihood's parameters per entry."""
+        if spec.kind not in self.capabilities_for(model).data_kinds:
+            raise VaekitError(f"model.kind '{self.kind}' does not take {spec.kind} data")
+        self.model_cfg, self.objective, self.spec = model, objective, spec
+        self.cond_dim = self.condition_dim(spec)
+        params_per_entry, self._likelihood = LIKELIHOODS[model.likelihood]
+        return params_per_entry
 
     @classmethod
     def capabilities_for(cls, model: ModelConfig) -> Capabilities:
