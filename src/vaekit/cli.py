@@ -622,6 +622,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.propagate = False
     try:
         return _run(args)
+    except KeyboardInterrupt:  # a Ctrl-C after `_run` dealt with the first one (its message is printed)
+        return EXIT_INTERRUPTED
     finally:
         logger.removeHandler(handler)
 
