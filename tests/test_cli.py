@@ -45,8 +45,10 @@ def test_sample_reconstruct_interpolate_info(run_dir, tmp_path, capsys):
     assert main(["info", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "train.epochs" in out and "val/elbo" in out and "complete" in out
-    # 784-64-(2x8) encoder and 8-64-784 decoder, counted on the built model
-    assert "vae (102,880 trainable parameters, code width 8)" in out
+    # 784-64-(2x50) encoder and 50-64-784 decoder, counted on the built model (the table may wrap the row)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["parameters"] == 784 * 64 + 64 + 64 * 100 + 100 + 50 * 64 + 64 + 64 * 784 + 784 == 110_964
+    assert info["code_width"] == 50 and "110,964" in out
     assert main(["presets"]) == 0
     assert "mnist-mlp" in capsys.readouterr().out
 
