@@ -56,7 +56,8 @@ def test_mlflow_logger_marks_a_failed_run(tmp_path):
     assert MlflowClient(tracking_uri=uri).get_run(logger.run_id).info.status == "FAILED"
 
 
-def test_training_logs_to_mlflow_when_asked(tmp_path, monkeypatch):
+def _mlflow_training(tmp_path, monkeypatch, epochs: int):
+    """A tiny run logged to MLflow's file store beside it: (cfg, run_dir, client, runs of the experiment)."""
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
@@ -66,36 +67,32 @@ def test_training_logs_to_mlflow_when_asked(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     splits = synthetic_splits(n=80)
     monkeypatch.setattr("vaekit.data.load_configured", lambda data_cfg, **kw: splits)
-    cfg = tiny_config(train={"loggers": ("mlflow",), "epochs": 2})
+    cfg = tiny_config(train={"loggers": ("mlflow",), "epochs": epochs})
     run_dir = train(cfg, runs_dir=tmp_path, name="tracked", progress=False)
-    assert not (run_dir / "tensorboard").exists()  # only the loggers asked for
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
-    (run,) = client.search_runs([client.get_experiment_by_name("vaekit").experiment_id])
+    return cfg, run_dir, client, lambda: client.search_runs([client.get_experiment_by_name("vaekit").experiment_id])
+
+
+def test_training_logs_to_mlflow_when_asked(tmp_path, monkeypatch):
+    _, run_dir, client, runs = _mlflow_training(tmp_path, monkeypatch, epochs=2)
+    assert not (run_dir / "tensorboard").exists()  # only the loggers asked for
+    (run,) = runs()
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/elbo")] == [1, 2]
     assert "samples.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 def test_resumed_training_continues_the_same_mlflow_run(tmp_path, monkeypatch):
-    pytest.importorskip("mlflow")
     import dataclasses
     import json
 
-    from mlflow.tracking import MlflowClient
-
-    from conftest import synthetic_splits, tiny_config
     from vaekit.train import train
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    splits = synthetic_splits(n=80)
-    monkeypatch.setattr("vaekit.data.load_configured", lambda data_cfg, **kw: splits)
-    cfg = tiny_config(train={"loggers": ("mlflow",), "epochs": 1})
-    run_dir = train(cfg, runs_dir=tmp_path, name="tracked", progress=False)
+    cfg, run_dir, client, runs = _mlflow_training(tmp_path, monkeypatch, epochs=1)
     first_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
     longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
     train(longer, resume=run_dir, progress=False)
-    client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
-    (run,) = client.search_runs([client.get_experiment_by_name("vaekit").experiment_id])
+    (run,) = runs()
     assert run.info.run_id == first_id and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(first_id, "val/elbo")] == [1, 2]  # both parts, one run
     assert run.data.params["train.epochs"] == "1" and run.data.tags["resume.train.epochs"] == "2"

@@ -100,6 +100,7 @@ class HVAE(VAE):
     def __init__(self, model: HVAEConfig, objective, spec, *, rngs: nnx.Rngs):
         params_per_entry = self._bind(model, objective, spec)
         self.z1_dim, self.latent_dim = model.z1_dim, model.z1_dim + model.latent_dim  # the code is [z1, z2]
+        self.layer_dims = (model.z1_dim, model.latent_dim)
         self.encoder = build_encoder(model, spec.shape, 2 * model.z1_dim, rngs=rngs)  # q(z1|x)
         self.encoder2 = MLP((model.z1_dim, *model.hidden2, 2 * model.latent_dim), model.activation, rngs=rngs)
         self.decoder = build_decoder(model, model.z1_dim, spec.shape, params_per_entry, rngs=rngs)  # p(x|z1)
@@ -111,10 +112,6 @@ class HVAE(VAE):
     @classmethod
     def capabilities_for(cls, model) -> Capabilities:
         return Capabilities(kl_per_dim=False)  # a Monte Carlo KL over both layers
-
-    @property
-    def latent_layers(self) -> dict:
-        return {"z1": (0, self.z1_dim), "z2": (self.z1_dim, self.latent_dim)}
 
     def layer_kls(self, q, z, log_qz) -> dict:
         """Monte Carlo KL of each layer from the loss's draws z = [z1, z2] (k, B, .):

@@ -248,7 +248,7 @@ class LadderVAE(VAE):
 
     def __init__(self, model: LadderConfig, objective, spec, *, rngs: nnx.Rngs):
         params_per_entry = self._bind(model, objective, spec)
-        self.dims = model.layer_dims
+        self.dims = self.layer_dims = model.layer_dims
         self.latent_dim = sum(self.dims)  # the code is [z_1, ..., z_L]
         m, act, bn = model.mlp_layers, model.activation, model.batch_norm
         # Bottom-up: d_1 = block(x), d_i = block(d_{i-1}); a Gaussian head on each d_i.
@@ -269,11 +269,6 @@ class LadderVAE(VAE):
     @classmethod
     def capabilities_for(cls, model) -> Capabilities:
         return Capabilities(kl_per_dim=False)  # a Monte Carlo KL over all layers
-
-    @property
-    def latent_layers(self) -> dict:
-        bounds = [0, *itertools.accumulate(self.dims)]
-        return {f"z{i + 1}": (bounds[i], bounds[i + 1]) for i in range(len(self.dims))}
 
     def layer_kls(self, q: LadderPosterior, z, log_qz) -> dict:
         """Monte Carlo KL of each layer from the loss's draws z (k, B, .): E[log q(z_i|z_{i+1}, x) -

@@ -10,6 +10,8 @@ A variant that swaps the posterior (a flow), the prior (a VampPrior) or adds a c
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -168,9 +170,15 @@ class VAE(nnx.Module):
         metrics.update(self.layer_kls(q, z, log_qz))
         return loss, metrics
 
-    #: Named slices of the code, one per stochastic layer: {name: (start, stop)}; validation and
-    #: evaluate report active units per layer. Empty for a one-layer model.
-    latent_layers: dict = {}
+    #: Widths of the code's stochastic layers [z1, ..., zL], bottom to top; () for a one-layer model.
+    layer_dims: tuple[int, ...] = ()
+
+    @property
+    def latent_layers(self) -> dict:
+        """Named slices of the code, one per stochastic layer: {"z1": (0, d1), "z2": (d1, d1 + d2), ...}
+        from `layer_dims`; validation and evaluate report active units per layer. Empty for one layer."""
+        bounds = [0, *itertools.accumulate(self.layer_dims)]
+        return {f"z{i + 1}": (bounds[i], bounds[i + 1]) for i in range(len(self.layer_dims))}
 
     def layer_kls(self, q, z: jax.Array, log_qz: jax.Array) -> dict:
         """Per-layer KL metrics ({"kl/<layer>": Mean}) from the loss's own draws; none for one layer."""
