@@ -258,8 +258,8 @@ def test_arrays_binarization_of_carved_test(tmp_path):
 
 
 def test_registry_is_used(monkeypatch):
-    def fake(path, *, val_size, seed, limit):
-        assert (path, val_size, seed, limit) == (None, 10_000, 3, 2)
+    def fake(path, *, val_size, seed, limit, data_config):  # every loader takes the DataConfig
+        assert (path, val_size, seed, limit, data_config) == (None, 10_000, 3, 2, None)
         x = np.full((4, 2, 2, 1), 0.5, np.float32)
         extra = np.arange(4)
         return {"train": {"x": x, "extra": extra}, "val": {"x": x[:1]}, "test": {"x": x[:1]}}

@@ -20,8 +20,8 @@ per-example records without ``"x"`` (the shapes grid gives grid indices) togethe
 into ``{"x": ..., ...}`` on the device (see :attr:`Splits.train_transform`). It raises :class:`~vaekit.errors.VaekitError` for any problem
 the user can fix. A source whose data is not images or vectors returns its ``"spec"`` (a
 :class:`DataSpec`: token data), and ``"run_files"`` ({file name: text}, e.g. a vocabulary) that
-the trainer writes into the run directory; a loader with a ``data_config`` keyword gets the
-whole ``DataConfig`` (for options of its own). ``val_size``, ``seed`` and ``limit`` may be ignored: a source that
+the trainer writes into the run directory. Every loader also takes ``data_config``, the whole
+``DataConfig`` (None from a direct `load_data` call), for options of its own. ``val_size``, ``seed`` and ``limit`` may be ignored: a source that
 generates data can use ``limit`` to generate only that many training examples (or
 more than a default), and :func:`load_data` afterwards keeps the first ``limit``
 training examples of whatever the loader returned.
@@ -40,7 +40,6 @@ runs, seeds and checkpoints.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -273,10 +272,9 @@ def load_data(
     if source not in DATA_SOURCES:
         raise VaekitError(f"unknown data source {source!r}; available: {', '.join(sorted(DATA_SOURCES))}")
 
-    loader = DATA_SOURCES[source]
-    # A source with options of its own (text: max_len, vocab_size, ...) takes the whole DataConfig.
-    extra = {"data_config": data_config} if "data_config" in inspect.signature(loader).parameters else {}
-    splits = loader(path, val_size=val_size, seed=seed, limit=limit, **extra)
+    # Every loader gets the whole DataConfig (None from a direct call): options of its own (text:
+    # max_len, vocab_size; folder: image_size, color) live there.
+    splits = DATA_SOURCES[source](path, val_size=val_size, seed=seed, limit=limit, data_config=data_config)
     given_spec, run_files = splits.pop("spec", None), splits.pop("run_files", {})
     transform = splits.pop("train_transform", None)
     stream = splits.pop("stream", None)

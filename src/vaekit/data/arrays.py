@@ -193,7 +193,8 @@ def validate_labels(y: np.ndarray, n: int, key: str, path: str) -> np.ndarray:
 
 
 def load_arrays_splits(
-    path: str | None = None, *, val_size: int = 10_000, seed: int = 0, limit: int | None = None
+    path: str | None = None, *, val_size: int = 10_000, seed: int = 0, limit: int | None = None,
+    data_config=None,  # the run's DataConfig: this source has no options of its own
 ) -> dict[str, dict[str, np.ndarray]]:
     """Data-source loader for ``"arrays"`` (see ``vaekit.data.DATA_SOURCES``).
 

@@ -157,7 +157,8 @@ def _to_float(images: np.ndarray) -> np.ndarray:
 
 
 def load_mnist_splits(
-    path: str | None = None, *, val_size: int = 10_000, seed: int = 0, limit: int | None = None
+    path: str | None = None, *, val_size: int = 10_000, seed: int = 0, limit: int | None = None,
+    data_config=None,  # the run's DataConfig: this source has no options of its own
 ) -> dict[str, dict[str, np.ndarray]]:
     """Data-source loader for ``"mnist"`` (see ``vaekit.data.DATA_SOURCES``).
 

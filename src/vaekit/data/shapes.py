@@ -353,7 +353,8 @@ def load_shapes_splits(
 
 
 def load_shapes_source(
-    path: str | None = None, *, val_size: int = 2_000, seed: int = 0, limit: int | None = None
+    path: str | None = None, *, val_size: int = 2_000, seed: int = 0, limit: int | None = None,
+    data_config=None,  # the run's DataConfig: this source has no options of its own
 ) -> dict:
     """The ``shapes`` data source of ``vaekit.data`` (see :func:`split_indices`).
 
