@@ -209,10 +209,11 @@ def evaluate(
     from vaekit.models import require
 
     require(run.model, "likelihood_bound", "vaekit evaluate")
-    exact = getattr(run.model, "deterministic_bound", False)  # no posterior draws: every draw is the same
-    if exact and samples > 1:
-        logging.getLogger("vaekit").info("model.kind %s has a deterministic bound (no posterior draws): scoring it "
-                                         "once per example instead of --samples %d", run.model.kind, samples)
+    kind = run.model.capabilities.log_weights  # "bound"/"exact": no posterior draws, every draw is the same
+    if kind != "sampled" and samples > 1:
+        logging.getLogger("vaekit").info("model.kind %s gives an %s log-likelihood (no posterior draws): scoring it "
+                                         "once per example instead of --samples %d", run.model.kind,
+                                         "exact" if kind == "exact" else "exact bound on the", samples)
         samples = 1
     data = run.data().examples(split, limit)
     n = len(data["x"])
@@ -240,7 +241,7 @@ def evaluate(
         "elbo": float(est["elbo"].mean()),
         **{f"iwae_k{b}": float(est[f"iwae_{b}"].mean()) for b in IWAE_BOUNDS if f"iwae_{b}" in est},
         "conditional": conditional,  # the NLL is -log p(x|y) for a conditional model
-        "nll_is_bound": exact and not getattr(model, "exact_likelihood", False),  # a deterministic bound: "nll" is its upper bound, not an estimate
+        "nll_is_bound": kind == "bound",  # "nll" is the deterministic bound's value, not an estimate
         "latent_dim": int(model.latent_dim),  # the code's size
         "seconds": seconds,
         "binarize": run.config.data.binarize,

@@ -42,6 +42,10 @@ class Capabilities:
     """What a model offers beyond `loss`; the trainer, evaluators, plots and CLI read these."""
 
     likelihood_bound: bool = True  # log_weights: `vaekit evaluate` (NLL, IWAE bounds), the ELBO metric
+    # What log_weights gives: "sampled" importance weights (a k-sample estimate), a "bound" that is
+    # the same for every draw (a VQ-VAE's), or the "exact" log-likelihood (a language model); the
+    # last two are scored once per example.
+    log_weights: str = "sampled"
     latent_vector: bool = True  # encode(x).mean is a flat (N, D) code: active units, interpolation, traversal, disentanglement
     kl_per_dim: bool = True  # metrics carry "kl_per_dim" (D,): the KL heatmap, collapse warnings, traversal order
     conditional: bool = False  # a label y conditions the model: `--label`, class-conditional sample grids

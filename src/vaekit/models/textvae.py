@@ -371,9 +371,8 @@ class LanguageModel(TextVAE):
     """The decoder alone, a recurrent language model of the VAE's size (see the module docstring)."""
 
     kind = "lm"
-    capabilities = Capabilities(latent_vector=False, kl_per_dim=False, data_kinds=("tokens",))
-    deterministic_bound = True  # log_weights are the same for every draw: `vaekit evaluate` scores once
-    exact_likelihood = True  # ... and they are the exact log p(x), not a bound
+    # log_weights are the exact log p(x), the same for every draw: `vaekit evaluate` scores once.
+    capabilities = Capabilities(log_weights="exact", latent_vector=False, kl_per_dim=False, data_kinds=("tokens",))
 
     def __init__(self, model: TextConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
         super().__init__(model, objective, spec, rngs=rngs)

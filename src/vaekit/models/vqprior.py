@@ -114,7 +114,6 @@ class VQPrior(nnx.Module):
 
     kind = "vqprior"
     config_class = VQPriorConfig
-    deterministic_bound = True  # the codes are a function of x: the bound has no draws
     needs_parent_run = True  # built on a trained stage-1 run (`model.parent`)
 
     def __init__(self, model: VQPriorConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
@@ -128,8 +127,9 @@ class VQPrior(nnx.Module):
         self.grid, self.latent_dim = parent.grid, parent.latent_dim
         k = parent.model_cfg.codebook_size
         self.pixelcnn = GatedPixelCNN(k, model.prior_channels, model.prior_layers, model.prior_kernel, rngs=rngs)
-        self.capabilities = Capabilities(likelihood_bound=True, latent_vector=False, kl_per_dim=False,
-                                         best_metric="elbo", data_kinds=("images",))
+        # The codes are a function of x: the two-stage bound has no draws.
+        self.capabilities = Capabilities(likelihood_bound=True, log_weights="bound", latent_vector=False,
+                                         kl_per_dim=False, best_metric="elbo", data_kinds=("images",))
 
     @property
     def prior(self) -> GatedPixelCNN:

@@ -17,7 +17,7 @@ batch) is restarted at a random encoder output of the current batch (the "noise"
 
 Likelihood bound: the posterior is a point mass at the nearest codes and the prior is uniform over
 the K^(h w) code grids, so log p(x) >= log p(x | z_q(x)) - h w log K, computed exactly (no draws:
-`deterministic_bound`). A learned prior over the codes (`models.vqprior`) tightens its second term.
+`Capabilities.log_weights="bound"`). A learned prior over the codes (`models.vqprior`) tightens its second term.
 """
 
 from __future__ import annotations
@@ -334,8 +334,6 @@ class VQVAE(nnx.Module):
 
     kind = "vqvae"
     config_class = VQVAEConfig
-    #: log_weights is exact, the same for every draw: `vaekit evaluate` scores it once per example.
-    deterministic_bound = True
 
     def __init__(self, model: VQVAEConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
         if spec.kind != "images" or len(spec.shape) != 3:
@@ -352,8 +350,8 @@ class VQVAE(nnx.Module):
                                  threshold=model.restart_threshold, rngs=rngs)
         self.decoder = GridDecoder(spec.shape, params_per_entry, model, rngs=rngs)
         self.prior = UniformCodes(model.codebook_size, self.grid)
-        self.capabilities = Capabilities(likelihood_bound=True, latent_vector=False, kl_per_dim=False,
-                                         best_metric="elbo", data_kinds=("images",))
+        self.capabilities = Capabilities(likelihood_bound=True, log_weights="bound", latent_vector=False,
+                                         kl_per_dim=False, best_metric="elbo", data_kinds=("images",))
 
     def param_groups(self) -> dict[str, ParamGroup]:
         return DEFAULT_GROUPS  # an EMA codebook is CodebookStat: in no group
