@@ -11,8 +11,6 @@
   returns its JSON, so a vaekit benchmark can measure both in the same run: Pythae
   (``benchmarks/peers/pythae_mnist.py``, the default) or the plain PyTorch loop
   (``script=TORCH_PEER``, ``benchmarks/peers/torch_plain.py``);
-* :func:`configure_malloc` -- glibc malloc settings that stop XLA CPU's per-step page faults
-  (call before JAX starts; ``--malloc`` in the scripts that offer it);
 * :func:`cpu_info` -- the CPU model, its flags and the usable cores (from ``/proc/cpuinfo``), to
   record with every result; :func:`cpu_busy` / :func:`wait_for_idle` -- how busy the CPU is with
   other processes (a shared 2-core machine makes torch's threads several times slower when
@@ -59,7 +57,7 @@ def trainer_step_timer(cfg, steps: int):
     import vaekit  # noqa: F401  (first: its XLA CPU settings must be in place before JAX starts)
     import jax
     from vaekit.data import load_configured
-    from vaekit.train import Trainer
+    from vaekit.trainer import Trainer
 
     tr = Trainer(cfg, load_configured(cfg.data))
     idx = tr.epoch_indices(0, steps)
@@ -139,36 +137,6 @@ def wait_for_idle(max_busy: float = 0.15, timeout: float = 120.0, interval: floa
     while busy > max_busy and time.monotonic() < deadline:
         busy = cpu_busy(interval)
     return busy
-
-
-def configure_malloc() -> bool:
-    """Keep freed memory in glibc's heap instead of handing it back to the kernel (Linux/glibc only).
-
-    A profile of the shapes-beta step on the 2-core CPU found ~19,000-25,000 minor page faults and
-    30-45 ms of kernel time per step: XLA's CPU runtime allocates its large temporary buffers for
-    every execution, glibc serves them with fresh mmap'd (or per-thread-arena) pages and gives
-    them back on free, so every step faults its working set in again. With one arena, no mmap
-    chunks and no trimming (the equivalent of MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
-    MALLOC_TRIM_THRESHOLD_=2147483647), the faults drop to ~0 and the kernel time to ~1 ms a step;
-    the price is that the process keeps its peak heap (a few hundred MB here) until it exits.
-    `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in the environment has much the same effect.
-
-    Must run before JAX starts its threads (i.e. before `import jax`) to cover every allocation;
-    returns whether mallopt accepted all three settings.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-    ok = mallopt(m_arena_max, 1) == 1
-    ok &= mallopt(m_mmap_max, 0) == 1
-    ok &= mallopt(m_trim_threshold, 2**31 - 1) == 1
-    return bool(ok)
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:

@@ -28,6 +28,7 @@ Every result records the CPU model and flags (from /proc/cpuinfo) and how busy t
 from __future__ import annotations
 
 import argparse
+import os
 import contextlib
 import json
 import statistics
@@ -36,10 +37,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import configure_malloc  # noqa: E402  (no JAX at import)
 
-# before JAX starts its threads: see common.configure_malloc
-MALLOC_CONFIGURED = configure_malloc() if "--malloc" in sys.argv else False
+# vaekit sets glibc malloc up on import (vaekit._xla.configure_malloc); --no-malloc measures without
+if "--no-malloc" in sys.argv:
+    os.environ["VAEKIT_MALLOC"] = "0"
+from vaekit import _xla  # noqa: E402  (no JAX at import)
+
+MALLOC_CONFIGURED = os.environ.get("VAEKIT_MALLOC", "1") != "0" and _xla.configure_malloc()
 
 import vaekit  # noqa: E402,F401  (first: its XLA CPU settings must be in place before JAX starts)
 
@@ -226,8 +230,8 @@ def main() -> None:
     p.add_argument("--skip-peer", action="store_true", help="vaekit only")
     p.add_argument("--skip-layers", action="store_true", help="no layer-by-layer table")
     p.add_argument("--skip-step", action="store_true", help="no whole-step table")
-    p.add_argument("--malloc", action="store_true",
-                   help="configure glibc malloc first (common.configure_malloc: no per-step page faults)")
+    p.add_argument("--no-malloc", action="store_true",
+                   help="leave glibc malloc as it is (vaekit otherwise sets it up on import: no per-step page faults)")
     p.add_argument("--json", help="write all numbers here")
     args = p.parse_args()
     import jax
@@ -235,7 +239,7 @@ def main() -> None:
     info = cpu_info()
     print(f"shapes-beta conv step, batch {BATCH}, backend {jax.default_backend()}, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"CPU: {info['model']}, {info['cores']} cores, {cpu_flags_summary(info['flags'])}")
-    print(f"glibc malloc configured (--malloc): {MALLOC_CONFIGURED}")
+    print(f"glibc malloc configured by vaekit: {MALLOC_CONFIGURED}")
     out: dict = {"date": time.strftime("%Y-%m-%d"), "cpu": info, "jax": jax.__version__, "malloc": MALLOC_CONFIGURED}
 
     if not args.skip_layers:

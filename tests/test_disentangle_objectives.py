@@ -19,7 +19,7 @@ from vaekit.metrics import values
 from vaekit.models import build_model
 from vaekit.models.disentangle import (DIPVAEConfig, FactorVAEConfig, TCVAE, TCVAEConfig, dip_covariance,
                                        dip_penalties, log_importance_weights, permute_dims, tc_decomposition)
-from vaekit.train import Trainer, split_model, step_rngs
+from vaekit.trainer import Trainer, split_model, step_rngs
 
 # --------------------------------------------------------------------------- beta-TCVAE estimators
 

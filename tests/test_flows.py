@@ -136,7 +136,7 @@ def test_two_layer_linear_gaussian_nll_matches_the_closed_form():
 def test_two_layer_model_reports_kl_and_active_units_per_layer():
     from conftest import synthetic_splits, tiny_config
     from vaekit import metrics as metrics_lib
-    from vaekit.train import Trainer
+    from vaekit.trainer import Trainer
 
     splits = synthetic_splits(n=80)
     cfg = tiny_config(model={"kind": "hvae", "z1_dim": 4, "hidden2": [8], "latent_dim": 3})

@@ -196,7 +196,7 @@ def test_stream_batches_cover_each_epoch_shard_by_process_and_resume(tmp_path):
 
 def test_streamed_training_equals_resident_training_on_the_same_batches(tmp_path):
     from conftest import tiny_config
-    from vaekit.train import Trainer
+    from vaekit.trainer import Trainer
 
     root = _numbered_folder(tmp_path / "imgs", 30)
     common = dict(image_size=4, color="grey", val_size=3)

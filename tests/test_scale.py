@@ -42,7 +42,7 @@ FOUR_DEVICES = textwrap.dedent("""
     from conftest import synthetic_splits, tiny_config
     from vaekit.cli import main
     from vaekit.errors import VaekitError
-    from vaekit.train import Trainer
+    from vaekit.trainer import Trainer
 
     assert jax.device_count() == 4
     out = {}

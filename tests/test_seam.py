@@ -18,7 +18,7 @@ from vaekit.metrics import Accumulator, Mean, mean_of
 from vaekit.models import MODELS, Capabilities, ParamGroup
 from vaekit.models.cvae import CVAE, CVAEConfig
 from vaekit.priors import KL, StandardNormal, kl_divergence
-from vaekit.train import Trainer
+from vaekit.trainer import Trainer
 
 # --------------------------------------------------------------------------- parameter groups
 
@@ -236,7 +236,7 @@ def test_a_group_may_override_the_optimizer_settings():
     gradients match optax.adam with those betas and differ from the train config's."""
     import optax
 
-    from vaekit.train import group_optimizers
+    from vaekit.trainer import group_optimizers
 
     class Groups:
         def param_groups(self):

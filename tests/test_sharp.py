@@ -136,7 +136,7 @@ def test_sharp_loss_is_the_weighted_image_loss_plus_kl():
 
 
 def test_perceptual_feature_net_is_in_no_group():
-    from vaekit.train import split_model
+    from vaekit.trainer import split_model
 
     splits = synthetic_splits(n=8, shape=(28, 28, 1))
     cfg = tiny_config(model={"kind": "sharp", "recon_loss": "perceptual"})
@@ -175,7 +175,7 @@ def _gan(stabilizer="smoothing"):
 def test_vaegan_groups_change_only_their_own_parameters():
     """Each group's loss has a gradient in its own parameters, and the discriminator's loss none
     in the encoder's or decoder's (with R1, whose penalty differentiates through the images)."""
-    from vaekit.train import split_model
+    from vaekit.trainer import split_model
 
     model, batch, _ = _gan("r1")
     graphdef, params, rest = split_model(model)
@@ -222,7 +222,7 @@ def test_vaegan_discriminator_loss_closed_form():
 
 
 def test_vaegan_trains_through_the_trainer():
-    from vaekit.train import Trainer
+    from vaekit.trainer import Trainer
 
     splits = synthetic_splits(n=60, shape=(8, 8, 1))
     cfg = tiny_config(model={"kind": "vaegan", "disc_channels": (4, 8)}, train={"epochs": 1, "batch_size": 20})

@@ -62,7 +62,7 @@ def _mlflow_training(tmp_path, monkeypatch, epochs: int):
     from mlflow.tracking import MlflowClient
 
     from conftest import synthetic_splits, tiny_config
-    from vaekit.train import train
+    from vaekit.trainer import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     splits = synthetic_splits(n=80)
@@ -86,7 +86,7 @@ def test_resumed_training_continues_the_same_mlflow_run(tmp_path, monkeypatch):
     import dataclasses
     import json
 
-    from vaekit.train import train
+    from vaekit.trainer import train
 
     cfg, run_dir, client, runs = _mlflow_training(tmp_path, monkeypatch, epochs=1)
     first_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]

@@ -8,7 +8,7 @@ import pytest
 
 from vaekit import checkpoint as ck
 from vaekit.errors import VaekitError
-from vaekit.train import Trainer, TrainingDiverged, collapse_warning, learning_rate_schedule, train
+from vaekit.trainer import Trainer, TrainingDiverged, collapse_warning, learning_rate_schedule, train
 
 from conftest import replace, synthetic_splits, tiny_config
 
@@ -206,7 +206,7 @@ def test_a_ctrl_c_python_swallowed_still_stops_the_run(tmp_path, monkeypatch, sp
     import signal
     import sys
 
-    T = sys.modules["vaekit.train"]  # the module (the package's `train` attribute is the function)
+    T = sys.modules["vaekit.trainer"]  # the module (the package's `train` attribute is the function)
 
     _fake_data(monkeypatch, splits)
     guard = T._guard_finite
@@ -223,3 +223,32 @@ def test_a_ctrl_c_python_swallowed_still_stops_the_run(tmp_path, monkeypatch, sp
         train(tiny_config(train={"epochs": 2}), runs_dir=tmp_path, name="x", progress=False)
     assert json.loads((tmp_path / "x" / "run.json").read_text())["status"] == "interrupted"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_max_minutes_stops_after_an_epoch_and_resume_finishes(tmp_path, monkeypatch, splits):
+    """A time budget stops the run at an epoch boundary, checkpointed and marked; --resume completes it."""
+    _fake_data(monkeypatch, splits)
+    cfg = tiny_config(train={"epochs": 3, "max_minutes": 1e-6, "checkpoint_every": 5})
+    run = train(cfg, runs_dir=tmp_path, name="budget", progress=False)
+    info = json.loads((run / ck.RUN_FILE).read_text())
+    assert info["status"] == "stopped" and info["stopped_by"] == "train.max_minutes=1e-06"
+    assert info["epoch"] == 1 and len(ck.read_metrics(run)) == 1
+    assert ck.Checkpointer(run).latest_epoch() == 1  # saved although checkpoint_every would not have
+    # Resuming with the budget lifted trains the remaining epochs to the same model as one run.
+    resumed = train(replace(cfg, "train", max_minutes=0.0), resume=run, progress=False)
+    info = json.loads((resumed / ck.RUN_FILE).read_text())
+    assert info["status"] == "complete" and "stopped_by" not in info and info["epoch"] == 3
+    full = train(replace(cfg, "train", max_minutes=0.0), runs_dir=tmp_path, name="full", progress=False)
+    a = ck.load_run(full, checkpoint="latest").model
+    b = ck.load_run(resumed, checkpoint="latest").model
+    from flax import nnx
+
+    for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_max_minutes_must_not_be_negative():
+    from vaekit.config import validate
+
+    with pytest.raises(VaekitError, match="train.max_minutes"):
+        validate(tiny_config(train={"max_minutes": -1.0}))

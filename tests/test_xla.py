@@ -78,3 +78,40 @@ def test_a_run_fills_the_compilation_cache(tmp_path):
                           "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     assert len(list((tmp_path / "cache" / "vaekit" / "jax").iterdir())) > 0
+
+
+def test_import_vaekit_and_the_cli_leave_jax_unimported():
+    """`import vaekit` and the CLI module import no JAX, Flax, Optax, Orbax, plotting or TensorBoard."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vaekit, vaekit.cli\n"
+            "heavy = [m for m in ('jax', 'flax', 'optax', 'orbax', 'matplotlib', 'tensorboardX') if m in sys.modules]\n"
+            "print(heavy)\n"
+            "import vaekit.trainer\n"  # the module named trainer leaves the package's train() function in place
+            "print(callable(vaekit.train) and vaekit.train.__module__ == 'vaekit.trainer', vaekit.Trainer.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "True Trainer"]
+
+
+def test_unknown_package_attribute_is_an_attribute_error():
+    import vaekit
+
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        vaekit.no_such_thing  # noqa: B018
+
+
+def test_configure_malloc_on_linux_and_its_opt_outs(monkeypatch):
+    import sys
+
+    monkeypatch.delenv("VAEKIT_MALLOC", raising=False)
+    monkeypatch.delenv("VAEKIT_XLA_DEFAULTS", raising=False)
+    if sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc":
+        assert _xla.configure_malloc()
+    monkeypatch.setenv("VAEKIT_MALLOC", "0")
+    assert not _xla.configure_malloc()
+    monkeypatch.setenv("VAEKIT_MALLOC", "1")
+    monkeypatch.setenv("VAEKIT_XLA_DEFAULTS", "0")
+    assert not _xla.configure_malloc()
+

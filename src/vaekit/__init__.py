@@ -9,14 +9,49 @@
 from vaekit import _xla
 
 _xla.configure()  # before anything below can start JAX's backends
+_xla.configure_malloc()  # before JAX starts its threads
 _xla.configure_cache()  # JAX reads its cache settings from the environment when it is imported
 
-from vaekit.checkpoint import Run, load_run  # noqa: E402
-from vaekit.config import Config, DataConfig, ModelConfig, ObjectiveConfig, TrainConfig, list_presets, resolve  # noqa: E402
-from vaekit.data import DataSpec, Splits, load_data  # noqa: E402
-from vaekit.errors import VaekitError  # noqa: E402
-from vaekit.models import CVAE, MODELS, VAE, Capabilities, ParamGroup, build_model  # noqa: E402
-from vaekit.train import Trainer, train  # noqa: E402
+# Everything below is imported on first use (PEP 562), so that `import vaekit` and `vaekit --help`
+# do not import JAX, Flax, Optax or Orbax.
+_LAZY = {
+    "Run": "vaekit.checkpoint",
+    "load_run": "vaekit.checkpoint",
+    "Config": "vaekit.config",
+    "DataConfig": "vaekit.config",
+    "ModelConfig": "vaekit.config",
+    "ObjectiveConfig": "vaekit.config",
+    "TrainConfig": "vaekit.config",
+    "list_presets": "vaekit.config",
+    "resolve": "vaekit.config",
+    "DataSpec": "vaekit.data",
+    "Splits": "vaekit.data",
+    "load_data": "vaekit.data",
+    "VaekitError": "vaekit.errors",
+    "CVAE": "vaekit.models",
+    "MODELS": "vaekit.models",
+    "VAE": "vaekit.models",
+    "Capabilities": "vaekit.models",
+    "ParamGroup": "vaekit.models",
+    "build_model": "vaekit.models",
+    "Trainer": "vaekit.trainer",
+    "train": "vaekit.trainer",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vaekit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CVAE",

@@ -31,7 +31,7 @@ def cmd_train(args) -> None:
     from vaekit import checkpoint as ck
     from vaekit import config as config_lib
     from vaekit import distributed
-    from vaekit.train import train
+    from vaekit.trainer import train
 
     distributed.initialize()  # joins a multi-process run when VAEKIT_COORDINATOR etc. (or a cluster) say so
 
@@ -114,7 +114,7 @@ def cmd_sample(args) -> None:
     import jax.numpy as jnp
     from flax import nnx
 
-    from vaekit.train import sample_grid
+    from vaekit.trainer import sample_grid
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
@@ -334,7 +334,7 @@ def _table(title: str, header=("field", "value")):
 
 def cmd_info(args) -> None:
     from vaekit import checkpoint as ck
-    from vaekit.train import collapse_warning
+    from vaekit.trainer import collapse_warning
 
     run_dir = ck.check_run_dir(args.run)
     info = ck.read_json(run_dir / ck.RUN_FILE)

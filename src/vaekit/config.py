@@ -95,6 +95,7 @@ class ObjectiveConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10  # passes over the training split; setting it explicitly on a steps-counted preset clears `steps`
+    max_minutes: float = 0.0  # stop after the first epoch (or validation) that ends past this much training time in this invocation (0: off); --resume continues
     steps: int | None = None  # count training in optimizer steps instead: batches drawn uniformly with replacement
     eval_every: int = 1000  # with `steps`: steps between validations, metrics records and checkpoints
     batch_size: int = 100  # examples per step
@@ -481,6 +482,7 @@ def validate(cfg: Config) -> None:
         _check(not ignored, f"objective.kind=iwae optimizes the importance-weighted bound, which has no KL term; "
                             f"objective.{', objective.'.join(ignored)} cannot apply (use objective.kind=elbo)")
     _check(t.epochs > 0, f"train.epochs must be positive, got {t.epochs}")
+    _check(t.max_minutes >= 0, f"train.max_minutes must be zero (off) or positive, got {t.max_minutes}")
     _check(t.steps is None or t.steps > 0, f"train.steps must be positive, got {t.steps}")
     _check(t.eval_every > 0, f"train.eval_every must be positive, got {t.eval_every}")
     _check(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}")

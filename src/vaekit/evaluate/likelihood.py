@@ -160,7 +160,7 @@ def token_summary(model: nnx.Module, data: dict, nll: np.ndarray, batch_size: in
     The token count is the mask's sum: every word and the <eos> of every sentence, never padding;
     perplexity = exp(total NLL / tokens), the convention of Bowman et al. 2016."""
     from vaekit import metrics as metrics_lib
-    from vaekit.train import step_rngs
+    from vaekit.trainer import step_rngs
 
     mask = np.asarray(data["mask"]) if "mask" in data else (np.asarray(data["x"]) != 0).astype(np.float32)
     count = float(mask.sum())

@@ -817,7 +817,7 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
             ckpt.close()
         if tracker is not None:  # still open: the run ended early
             tracker.close("FAILED" if info.get("status") in ("diverged", "failed") else "KILLED")
-    info.update(status="complete")
+    info.update(status="stopped" if info.get("stopped_by") else "complete")
     _write_info(run_dir, info)
     return run_dir
 
@@ -875,6 +875,8 @@ def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: lis
     best = float(trainer.state["best"])  # NaN until the first validation
     counted_in_steps = cfg.train.steps is not None
     latent_dim = trainer.model.latent_dim  # the code's size (all layers of a hierarchical model)
+    budget, started = cfg.train.max_minutes * 60.0, time.perf_counter()  # this invocation's training time
+    info.pop("stopped_by", None)
     with bar:
         epoch = int(trainer.state["epoch"]) - 1
         while int(trainer.state["step"]) < trainer.total_steps:
@@ -912,10 +914,17 @@ def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: lis
                 best = value
                 trainer.state["best"] = trainer.replicate(jnp.asarray(best, jnp.float32))
                 ckpt.save("best", epoch + 1, checkpoint_items(trainer.state))
-            if (epoch + 1) % cfg.train.checkpoint_every == 0 or record["step"] >= trainer.total_steps:
+            out_of_time = budget > 0 and time.perf_counter() - started >= budget
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or record["step"] >= trainer.total_steps or out_of_time:
                 ckpt.save("latest", epoch + 1, checkpoint_items(trainer.state))
             info.update(status="running", epoch=epoch + 1, step=record["step"], best_metric=best_key, best=best)
+            if out_of_time:
+                info["stopped_by"] = f"train.max_minutes={cfg.train.max_minutes:g}"
+                log.info("train.max_minutes=%g reached after epoch %d (step %d of %d); `vaekit train --resume %s` "
+                         "continues", cfg.train.max_minutes, epoch + 1, record["step"], trainer.total_steps, run_dir)
             _write_info(run_dir, info)
+            if out_of_time:
+                break
 
 
 def _version() -> str:
