@@ -61,6 +61,29 @@ def test_bernoulli_log_prob_matches_scipy_including_extreme_logits():
     assert np.all(np.isfinite(got))
 
 
+
+@pytest.mark.parametrize("shape", [(3, 28, 28, 1), (3, 5, 5, 1)])  # grouped logs (784 = 49 x 16), and one log each
+def test_bernoulli_log_prob_and_gradients_against_float64_numpy(shape):
+    """Values (grouped logs) and the hand-written gradients, with x broadcast against k sample draws."""
+    k = 4
+    logits = RNG.normal(scale=5, size=(k, *shape))
+    logits[0, 0, 0, 0, 0], logits[1, 0, 0, 1, 0] = 80.0, -80.0
+    x = RNG.uniform(size=shape)  # in [0, 1], not only binary: the density is x l - softplus(l)
+    x[0] = x[0] > 0.5
+    expected = np.sum(x * logits - np.logaddexp(0.0, logits), axis=(2, 3, 4))
+    lp = Bernoulli(jnp.asarray(logits, jnp.float32)).log_prob(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(np.asarray(lp), expected, rtol=1e-5, atol=2e-3)
+    w = RNG.normal(size=(k, shape[0]))  # a weighted sum, so each example's cotangent differs
+
+    def f(lg, xx):
+        return jnp.sum(jnp.asarray(w, jnp.float32) * Bernoulli(lg).log_prob(xx))
+
+    g_logits, g_x = jax.grad(f, argnums=(0, 1))(jnp.asarray(logits, jnp.float32), jnp.asarray(x, jnp.float32))
+    wb = w.reshape(k, shape[0], 1, 1, 1)
+    np.testing.assert_allclose(np.asarray(g_logits), wb * (x - 1.0 / (1.0 + np.exp(-logits))), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(g_x), np.sum(wb * logits, axis=0), rtol=1e-4, atol=1e-4)
+
+
 def test_gaussian_likelihood_matches_scipy_with_constant():
     loc, scale = RNG.uniform(size=(2, 3, 3, 2)), RNG.uniform(0.05, 1.0, size=(2, 3, 3, 2))
     x = RNG.uniform(size=(2, 3, 3, 2))

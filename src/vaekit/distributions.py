@@ -14,6 +14,7 @@ Conventions (the same for every distribution here):
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -84,6 +85,55 @@ def posterior_scale(raw: jax.Array, kind: str) -> jax.Array:
 # --------------------------------------------------------------------------- likelihoods
 
 
+_LOG_GROUP = 16  # factors multiplied before one log: each in (1, 2], so a group's product is at most 2^16
+
+
+def _sum_log1p(e: jax.Array, event_ndim: int) -> jax.Array:
+    """sum over the last `event_ndim` axes of log(1 + e), for e in [0, 1], with one log per 16 values.
+
+    The 16 factors 1 + e of a group are multiplied in a tree of elementwise products (exact in float32
+    to ~16 roundings, a relative 1e-6, so under 1e-6 nats per group) and the group's log taken once:
+    the log, as costly as the exp before it, then runs on 1/16 of the values. Falls back to one log
+    per value when the event size is not a multiple of 16.
+    """
+    n = math.prod(e.shape[e.ndim - event_ndim:]) if event_ndim else 1
+    if n % _LOG_GROUP:
+        return _sum_event(jnp.log(1.0 + e), event_ndim)
+    f = (1.0 + e).reshape(*e.shape[: e.ndim - event_ndim], n // _LOG_GROUP, _LOG_GROUP)
+    while f.shape[-1] > 1:
+        half = f.shape[-1] // 2
+        f = f[..., :half] * f[..., half:]
+    return jnp.sum(jnp.log(f[..., 0]), axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _bernoulli_log_prob(logits: jax.Array, x: jax.Array, event_ndim: int) -> jax.Array:
+    b = (x > 0.5).astype(logits.dtype)
+    s = (2.0 * b - 1.0) * logits
+    linear = _sum_event(jnp.minimum(s, 0.0) + (x - b) * logits, event_ndim)
+    return linear - _sum_log1p(jnp.exp(-jnp.abs(s)), event_ndim)
+
+
+def _bernoulli_log_prob_fwd(logits, x, event_ndim):
+    return _bernoulli_log_prob(logits, x, event_ndim), (logits, x)
+
+
+def _bernoulli_log_prob_bwd(event_ndim, residuals, g):
+    # d/dl (x l - softplus(l)) = x - sigmoid(l), d/dx = l: written out, so that training does not
+    # differentiate through the grouped products of `_sum_log1p` (measured 1.3x slower that way).
+    logits, x = residuals
+    g = g.reshape(g.shape + (1,) * event_ndim)
+    d_logits = g * (x - jax.nn.sigmoid(logits))
+    d_x = g * logits
+    extra = d_x.ndim - x.ndim  # x broadcast against leading sample axes of the logits
+    d_x = jnp.sum(d_x, axis=tuple(range(extra))) if extra else d_x
+    d_x = jnp.sum(d_x, axis=tuple(i for i, n in enumerate(x.shape) if n == 1 and d_x.shape[i] != 1), keepdims=True)
+    return d_logits, d_x
+
+
+_bernoulli_log_prob.defvjp(_bernoulli_log_prob_fwd, _bernoulli_log_prob_bwd)
+
+
 @struct.dataclass
 class Bernoulli:
     """Independent Bernoulli pixels from logits; data in [0, 1] (binary for a true likelihood)."""
@@ -92,11 +142,12 @@ class Bernoulli:
     event_ndim: int = struct.field(pytree_node=False, default=3)
 
     def log_prob(self, x: jax.Array) -> jax.Array:
-        # x*l - softplus(l), rewritten with b = [x > 1/2] as log sigmoid((2b-1) l) + (x-b) l: exact for any
-        # x in [0, 1], stable for any logit, and about 1.7x faster on CPU (XLA fuses one log-sigmoid better
-        # than softplus), which matters in the k = 5000 NLL estimate.
-        b = (x > 0.5).astype(self.logits.dtype)
-        return _sum_event(jax.nn.log_sigmoid((2.0 * b - 1.0) * self.logits) + (x - b) * self.logits, self.event_ndim)
+        # x*l - softplus(l), rewritten with b = [x > 1/2] as log sigmoid(s) + (x-b) l, s = (2b-1) l: exact for
+        # any x in [0, 1] and stable for any logit. log sigmoid(s) = min(s, 0) - log(1 + exp(-|s|)), with log
+        # rather than log1p: XLA CPU's log1p (and jax.nn.log_sigmoid, which uses it) costs 1.7x as much,
+        # and the absolute error, under 1e-7 per pixel where exp(-|s|) vanishes next to 1, is far below
+        # what an NLL reports. The likelihood is most of the k = 5000 NLL estimate's non-matmul work.
+        return _bernoulli_log_prob(self.logits, x, self.event_ndim)
 
     def mean(self) -> jax.Array:
         return jax.nn.sigmoid(self.logits)
