@@ -265,12 +265,15 @@ class Checkpointer:
     run. Steps of the Orbax managers are epochs.
     """
 
-    def __init__(self, run_dir: Path, keep: int = 2):
+    def __init__(self, run_dir: Path, keep: int = 2, asynchronous: bool | None = None):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         root = Path(run_dir).absolute() / CHECKPOINT_DIR
-        opts = dict(create=True, enable_async_checkpointing=False)
+        # Asynchronous saves (Orbax writes in a background thread while training goes on) in a
+        # single process; with several processes every save is a collective and stays synchronous.
+        self.asynchronous = jax.process_count() == 1 if asynchronous is None else asynchronous
+        opts = dict(create=True, enable_async_checkpointing=self.asynchronous)
         self.managers = {
             "latest": ocp.CheckpointManager(root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts)),
             "best": ocp.CheckpointManager(root / "best", options=ocp.CheckpointManagerOptions(max_to_keep=1, **opts)),
@@ -279,11 +282,22 @@ class Checkpointer:
     def save(self, which: str, epoch: int, items: dict) -> None:
         """Save {item name: pytree} as checkpoint `epoch` of `which`."""
         mngr = self.managers[which]
+        if self.asynchronous:
+            mngr.wait_until_finished()  # this manager's previous save, before its steps are read or deleted
+            # A host copy to write from: the trainer donates its state's buffers to the next step,
+            # and on CPU a device array and its numpy view share memory.
+            items = jax.tree.map(np.array, items)
         if epoch in mngr.all_steps():  # re-saving an epoch (e.g. best after resume): replace it
             mngr.delete(epoch)
         args = {name: self._ocp.args.StandardSave(tree) for name, tree in items.items()}
         mngr.save(epoch, args=self._ocp.args.Composite(**args))
-        mngr.wait_until_finished()
+        if not self.asynchronous:
+            mngr.wait_until_finished()
+
+    def wait(self) -> None:
+        """Until every save in flight is on disk (complete, renamed into place)."""
+        for m in self.managers.values():
+            m.wait_until_finished()
 
     def latest_epoch(self, which: str = "latest") -> int | None:
         return self.managers[which].latest_step()
@@ -335,7 +349,9 @@ class Checkpointer:
         raise VaekitError(f"no '{which}' checkpoint in {self.managers[which].directory}")
 
     def close(self) -> None:
+        """Finish the saves in flight, then release the managers."""
         for m in self.managers.values():
+            m.wait_until_finished()
             m.close()
 
 
