@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PRESETS = ("mnist-mlp", "mnist-planar", "mnist-iaf", "mnist-vamp")
+PRESETS = ("mnist-mlp", "mnist-hvae", "mnist-ladder", "mnist-planar", "mnist-iaf", "mnist-vamp")
 PUBLISHED = [
     ("Burda et al. 2015", "VAE, 1 stochastic layer", 86.76),
     ("Burda et al. 2015", "VAE, 2 stochastic layers", 85.33),
