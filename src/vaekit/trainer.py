@@ -354,31 +354,31 @@ class Trainer:
         return state, metrics
 
     def _run_steps(self, state: dict, data: dict, idx: jax.Array):
-        """`_train_chunk` as a host loop of jitted steps (`train.loop=steps`).
+        """`_train_chunk` as a host loop of jitted steps (`train.loop=steps`)."""
+        return self._step_loop(state, self._step, ((data, idx[i]) for i in range(idx.shape[0])))
+
+    def _run_fed_steps(self, state: dict, feed, steps: np.ndarray):
+        """A chunk of a streamed source: one jitted step per host batch from `feed` (len(steps)
+        of them). Each process puts its own rows of the global batch on its own devices."""
+
+        def put(local: dict) -> dict:
+            if self.mesh is None:
+                return jax.device_put(local)
+            return {k: jax.make_array_from_process_local_data(self._batch_sharding, np.asarray(v))
+                    for k, v in local.items()}
+
+        return self._step_loop(state, self._fed_step, ((put(next(feed)),) for _ in range(len(steps))))
+
+    def _step_loop(self, state: dict, step, step_args):
+        """Run `step(state, ok, *args)` for each args of `step_args`; (last state, stacked metrics).
 
         Each call is dispatched asynchronously, so the host still waits only once per chunk,
         when the caller reads the stacked metrics.
         """
         per_step = []
         ok = self.replicate(jnp.asarray(True))
-        for i in range(idx.shape[0]):
-            state, ok, metrics = self._step(state, ok, data, idx[i])
-            per_step.append(metrics)
-        return state, jax.tree.map(lambda *v: jnp.stack(v), *per_step)
-
-    def _run_fed_steps(self, state: dict, feed, steps: np.ndarray):
-        """A chunk of a streamed source: one jitted step per host batch from `feed` (len(steps)
-        of them). Each process puts its own rows of the global batch on its own devices."""
-        per_step = []
-        ok = self.replicate(jnp.asarray(True))
-        for _ in range(len(steps)):
-            local = next(feed)
-            if self.mesh is None:
-                batch = jax.device_put(local)
-            else:
-                batch = {k: jax.make_array_from_process_local_data(self._batch_sharding, np.asarray(v))
-                         for k, v in local.items()}
-            state, ok, metrics = self._fed_step(state, ok, batch)
+        for args in step_args:
+            state, ok, metrics = step(state, ok, *args)
             per_step.append(metrics)
         return state, jax.tree.map(lambda *v: jnp.stack(v), *per_step)
 
@@ -750,8 +750,8 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
             "total_steps": trainer.total_steps,
             "status": "running",
         }
-        info.pop("final", None)
-        info.pop("error", None)
+        for stale in ("final", "error", "stopped_by"):  # what an earlier invocation ended with
+            info.pop(stale, None)
         _write_info(run_dir, info)
         info_written = True
         on = "tensorboard" in cfg.train.loggers and main
@@ -876,7 +876,6 @@ def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: lis
     counted_in_steps = cfg.train.steps is not None
     latent_dim = trainer.model.latent_dim  # the code's size (all layers of a hierarchical model)
     budget, started = cfg.train.max_minutes * 60.0, time.perf_counter()  # this invocation's training time
-    info.pop("stopped_by", None)
     with bar:
         epoch = int(trainer.state["epoch"]) - 1
         while int(trainer.state["step"]) < trainer.total_steps:
