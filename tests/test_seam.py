@@ -257,3 +257,18 @@ def test_a_group_may_override_the_optimizer_settings():
     want = run(optax.adam(0.1, b1=0.5, b2=0.9, eps=t.adam_eps))
     np.testing.assert_allclose(run(opts["b"][0]), want, rtol=1e-6)
     assert not np.allclose(run(optax.adam(0.1, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps)), want)
+
+
+def test_apply_batched_equals_one_call_for_arrays_and_pytrees():
+    """The shared batched-apply helper: uneven last batch, array and pytree outputs, equal to one call."""
+    import numpy as np
+    from flax import nnx
+
+    from vaekit.models.base import apply_batched
+
+    layer = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    x = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    np.testing.assert_allclose(apply_batched(layer, lambda m, b: m(b), x, 3), np.asarray(layer(x)), rtol=1e-6)
+    out = apply_batched(layer, lambda m, b: {"y": m(b), "n": b.sum(-1)}, x, 4)
+    np.testing.assert_allclose(out["n"], x.sum(-1), rtol=1e-6)
+    assert out["y"].shape == (10, 3)

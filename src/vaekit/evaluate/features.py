@@ -276,10 +276,9 @@ def train_classifier(net: FeatureNet, x: np.ndarray, labels: list[np.ndarray], *
 
 def accuracy(net: FeatureNet, x: np.ndarray, labels: list[np.ndarray], batch_size: int = 1000) -> list[float]:
     """Per-head accuracy of `net` on images x (N, H, W, C) and one label array (N,) per head."""
-    graphdef, state = nnx.split(net)
-    fn = jax.jit(lambda st, xb: [jnp.argmax(l, -1) for l in nnx.merge(graphdef, st).logits(xb)])
-    preds = [np.concatenate(p) for p in zip(*(fn(state, jnp.asarray(x[i : i + batch_size]))
-                                               for i in range(0, len(x), batch_size)))]
+    from vaekit.models.base import apply_batched
+
+    preds = apply_batched(net, lambda n, xb: [jnp.argmax(logits, -1) for logits in n.logits(xb)], x, batch_size)
     return [float(np.mean(p == np.asarray(y))) for p, y in zip(preds, labels)]
 
 

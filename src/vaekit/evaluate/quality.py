@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from vaekit.errors import VaekitError
+from vaekit.models.base import apply_batched
 
 QUALITY_FILE = "quality.json"
 QUALITY_SEED = 20170626  # seed of the samples of every quality evaluation (reproducible numbers)
@@ -110,32 +111,16 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
 
 def compare(net, real_x: np.ndarray, fake_x: np.ndarray, *, k: int = 3, batch_size: int = 1000) -> dict:
     """FID, precision and recall of images fake_x against real_x, in `net`'s feature space."""
-    fn = _feature_fn(net)
-    real = _batched(fn, real_x, batch_size)
-    fake = _batched(fn, fake_x, batch_size)
+    real, fake = (apply_batched(net, lambda n, x: n.features(x), np.asarray(v, np.float32), batch_size)
+                  for v in (real_x, fake_x))
     precision, recall = precision_recall(real, fake, k)
     return {"fid": fid(real, fake), "precision": precision, "recall": recall}
 
 
-def _net_fn(net, method):
-    """x -> method(merged net, x), jitted with the net's arrays as an argument (not baked-in constants)."""
-    graphdef, state = nnx.split(net)
-    fn = jax.jit(lambda st, x: method(nnx.merge(graphdef, st), x))
-    return lambda x: fn(state, x)
-
-
-def _feature_fn(net):
-    return _net_fn(net, lambda n, x: n.features(x))
-
-
-def _batched(fn, x, batch_size: int) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(jnp.asarray(x[i : i + batch_size], jnp.float32)))
-                           for i in range(0, len(x), batch_size)])
-
-
 def label_accuracy(net, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
     """Fraction of images the net's first head classifies as their label."""
-    pred = _batched(_net_fn(net, lambda n, x: jnp.argmax(n.logits(x)[0], axis=-1)), images, batch_size)
+    pred = apply_batched(net, lambda n, x: jnp.argmax(n.logits(x)[0], axis=-1), np.asarray(images, np.float32),
+                         batch_size)
     return float(np.mean(pred == np.asarray(labels)))
 
 

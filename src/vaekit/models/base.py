@@ -103,6 +103,21 @@ CAPABILITY_NEEDS = {
 }
 
 
+def apply_batched(module: nnx.Module, method, x, batch_size: int):
+    """`method(module, batch)` over the rows of x in batches of `batch_size`, on the host.
+
+    Compiled once per batch shape, with the module's arrays an argument of the compiled function
+    (not constants baked into it); the outputs (an array or a pytree of arrays, one row per
+    example) are concatenated along their first axis.
+    """
+    import numpy as np
+
+    graphdef, state = nnx.split(module)
+    fn = jax.jit(lambda st, xb: method(nnx.merge(graphdef, st), xb))
+    parts = [jax.device_get(fn(state, x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    return jax.tree.map(lambda *p: np.concatenate(p), *parts)
+
+
 def require(model, capability: str, command: str) -> None:
     """Raise a one-line VaekitError when `model` lacks `capability`, naming the command."""
     if not getattr(model.capabilities, capability):
@@ -111,4 +126,4 @@ def require(model, capability: str, command: str) -> None:
                           f"has none")
 
 
-__all__ = ["CAPABILITY_NEEDS", "Capabilities", "DEFAULT_GROUPS", "Model", "ParamGroup", "require"]
+__all__ = ["CAPABILITY_NEEDS", "Capabilities", "DEFAULT_GROUPS", "Model", "ParamGroup", "apply_batched", "require"]

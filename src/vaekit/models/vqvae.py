@@ -35,6 +35,7 @@ from vaekit.config import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
 from vaekit.distributions import LIKELIHOODS
 from vaekit.errors import VaekitError
+from vaekit.models.base import apply_batched
 from vaekit.metrics import mean_of
 from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup
 from vaekit.nets.cpu_conv import conv, conv_transpose
@@ -297,10 +298,7 @@ def code_statistics(codes: np.ndarray, k: int) -> dict:
 
 def validation_codes(model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     """The codes (N, h, w) of images x under `model.encode`, jitted, in batches."""
-    graphdef, state = nnx.split(model)
-    fn = jax.jit(lambda st, xb: nnx.merge(graphdef, st).encode(xb).codes)
-    return np.concatenate([np.asarray(fn(state, jnp.asarray(x[i : i + batch_size])))
-                           for i in range(0, len(x), batch_size)])
+    return apply_batched(model, lambda m, xb: m.encode(xb).codes, x, batch_size)
 
 
 def save_code_pictures(run_dir, codes: np.ndarray, k: int) -> None:
