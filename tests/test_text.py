@@ -257,6 +257,7 @@ def _fake_image_run(tmp_path):
     (["sample", "IMG", "--decode", "beam"], "--decode applies to text runs"),
     (["interpolate", "IMG", "--between", "a", "b"], "--between applies to text runs"),
     (["sample", "RUN", "--decode", "greedy", "--beam", "3"], "--beam applies to --decode beam"),
+    (["sample", "RUN", "--decode", "beam", "--beam", "0"], "--beam must be >= 1, got 0"),
     (["train", "--preset", "text-demo", "--set", "data.path=EMPTY"], "no sentences"),
     (["train", "--preset", "text-demo", "--set", "data.path=LATIN1"], "not UTF-8"),
     (["train", "--preset", "text-demo", "--set", "data.path=LONG", "--set", "data.max_len=2"], "no training sentence"),

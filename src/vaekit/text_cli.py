@@ -74,8 +74,9 @@ def cmd_sample(args, load) -> None:
     _no_label(args)
     method = args.decode or "sample"
     out = _out(args, "samples.txt")
-    if method == "beam" and (args.beam or 5) < 1:
-        raise VaekitError(f"--beam must be >= 1, got {args.beam}")
+    beam = 5 if args.beam is None else args.beam
+    if method == "beam" and beam < 1:
+        raise VaekitError(f"--beam must be >= 1, got {beam}")
     if args.beam is not None and method != "beam":
         raise VaekitError("--beam applies to --decode beam")
     if args.top_k is not None and method != "topk":
@@ -85,7 +86,7 @@ def cmd_sample(args, load) -> None:
     key = jax.random.PRNGKey(args.seed)
     z = model.latent_codes(args.n, jax.random.fold_in(key, 0))
     if method == "beam":
-        ids, _ = _compiled(model, lambda m, z: m.beam_search(z, args.beam or 5))(z)
+        ids, _ = _compiled(model, lambda m, z: m.beam_search(z, beam))(z)
     else:
         top_k = args.top_k if args.top_k is not None else 10
         if method == "topk" and not 0 < top_k <= len(vocab):
