@@ -216,6 +216,24 @@ def _peer_argv(args: Sequence[str] | Mapping[str, object] | None) -> list[str]:
     return [str(a) for a in args]
 
 
+def peer_command(script: str | os.PathLike, argv: Sequence[str], python: str | os.PathLike | None = None
+                 ) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) that run a peer script in the bench venv: ``python`` or
+    ``$VAEKIT_BENCH_PYTHON`` or ``.venv-bench/bin/python``, without this venv's PYTHONPATH,
+    PYTHONHOME or VIRTUAL_ENV.
+
+    Raises:
+        FileNotFoundError: the bench venv is missing (see ``benchmarks/README.md``).
+    """
+    interpreter = Path(python or os.environ.get("VAEKIT_BENCH_PYTHON") or BENCH_PYTHON)
+    if not interpreter.exists():
+        raise FileNotFoundError(
+            f"{interpreter} not found: create the benchmark venv first (see {BENCH_DIR / 'README.md'})"
+        )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    return [str(interpreter), str(script), *argv], env
+
+
 def run_peer(args: Sequence[str] | Mapping[str, object] | None = None, *, python: str | os.PathLike | None = None,
              timeout: float | None = None, echo: bool = False, script: str | os.PathLike = PEER_SCRIPT) -> dict:
     """Run a peer benchmark (default: Pythae) in ``.venv-bench`` and return its JSON as a dict.
@@ -240,19 +258,12 @@ def run_peer(args: Sequence[str] | Mapping[str, object] | None = None, *, python
         FileNotFoundError: the bench venv is missing (see ``benchmarks/README.md``).
         RuntimeError: the peer exited non-zero; the message holds its last output.
     """
-    interpreter = Path(python or os.environ.get("VAEKIT_BENCH_PYTHON") or BENCH_PYTHON)
-    if not interpreter.exists():
-        raise FileNotFoundError(
-            f"{interpreter} not found: create the benchmark venv first (see {BENCH_DIR / 'README.md'})"
-        )
     argv = _peer_argv(args)
     if "--json" in argv:
         raise ValueError("run_peer adds --json itself")
     with tempfile.TemporaryDirectory(prefix="vaekit-peer-") as tmp:
         out = Path(tmp) / "peer.json"
-        cmd = [str(interpreter), str(script), *argv, "--json", str(out)]
-        # The peer must not see this venv's site-packages or a PYTHONPATH meant for it.
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        cmd, env = peer_command(script, [*argv, "--json", str(out)], python)
         proc = subprocess.run(
             cmd,
             cwd=REPO_ROOT,

@@ -23,13 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cpu_busy, cpu_info  # noqa: E402
 
 
 def write_folder(root: Path, n: int, size: int, seed: int = 0) -> None:
     from PIL import Image
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -50,7 +51,7 @@ def main() -> None:
     from vaekit.data import load_configured
 
     info = cpu_info()
-    print(f"CPU: {info['model']}, {info['cores']} cores (others busy {cpu_busy():.0f}% before the run)", flush=True)
+    print(f"CPU: {info['model']}, {info['cores']} cores (others busy {cpu_busy():.0%} before the run)", flush=True)
     root = Path(tempfile.mkdtemp(prefix="vaekit-folder-")) / "images"
     t0 = time.perf_counter()
     write_folder(root, args.images, args.source_size)
@@ -61,8 +62,8 @@ def main() -> None:
     cfg = vaekit.resolve("folder-conv64", None, [f"data.path={root}", "data.stream=yes"])
     splits = load_configured(cfg.data)
     stream = splits.stream
-    per_epoch = stream.num_examples // 64
-    it = stream.batches(first_step=0, steps=args.steps + 2, batch_size=64, steps_per_epoch=per_epoch, seed=0)
+    rows = np.random.default_rng(0).integers(0, stream.num_examples, size=(args.steps + 2, 64))
+    it = stream.batches(rows)
     next(it), next(it)  # threads started, prefetch filled
     t0 = time.perf_counter()
     for _ in range(args.steps):

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH_PYTHON, PEER_SCRIPT, REPO_ROOT, cpu_busy, cpu_info  # noqa: E402
+from common import PEER_SCRIPT, REPO_ROOT, cpu_busy, cpu_info, peer_command  # noqa: E402
 
 VAEKIT = [sys.executable, "-m", "vaekit.cli"]
 
@@ -53,7 +53,7 @@ def main() -> None:
     p.add_argument("--json")
     args = p.parse_args()
     info = cpu_info()
-    print(f"CPU: {info['model']}, {info['cores']} cores (others busy {cpu_busy():.0f}% before the run)", flush=True)
+    print(f"CPU: {info['model']}, {info['cores']} cores (others busy {cpu_busy():.0%} before the run)", flush=True)
     work = Path(tempfile.mkdtemp(prefix="vaekit-whole-run-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COMPILATION", "VAEKIT_COMPILATION"))}
     env["XDG_CACHE_HOME"] = str(work / "cache")  # empty: the first round compiles everything
@@ -66,9 +66,9 @@ def main() -> None:
         results["vaekit_full"].append(timed(full, env))
         results["vaekit_short"].append(timed(short, env))
         if not args.skip_peer:
-            peer = [str(BENCH_PYTHON), str(PEER_SCRIPT), "--epochs", str(args.epochs), "--quiet",
-                    "--json", str(work / f"peer{r}.json")]
-            results["pythae_full"].append(timed(peer))
+            peer, peer_env = peer_command(PEER_SCRIPT, ["--epochs", str(args.epochs), "--quiet",
+                                                        "--json", str(work / f"peer{r}.json")])
+            results["pythae_full"].append(timed(peer, peer_env))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in results.items() if v), flush=True)
 
     def cell(name: str, which: str) -> str:

@@ -236,7 +236,6 @@ class Trainer:
         # A streamed source (splits.stream) feeds host batches instead (`_run_fed_steps`).
         self.stream = splits.stream
         self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items()} if self.stream is None else None
-        self._data_epoch = data_epoch
         self.root = jax.random.PRNGKey(t.seed)
         self.chunk_callback = chunk_callback
         self.loop = resolve_loop(t.loop, self.model) if self.stream is None else "stream"
@@ -424,9 +423,8 @@ class Trainer:
             data, idx = self.train_data, self.replicate(self.epoch_indices(epoch, steps, first_step=step0))
         else:  # host batches of these steps, read and decoded ahead by the stream's threads
             idx = np.arange(step0, step0 + steps)
-            data = self.stream.batches(first_step=step0, steps=steps, batch_size=self.cfg.train.batch_size,
-                                       steps_per_epoch=self._data_epoch, seed=self.cfg.train.seed,
-                                       process_index=jax.process_index(), process_count=jax.process_count())
+            rows = jax.device_get(self.epoch_indices(epoch, steps, first_step=step0))  # the resident path's batches
+            data = self.stream.batches(rows, process_index=jax.process_index(), process_count=jax.process_count())
         s = self.cfg.train.chunk_steps
         acc = metrics_lib.Accumulator()
         t0 = time.perf_counter()

@@ -278,6 +278,9 @@ def load_data(
     given_spec, run_files = splits.pop("spec", None), splits.pop("run_files", {})
     transform = splits.pop("train_transform", None)
     stream = splits.pop("stream", None)
+    if stream is not None and binarize == "static":
+        raise VaekitError("data.binarize=static binarizes the training set once in memory; a streamed training "
+                          "split takes data.binarize=dynamic or none")
     num_classes = _num_classes(splits)  # before limit: the class count is the dataset's
 
     if limit is not None and limit < len(next(iter(splits["train"].values()))):

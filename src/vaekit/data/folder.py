@@ -103,11 +103,12 @@ def _pool() -> ThreadPoolExecutor:
 class FolderStream:
     """The training images of a folder too large to hold in memory, read from disk with Grain.
 
-    `batches` gives the host batches of a range of global steps: step s draws the examples
-    perm_e[b*B:(b+1)*B] of the permutation of epoch e = s // steps_per_epoch (seeded by the run's
-    seed), b = s % steps_per_epoch. Each process reads and decodes only its own B / P rows of every
-    batch (the rows its devices get), on Grain's reader threads, with batches prefetched ahead of
-    the trainer. Any step can be the first, so a resumed run reads the same batches.
+    `batches` reads the host batches of given example indices: the trainer passes the same
+    `epoch_indices` it uses for a resident split, so a streamed run draws the same batches as a
+    resident one (a permutation per epoch, or with replacement under train.steps), and a resumed
+    run the same as an uninterrupted one. Each process reads and decodes only its own B / P rows of
+    every batch (the rows its devices get), on Grain's reader threads, with batches prefetched
+    ahead of the trainer.
     """
 
     def __init__(self, root: Path, files: list[str], labels: np.ndarray | None, color: str, size: int | None,
@@ -133,24 +134,17 @@ class FolderStream:
             rows = list(pool.map(self.example, range(min(n or self.num_examples, self.num_examples))))
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
-    def batches(self, *, first_step: int, steps: int, batch_size: int, steps_per_epoch: int, seed: int,
-                process_index: int = 0, process_count: int = 1, threads: int | None = None):
-        """An iterator over this process's part ({"x": (B/P, H, W, C), "y": (B/P,)}) of the
-        batches of steps first_step ... first_step + steps - 1."""
+    def batches(self, indices: np.ndarray, *, process_index: int = 0, process_count: int = 1,
+                threads: int | None = None):
+        """An iterator over this process's part ({"x": (B/P, H, W, C), "y": (B/P,)}) of each batch
+        of `indices` ((steps, B) training example indices, the trainer's `epoch_indices`):
+        process p reads rows p*B/P ... (p+1)*B/P - 1 of every batch."""
         import grain
 
-        local = batch_size // process_count
-        n = self.num_examples
-        perms: dict[int, np.ndarray] = {}
-
-        def row(k: int) -> int:  # k: position among this process's rows from first_step on
-            step, j = divmod(k, local)
-            epoch, b = divmod(first_step + step, steps_per_epoch)
-            if epoch not in perms:  # (two reader threads may both build it: the same array)
-                perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
-            return int(perms[epoch][b * batch_size + process_index * local + j])
-
-        ds = grain.MapDataset.range(steps * local).map(lambda k: self.example(row(k))).batch(local, drop_remainder=True)
+        indices = np.asarray(indices)
+        local = indices.shape[1] // process_count
+        rows = indices[:, process_index * local:(process_index + 1) * local].reshape(-1)
+        ds = grain.MapDataset.source(rows).map(lambda i: self.example(int(i))).batch(local, drop_remainder=True)
         threads = threads or min(16, os.cpu_count() or 1)
         return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)))
 
@@ -200,11 +194,8 @@ def load_folder_splits(path: str | None, *, val_size: int, seed: int, limit: int
             raise VaekitError(f"folder '{root}': no readable image left for the {name} split")
     train_bytes = len(keep["train"]) * int(np.prod(shape)) * 4
     stream = stream_mode == "yes" or (stream_mode == "auto" and train_bytes > RESIDENT_BYTES)
-    binarize = getattr(data_config, "binarize", "none")
-    if stream and binarize == "static":
-        raise VaekitError("data.binarize=static binarizes the training set once in memory; a streamed folder "
-                          "takes data.binarize=dynamic or none")
-    labels = {name: np.array([classes.index(files[i].split("/")[0]) for i in idx], np.int32) if classes else None
+    class_of = {c: k for k, c in enumerate(classes or [])}
+    labels = {name: np.array([class_of[files[i].split("/")[0]] for i in idx], np.int32) if classes else None
               for name, idx in keep.items()}
     out, index = {}, {"folder": str(root.absolute()), "seed": seed, "classes": classes, "unreadable": bad}
     for name, idx in keep.items():
@@ -218,7 +209,9 @@ def load_folder_splits(path: str | None, *, val_size: int, seed: int, limit: int
             broken = [files[i] for i, im in zip(idx, images) if im is None or im.shape != shape]
             if broken:
                 raise VaekitError(f"folder '{root}': cannot decode '{broken[0]}' (its header was readable)")
-            split = {"x": np.stack(images).astype(np.float32) / 255.0}
+            x = np.stack(images).astype(np.float32)
+            x /= 255.0  # in place: one float32 copy of the split, not two
+            split = {"x": x}
         if labels[name] is not None:
             split["y"] = labels[name]
         out[name] = split
