@@ -61,6 +61,39 @@ def synthetic_token_splits(n=200, seq_len=8, vocab_size=12, seed=0) -> Splits:
                   spec=DataSpec("tokens", (seq_len,), None, vocab_size), binarize="none")
 
 
+def group_step_check(tr, batch_size: int, lrs: dict) -> dict:
+    """Check that one `Trainer` step moves each parameter group by one Adam step on the gradient of
+    that group's own loss alone (Adam's first step is -lr * g / (|g| + eps)), and return
+    {(loss group, parameter group): that gradient} for every pair, cross terms included, so a
+    test can show that a cross term exists which the step had to ignore."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from vaekit.trainer import step_rngs
+
+    params = tr.state["params"]
+    before = jax.tree.map(np.asarray, params)
+    idx = jnp.arange(batch_size)
+    data_key, model_key = jax.random.split(jax.random.fold_in(tr.state["key"], tr.state["step"]))
+    batch = tr.gather(tr.train_data, idx, data_key)  # the step's own batch and keys, as _train_step derives them
+
+    def grad(loss_group, param_group):
+        def f(p):
+            model = nnx.merge(tr.graphdef, *dict(params, **{param_group: p}).values(), tr.state["rest"], copy=True)
+            return model.loss(batch, rngs=step_rngs(model_key), step=tr.state["step"])[0][loss_group]
+        return jax.jit(jax.grad(f))(params[param_group])
+
+    grads = {(g, h): grad(g, h) for g in params for h in params}
+    new, _ = jax.jit(tr._train_step)(tr.state, tr.train_data, idx)
+    for g, lr in lrs.items():
+        expected = jax.tree.map(lambda p, d: p - lr * np.asarray(d) / (np.abs(np.asarray(d)) + 1e-8), before[g],
+                                grads[g, g])
+        for got, want in zip(jax.tree.leaves(new["params"][g]), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    return grads
+
+
 def write_npz(tmp_path, name="data.npz", **arrays):
     """Save arrays as an .npz in tmp_path and return its path as a string."""
     path = tmp_path / name

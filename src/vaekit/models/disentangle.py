@@ -315,12 +315,12 @@ class FactorVAE(_PenalizedVAE):
         """{"vae": ELBO loss + gamma TC estimate, "discriminator": its cross-entropy} and metrics
         ("tc": the estimate, "disc_loss", "disc_accuracy" on the codes and their permutation)."""
         elbo_loss, metrics, _, z = self._elbo_loss(batch, rngs, step)
-        logits = self.discriminator(z)  # (B, 2)
-        tc = logits[:, 0] - logits[:, 1]  # (B,) log D(z) / (1 - D(z))
+        # One discriminator pass over the codes and their permutation. The trainer differentiates
+        # each group's loss with respect to its own parameters only: the cross-entropy moves only
+        # the discriminator, and the TC term only the VAE.
+        both = self.discriminator(jnp.concatenate([z, permute_dims(z, rngs.sample())]))  # (2B, 2)
+        tc = both[: z.shape[0], 0] - both[: z.shape[0], 1]  # (B,) log D(z) / (1 - D(z))
         vae_loss = elbo_loss + self.model_cfg.gamma * jnp.mean(tc)
-        z_fixed = jax.lax.stop_gradient(z)
-        z_perm = permute_dims(z_fixed, rngs.sample())
-        both = self.discriminator(jnp.concatenate([z_fixed, z_perm]))  # (2B, 2)
         labels = jnp.concatenate([jnp.zeros(z.shape[0], jnp.int32), jnp.ones(z.shape[0], jnp.int32)])
         ce = optax.softmax_cross_entropy_with_integer_labels(both, labels)  # (2B,)
         correct = (jnp.argmax(both, axis=-1) == labels).astype(jnp.float32)

@@ -139,10 +139,11 @@ class VAEGAN(ImageLossVAE):
         llike = 0.5 * jnp.sum((f_real - f_rec) ** 2, axis=(1, 2, 3))  # (B,)
         gen = _bce(l_rec, 1.0) + _bce(l_gen, 1.0)  # non-saturating: -log D(x~) - log D(x_p)
 
-        # The discriminator's own loss, on fakes it cannot move (their gradient belongs to the decoder).
+        # The discriminator's own loss, from the same pass: the trainer differentiates each group's
+        # loss with respect to that group's parameters only, so this loss never moves the decoder.
         real_target = 1.0 - m.label_smoothing if m.stabilizer == "smoothing" else 1.0
-        _, l_fake = self.discriminator(jax.lax.stop_gradient(jnp.concatenate([x_rec, x_gen])))
-        disc = _bce(l_real, real_target) + _bce(l_fake[:b], 0.0) + _bce(l_fake[b:], 0.0)  # (B,)
+        l_fake = logits[b:]
+        disc = _bce(l_real, real_target) + _bce(l_rec, 0.0) + _bce(l_gen, 0.0)  # (B,)
         if m.stabilizer == "r1":
             grad_x = jax.grad(lambda xr: jnp.sum(self.discriminator(xr)[1]))(x)
             disc = disc + 0.5 * m.r1_weight * jnp.sum(grad_x**2, axis=(1, 2, 3))
