@@ -204,7 +204,7 @@ def test_sampling_a_stage_one_run_says_it_draws_uniformly(splits, caplog):
 def test_bad_input_is_one_line(splits, tmp_path):
     with pytest.raises(VaekitError, match="codebook_size must be >= 2"):
         _cfg(codebook_size=1)
-    with pytest.raises(VaekitError, match="objective.beta cannot apply"):
+    with pytest.raises(VaekitError, match="objective.beta=4.0 cannot apply"):
         build_model(tiny_config(model=TINY, objective={"beta": 4.0}), splits.spec, rngs=nnx.Rngs(params=0))
     with pytest.raises(VaekitError, match="divisible by 8, got 28x28"):
         build_model(_cfg(stages=3), DataSpec("images", (28, 28, 1), 10), rngs=nnx.Rngs(params=0))

@@ -92,6 +92,17 @@ class ObjectiveConfig:
     capacity_gamma: float = 1000.0  # weight gamma of |KL - C|
 
 
+KL_OPTIONS = ("beta", "beta_schedule", "free_bits", "capacity_max")  # what acts on an ELBO's KL term
+
+
+def changed_objective(objective: ObjectiveConfig, keys=("kind", *KL_OPTIONS)) -> str:
+    """The options among `keys` that differ from their defaults, as "objective.k=v, ..." ("" if none):
+    for a model or bound that would otherwise ignore them."""
+    default = ObjectiveConfig()
+    return ", ".join(f"objective.{k}={getattr(objective, k)}" for k in keys
+                     if getattr(objective, k) != getattr(default, k))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10  # passes over the training split; setting it explicitly on a steps-counted preset clears `steps`
@@ -477,10 +488,9 @@ def validate(cfg: Config) -> None:
     _check(o.capacity_steps > 0, f"objective.capacity_steps must be positive, got {o.capacity_steps}")
     _check(o.capacity_gamma >= 0, f"objective.capacity_gamma must be >= 0, got {o.capacity_gamma}")
     if o.kind == "iwae":  # the IWAE bound has no KL term for these to act on: say so instead of ignoring them
-        ignored = [f"{k}={v}" for k, v, default in (("beta", o.beta, 1.0), ("beta_schedule", o.beta_schedule, "constant"),
-                   ("free_bits", o.free_bits, 0.0), ("capacity_max", o.capacity_max, 0.0)) if v != default]
+        ignored = changed_objective(o, KL_OPTIONS)
         _check(not ignored, f"objective.kind=iwae optimizes the importance-weighted bound, which has no KL term; "
-                            f"objective.{', objective.'.join(ignored)} cannot apply (use objective.kind=elbo)")
+                            f"{ignored} cannot apply (use objective.kind=elbo)")
     _check(t.epochs > 0, f"train.epochs must be positive, got {t.epochs}")
     _check(t.max_minutes >= 0, f"train.max_minutes must be zero (off) or positive, got {t.max_minutes}")
     _check(t.steps is None or t.steps > 0, f"train.steps must be positive, got {t.steps}")

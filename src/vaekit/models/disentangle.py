@@ -30,15 +30,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from vaekit import objectives
-from vaekit.config import ModelConfig, ObjectiveConfig
+from vaekit.config import ModelConfig, ObjectiveConfig, changed_objective
 from vaekit.data.spec import DataSpec
 from vaekit.distributions import LOG_2PI
 from vaekit.errors import VaekitError
 from vaekit.metrics import mean_of
 from vaekit.models.base import ParamGroup
-from vaekit.models.vae import VAE
-from vaekit.priors import kl_divergence
+from vaekit.models.vae import VAE, variational_objective
 
 TC_ESTIMATORS = ("mws", "stratified")
 DIP_VARIANTS = ("i", "ii")
@@ -220,13 +218,9 @@ class _PenalizedVAE(VAE):
     def _elbo_loss(self, batch: dict, rngs: nnx.Rngs, step: jax.Array):
         """(ELBO loss with the objective's KL options, metrics, posterior q, draw z (B, D))."""
         q, z, log_qz, log_px_z, log_pz = self._draws(batch, 1, rngs)
-        kl = kl_divergence(q, self.prior, z, log_qz)
-        recon = -log_px_z[0]  # (B,)
-        penalty, info = objectives.kl_term(kl, step, self.objective, latent_dim=self.latent_dim)
-        metrics = {"recon": mean_of(recon), "kl": mean_of(kl.total), "elbo": mean_of(-(recon + kl.total)), **info}
-        if kl.per_dim is not None:
-            metrics["kl_per_dim"] = mean_of(kl.per_dim)
-        return jnp.mean(recon) + penalty, metrics, q, z[0]
+        loss, metrics = variational_objective(self.objective, step, q, self.prior, z, log_qz, log_px_z, log_pz,
+                                              self.latent_dim)
+        return loss, metrics, q, z[0]
 
 
 class TCVAE(VAE):
@@ -236,13 +230,10 @@ class TCVAE(VAE):
     config_class = TCVAEConfig
 
     def __init__(self, model: TCVAEConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
-        defaults = ObjectiveConfig()
-        ignored = [f"objective.{k}={getattr(objective, k)}" for k in ("kind", "beta", "beta_schedule", "free_bits",
-                                                                       "capacity_max")
-                   if getattr(objective, k) != getattr(defaults, k)]
+        ignored = changed_objective(objective)
         if ignored:
             raise VaekitError(f"model.kind=tcvae weights its KL terms with model.alpha, model.beta and model.gamma; "
-                              f"{', '.join(ignored)} cannot apply (leave the objective section at its defaults)")
+                              f"{ignored} cannot apply (leave the objective section at its defaults)")
         if model.estimator == "stratified" and spec.num_examples is None:
             raise VaekitError("model.estimator=stratified needs the training set's size, which this data spec lacks "
                               "(DataSpec.num_examples); use model.estimator=mws")
@@ -252,20 +243,15 @@ class TCVAE(VAE):
         """E[-log p(x|z)] + alpha MI + beta TC + gamma dim-KL (batch means, one draw); metrics add the
         three terms ("mi", "tc", "dim_kl") and the true ELBO with its closed-form KL."""
         cfg = self.model_cfg
-        q, z, log_qz, log_px_z, _ = self._draws(batch, 1, rngs)
-        recon = -log_px_z[0]  # (B,)
+        q, z, log_qz, log_px_z, log_pz = self._draws(batch, 1, rngs)
+        # The true ELBO's parts as metrics (the objective is at its defaults: beta = 1, no KL options).
+        _, metrics = variational_objective(self.objective, step, q, self.prior, z, log_qz, log_px_z, log_pz,
+                                           self.latent_dim)
+        del metrics["beta"]  # the objective's beta, always 1 here: model.beta weights the TC term
         log_w = log_importance_weights(z.shape[1], self.spec.num_examples, cfg.estimator)
         terms = tc_decomposition(z[0], q.mean, q.scale, log_w)  # each (B,)
-        per_example = recon + cfg.alpha * terms["mi"] + cfg.beta * terms["tc"] + cfg.gamma * terms["dim_kl"]
-        kl = kl_divergence(q, self.prior, z, log_qz)  # closed form, for the ELBO metric
-        metrics = {
-            "loss": mean_of(per_example),
-            "recon": mean_of(recon),
-            "kl": mean_of(kl.total),
-            "elbo": mean_of(-(recon + kl.total)),
-            "kl_per_dim": mean_of(kl.per_dim),
-            **{name: mean_of(value) for name, value in terms.items()},
-        }
+        per_example = -log_px_z[0] + cfg.alpha * terms["mi"] + cfg.beta * terms["tc"] + cfg.gamma * terms["dim_kl"]
+        metrics |= {"loss": mean_of(per_example), **{name: mean_of(value) for name, value in terms.items()}}
         return jnp.mean(per_example), metrics
 
 

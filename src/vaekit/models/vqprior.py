@@ -18,6 +18,7 @@ top-k) and decodes them with the parent's decoder.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from pathlib import Path
@@ -195,8 +196,7 @@ class VQPrior(nnx.Module):
         if not 0 <= top_k <= self.pixelcnn.num_codes:
             raise VaekitError(f"top_k must be in [0, {self.pixelcnn.num_codes}], got {top_k}")
         graphdef, state = nnx.split(self.pixelcnn)
-        draw = _compiled_sampler(graphdef, n, self.grid, int(top_k))
-        return draw(state, key, jnp.asarray(temperature, jnp.float32))
+        return _draw_codes(graphdef, state, key, jnp.asarray(temperature, jnp.float32), n, tuple(self.grid), int(top_k))
 
     def sample(self, n: int, *, rngs: nnx.Rngs, y: jax.Array | None = None, temperature: float = 1.0,
                top_k: int | None = None) -> jax.Array:
@@ -205,17 +205,11 @@ class VQPrior(nnx.Module):
         return self.parent.decode_codes(codes).mean()
 
 
-_SAMPLERS: dict = {}
-
-
-def _compiled_sampler(graphdef, n: int, grid, top_k: int):
-    """A jitted (state, key, temperature) -> codes for one PixelCNN structure, n, grid and top_k
-    (compiled once each; the temperature is an argument)."""
-    key = (graphdef, n, grid, top_k)
-    if key not in _SAMPLERS:
-        _SAMPLERS[key] = jax.jit(
-            lambda state, k, t: nnx.merge(graphdef, state).sample(k, n, grid, t, top_k))
-    return _SAMPLERS[key]
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def _draw_codes(graphdef, state, key, temperature, n: int, grid: tuple, top_k: int) -> jax.Array:
+    """Jitted ancestral sampling: compiled once per PixelCNN structure, n, grid and top_k (the
+    temperature is an argument)."""
+    return nnx.merge(graphdef, state).sample(key, n, grid, temperature, top_k)
 
 
 __all__ = ["VQPrior", "VQPriorConfig", "load_parent", "parent_checksum"]

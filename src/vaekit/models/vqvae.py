@@ -31,13 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from vaekit.config import ModelConfig, ObjectiveConfig
+from vaekit.config import ModelConfig, ObjectiveConfig, changed_objective
 from vaekit.data.spec import DataSpec
 from vaekit.distributions import LIKELIHOODS
 from vaekit.errors import VaekitError
-from vaekit.models.base import apply_batched
 from vaekit.metrics import mean_of
-from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup
+from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup, apply_batched
 from vaekit.nets.cpu_conv import conv, conv_transpose
 
 log = logging.getLogger("vaekit")
@@ -92,12 +91,10 @@ def code_grid(image_shape, stages: int) -> tuple[int, int]:
 def check_objective(kind: str, objective: ObjectiveConfig) -> None:
     """The VQ kinds have no KL term to weight and no posterior draws to importance-weight: refuse
     objective options that would otherwise be ignored."""
-    default = ObjectiveConfig()
-    changed = [k for k in ("kind", "beta", "beta_schedule", "free_bits", "capacity_max")
-               if getattr(objective, k) != getattr(default, k)]
+    changed = changed_objective(objective)
     if changed:
-        raise VaekitError(f"model.kind '{kind}' has no KL term or posterior draws: objective."
-                          f"{', objective.'.join(changed)} cannot apply (leave the objective section at its defaults)")
+        raise VaekitError(f"model.kind '{kind}' has no KL term or posterior draws: {changed} cannot apply (leave "
+                          f"the objective section at its defaults)")
 
 
 # --------------------------------------------------------------------------- nets
@@ -187,7 +184,12 @@ class Quantized:
 
 def batch_perplexity(codes: jax.Array, k: int) -> jax.Array:
     """exp(entropy) of the code frequencies in `codes` (any shape): K when uniform, 1 when one code."""
-    p = jnp.bincount(codes.reshape(-1), length=k) / codes.size
+    return _perplexity(jnp.bincount(codes.reshape(-1), length=k))
+
+
+def _perplexity(counts: jax.Array) -> jax.Array:
+    """exp(entropy) of the frequencies `counts` (K,)."""
+    p = counts / jnp.sum(counts)
     return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
 
 
@@ -288,8 +290,9 @@ def code_statistics(codes: np.ndarray, k: int) -> dict:
     codes = np.asarray(codes)
     counts = np.bincount(codes.ravel(), minlength=k)
     p = counts[counts > 0] / codes.size
-    onehot = codes.reshape(len(codes), -1)[..., None] == np.arange(k)  # (N, h w, K)
-    q = onehot.mean(0)
+    positions = codes.reshape(len(codes), -1)  # (N, h w)
+    at = np.arange(positions.shape[1]) * k  # code c at position j counts in bin j K + c
+    q = np.bincount((positions + at).ravel(), minlength=k * len(at)).reshape(len(at), k) / len(codes)  # (h w, K)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(q > 0, q * np.log(q), 0.0).sum(-1).reshape(codes.shape[1:])
     return {"counts": counts, "perplexity": float(np.exp(-(p * np.log(p)).sum())),
@@ -394,20 +397,21 @@ class VQVAE(nnx.Module):
         commitment = sq(q.z_e, jax.lax.stop_gradient(q.z_q))
         loss = recon + cfg.commitment * commitment
         if not self.codebook.ema:  # the codebook term moves the codes towards the encoder outputs
-            loss = loss + sq(jax.lax.stop_gradient(q.z_e), self.codebook.lookup(q.codes))
+            loss = loss + sq(jax.lax.stop_gradient(q.z_e), q.z_q)  # z_q: gathered from the codebook
         restarted = jnp.zeros((), jnp.int32)
         if not self.codebook.deterministic:
             key = rngs.noise() if "noise" in rngs else rngs.sample()
             restarted = self.codebook.update(q, key)
         kl = jnp.full(recon.shape, self.latent_dim * math.log(cfg.codebook_size))
+        counts = jnp.bincount(q.codes.reshape(-1), length=cfg.codebook_size)
         metrics = {
             "loss": mean_of(loss),
             "recon": mean_of(recon),
             "kl": mean_of(kl),
             "elbo": mean_of(-(recon + kl)),
             "commitment": mean_of(commitment),
-            "perplexity": batch_perplexity(q.codes, cfg.codebook_size),
-            "codes_in_use": jnp.sum(jnp.bincount(q.codes.reshape(-1), length=cfg.codebook_size) > 0),
+            "perplexity": _perplexity(counts),
+            "codes_in_use": jnp.sum(counts > 0),
             "restarts": restarted,
             "restarts_total": self.codebook.restarts[...],
         }
