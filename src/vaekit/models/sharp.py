@@ -139,6 +139,21 @@ class ImageLossVAE(VAE):
         """Decoder images for latents (..., D): an `ImageOutput` whose mean() is (..., H, W, C) in [0, 1]."""
         return ImageOutput(self.decoder(z, self.condition(y))[..., 0])
 
+    def _reconstruct_with_kl(self, batch: dict, rngs: nnx.Rngs, step: jax.Array):
+        """One posterior draw per image and its decoder image: (x, y, x_hat (B, H, W, C), the KL
+        term under the objective's beta / free bits / capacity, metrics "kl", "mse", "kl_per_dim"
+        and the schedule's)."""
+        x, y = self._as_data(batch["x"]), batch.get("y")
+        q = self.encode(x, y)
+        z, log_qz = q.sample_and_log_prob(rngs.sample())
+        x_hat = self.decode(z, y).mean()
+        kl = kl_divergence(q, self.prior, z[None], log_qz[None])
+        penalty, info = objectives.kl_term(kl, step, self.objective, latent_dim=self.latent_dim)
+        metrics = {"kl": mean_of(kl.total), "mse": mean_of(jnp.mean((x - x_hat) ** 2, axis=(1, 2, 3))), **info}
+        if kl.per_dim is not None:
+            metrics["kl_per_dim"] = mean_of(kl.per_dim)
+        return x, y, x_hat, penalty, metrics
+
     def log_weights(self, batch, k, *, rngs):
         raise VaekitError(f"model.kind '{self.kind}' has no likelihood bound (its reconstruction term is not a "
                           f"likelihood)")
@@ -179,19 +194,10 @@ class SharpVAE(ImageLossVAE):
 
     def loss(self, batch: dict, *, rngs: nnx.Rngs, step: jax.Array) -> tuple[jax.Array, dict]:
         """recon_weight * H*W*C * R(x, x_hat) + the KL term (beta, schedules, free bits, capacity)."""
-        x, y = self._as_data(batch["x"]), batch.get("y")
-        q = self.encode(x, y)
-        z, log_qz = q.sample_and_log_prob(rngs.sample())
-        x_hat = self.decode(z, y).mean()  # (B, H, W, C)
-        kl = kl_divergence(q, self.prior, z[None], log_qz[None])
+        x, _, x_hat, penalty, metrics = self._reconstruct_with_kl(batch, rngs, step)
         recon = self.model_cfg.recon_weight * math.prod(self.spec.shape) * self.recon_loss(x, x_hat)  # (B,)
-        penalty, info = objectives.kl_term(kl, step, self.objective, latent_dim=self.latent_dim)
         loss = jnp.mean(recon) + penalty
-        metrics = {"loss": mean_of(jnp.broadcast_to(loss, recon.shape)), "recon": mean_of(recon),
-                   "kl": mean_of(kl.total), "mse": mean_of(jnp.mean((x - x_hat) ** 2, axis=(1, 2, 3))), **info}
-        if kl.per_dim is not None:
-            metrics["kl_per_dim"] = mean_of(kl.per_dim)
-        return loss, metrics
+        return loss, {"loss": mean_of(jnp.broadcast_to(loss, recon.shape)), "recon": mean_of(recon), **metrics}
 
 
 __all__ = ["RECON_LOSSES", "FrozenFeatures", "ImageLossVAE", "ImageOutput", "SharpConfig", "SharpVAE", "frozen_out"]

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vaekit import objectives
 from vaekit.config import ModelConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
@@ -38,7 +37,6 @@ from vaekit.metrics import mean_of
 from vaekit.models.base import Capabilities, ParamGroup
 from vaekit.models.sharp import ImageLossVAE
 from vaekit.nets.cpu_conv import conv
-from vaekit.priors import kl_divergence
 
 STABILIZERS = ("smoothing", "r1", "none")
 
@@ -123,14 +121,9 @@ class VAEGAN(ImageLossVAE):
     def loss(self, batch: dict, *, rngs: nnx.Rngs, step: jax.Array) -> tuple[dict, dict]:
         """{"encoder", "decoder", "discriminator"} losses (batch means) and metrics (module docstring)."""
         m = self.model_cfg
-        x, y = self._as_data(batch["x"]), batch.get("y")
+        x, y, x_rec, penalty, kl_metrics = self._reconstruct_with_kl(batch, rngs, step)  # x_rec (B, H, W, C)
         b = x.shape[0]
-        q = self.encode(x, y)
-        z, log_qz = q.sample_and_log_prob(rngs.sample())
-        x_rec = self.decode(z, y).mean()  # (B, H, W, C)
         x_gen = self.decode(self.prior.sample(rngs.sample(), (b,)), y).mean()
-        kl = kl_divergence(q, self.prior, z[None], log_qz[None])
-        penalty, info = objectives.kl_term(kl, step, self.objective, latent_dim=self.latent_dim)
 
         # One discriminator pass over real, reconstructed and generated images.
         feats, logits = self.discriminator(jnp.concatenate([x, x_rec, x_gen]))
@@ -154,16 +147,12 @@ class VAEGAN(ImageLossVAE):
         metrics = {
             "loss": mean_of(jnp.broadcast_to(total, (b,))),
             "recon": mean_of(llike),
-            "kl": mean_of(kl.total),
-            "mse": mean_of(jnp.mean((x - x_rec) ** 2, axis=(1, 2, 3))),
             "loss/decoder": mean_of(jnp.broadcast_to(losses["decoder"], (b,))),
             "loss/discriminator": mean_of(disc),
             "d_real": mean_of(jax.nn.sigmoid(l_real)),  # the discriminator's mean belief that real data is real
             "d_fake": mean_of(jax.nn.sigmoid(l_fake)),
-            **info,
+            **kl_metrics,
         }
-        if kl.per_dim is not None:
-            metrics["kl_per_dim"] = mean_of(kl.per_dim)
         return losses, metrics
 
 
