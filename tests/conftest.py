@@ -54,8 +54,7 @@ def synthetic_token_splits(n=200, seq_len=8, vocab_size=12, seed=0) -> Splits:
             step = 1 if i % 2 else -1
             words = 4 + (start - 4 + step * np.arange(n_tok - 1)) % (vocab_size - 4)
             x[i, : n_tok - 1], x[i, n_tok - 1] = words, 3
-        mask = (np.arange(seq_len)[None] < length[:, None]).astype(np.float32)
-        return {"x": x, "mask": mask, "length": length.astype(np.int32)}
+        return {"x": x}
 
     return Splits(train=make(n), val=make(n // 4), test=make(n // 4),
                   spec=DataSpec("tokens", (seq_len,), None, vocab_size), binarize="none")

@@ -16,7 +16,8 @@ from flax import nnx
 from vaekit import config as config_lib
 from vaekit.cli import main
 from vaekit.data import DataSpec, load_configured
-from vaekit.data.text import BOS, EOS, PAD, UNK, Vocabulary, load_text_splits, run_vocabulary, tokenize
+from vaekit.data.text import (BOS, EOS, PAD, UNK, Vocabulary, load_text_splits, run_vocabulary, sentence_lengths,
+                              tokenize)
 from vaekit.errors import VaekitError
 from vaekit.models import build_model
 
@@ -44,10 +45,10 @@ def test_tokenize_vocabulary_and_encoding():
     assert vocab.words == ("<pad>", "<unk>", "<bos>", "<eos>", "a", "b", "c")  # ties alphabetical, d cut
     batch = vocab.encode(["A b z", "c a b a c"])
     np.testing.assert_array_equal(batch["x"], [[4, 5, UNK, EOS], [6, 4, 5, EOS]])  # unseen z -> <unk>; truncated
-    np.testing.assert_array_equal(batch["length"], [4, 4])
+    np.testing.assert_array_equal(sentence_lengths(batch["x"]), [4, 4])
     short = vocab.encode(["a"])
     np.testing.assert_array_equal(short["x"], [[4, EOS, PAD, PAD]])
-    np.testing.assert_array_equal(short["mask"], [[1, 1, 0, 0]])
+    np.testing.assert_array_equal(sentence_lengths(short["x"]), [2])
     assert vocab.decode(batch["x"]) == ["a b <unk>", "c a b"]
     assert Vocabulary.from_json(vocab.to_json()) == vocab
     with pytest.raises(VaekitError, match="at least 5"):
@@ -70,7 +71,8 @@ def test_text_source_splits_truncation_and_demo_corpus(tmp_path, caplog):
     assert json.loads(out["run_files"]["vocab.json"])["words"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
     splits = load_configured(config_lib.DataConfig(source="text", max_len=12, vocab_size=50, val_size=100, limit=500))
     assert splits.spec.kind == "tokens" and splits.num_train == 500 and len(splits.val["x"]) == 100
-    assert np.all(splits.train["mask"].sum(1) == splits.train["length"])
+    x, lengths = splits.train["x"], sentence_lengths(splits.train["x"])
+    assert set(splits.train) == {"x"} and np.all(x[np.arange(len(x)), lengths - 1] == EOS)  # <eos>, then only <pad>
 
 
 def test_bad_text_files(tmp_path):
@@ -223,7 +225,7 @@ def test_evaluate_reports_per_word_perplexity(text_run):
 
     run = load_run(text_run[0])
     s = evaluate(run, split="val", samples=4, progress=False, write=False)
-    lengths = run.data().val["length"]
+    lengths = sentence_lengths(run.data().val["x"])
     assert s["tokens"] == int(lengths.sum())  # words and one <eos> per sentence
     assert math.isclose(s["perplexity"], math.exp(s["nll"] * s["examples"] / s["tokens"]), rel_tol=1e-6)
     assert s["kl"] > 0 and "reconstruction_mse" not in s and "active_units" in s

@@ -536,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
     s.add_argument("--cols", type=int, default=8, help="grid columns (a conditional run: samples per class row)")
     s.add_argument("--label", type=int, help="class to sample (conditional runs; default: one row per class)")
-    s.add_argument("--decode", choices=("sample", "greedy", "topk", "beam"),
+    s.add_argument("--decode", choices=text_cli.DECODE_METHODS,
                    help="text runs: how words are chosen (default: sample at --temperature)")
     s.add_argument("--beam", type=int, help="text runs, --decode beam: beam width (default 5)")
     s.add_argument("--top-k", type=int, help="text runs, --decode topk: sample among the k likeliest words (default 10)")

@@ -12,6 +12,7 @@ from pathlib import Path
 from vaekit.errors import VaekitError
 from vaekit.files import check_out, write_text_atomic
 
+DECODE_METHODS = ("sample", "greedy", "topk", "beam")  # vaekit sample --decode: TextVAE.generate's, and beam_search
 TEXT_FLAGS = (("text", "--text"), ("between", "--between"), ("decode", "--decode"), ("beam", "--beam"),
               ("top_k", "--top-k"))
 

@@ -4,8 +4,6 @@ A batch is a dict of per-example arrays that share their leading (batch) axis. T
 
     "x"       the data: images (B, H, W, C) float in [0, 1], token ids (B, T) int32, or vectors (B, D)
     "y"       int32 (B,) class labels, when the data has them (a conditional model's condition)
-    "mask"    float32 (B, T), 1 on real tokens and 0 on padding (token data)
-    "length"  int32 (B,), the number of real tokens (token data)
 
 Every key of a batch reaches the model: the trainer and the evaluators never pick keys out.
 """

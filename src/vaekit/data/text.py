@@ -15,8 +15,8 @@ any other token is ``<unk>``. It is saved as ``vocab.json`` in the run directory
 run encodes new text with that file (`run_vocabulary`).
 
 A sentence is at most ``data.max_len`` tokens and then ``<eos>``: every split is one int32 array
-``x`` of shape (N, max_len + 1) padded with ``<pad>`` (one compiled shape for all batches), with
-``mask`` (float32, 1 on the tokens and the ``<eos>``) and ``length`` (tokens + 1). Longer
+``x`` of shape (N, max_len + 1) padded with ``<pad>`` (one compiled shape for all batches); the real positions (the tokens and
+the ``<eos>``) are those that are not ``<pad>`` (`sentence_lengths`). Longer
 sentences are truncated to their first max_len tokens, and how many were is logged per split.
 """
 
@@ -49,6 +49,11 @@ _TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 def tokenize(text: str, lowercase: bool = True) -> list[str]:
     """Words and single punctuation marks of `text`: "Don't go!" -> ["don't", "go", "!"]."""
     return _TOKEN.findall(text.lower() if lowercase else text)
+
+
+def sentence_lengths(x) -> np.ndarray:
+    """The real positions (tokens and <eos>) of each encoded sentence (N, T): (N,) int."""
+    return np.sum(np.asarray(x) != PAD, axis=-1)
 
 
 class Vocabulary:
@@ -89,21 +94,17 @@ class Vocabulary:
         return [self.ids.get(t, UNK) for t in tokens]
 
     def encode_tokens(self, sentences: list[list[str]]) -> tuple[dict[str, np.ndarray], int]:
-        """({"x", "mask", "length"}, number truncated) for tokenized sentences (see the module docstring)."""
-        n, t = len(sentences), self.seq_len
-        x = np.full((n, t), PAD, np.int32)
-        length = np.zeros(n, np.int32)
+        """({"x"}, number truncated) for tokenized sentences (see the module docstring)."""
+        x = np.full((len(sentences), self.seq_len), PAD, np.int32)
         truncated = 0
         for i, tokens in enumerate(sentences):
             truncated += len(tokens) > self.max_len
             ids = self.token_ids(tokens[: self.max_len]) + [EOS]
             x[i, : len(ids)] = ids
-            length[i] = len(ids)
-        mask = (np.arange(t)[None, :] < length[:, None]).astype(np.float32)
-        return {"x": x, "mask": mask, "length": length}, truncated
+        return {"x": x}, truncated
 
     def encode(self, sentences: list[str]) -> dict[str, np.ndarray]:
-        """A batch for raw sentences: {"x" (N, max_len + 1) int32, "mask", "length"}."""
+        """A batch for raw sentences: {"x" (N, max_len + 1) int32}."""
         return self.encode_tokens([tokenize(s, self.lowercase) for s in sentences])[0]
 
     def decode(self, ids) -> list[str]:
@@ -209,7 +210,7 @@ def load_text_splits(path: str | None = None, *, val_size: int = 10_000, seed: i
         if truncated:
             log.info("text: %d of %d %s sentences are longer than data.max_len=%d tokens and were truncated",
                      truncated, len(tokens[name]), name, cfg.max_len)
-    unk = float(np.mean(out["train"]["x"][out["train"]["mask"] > 0] == UNK))
+    unk = float(np.mean(out["train"]["x"][out["train"]["x"] != PAD] == UNK))
     log.info("text: %d training sentences, vocabulary of %d (%.1f%% of training tokens are <unk>)",
              len(lines), len(vocab), 100 * unk)
     out["spec"] = DataSpec("tokens", (vocab.seq_len,), None, len(vocab))
@@ -218,4 +219,4 @@ def load_text_splits(path: str | None = None, *, val_size: int = 10_000, seed: i
 
 
 __all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "VOCAB_FILE", "Vocabulary", "load_text_splits", "read_lines",
-           "run_vocabulary", "tokenize"]
+           "run_vocabulary", "sentence_lengths", "tokenize"]

@@ -157,13 +157,14 @@ def token_summary(model: nnx.Module, data: dict, nll: np.ndarray, batch_size: in
     """Per-word figures of token data from per-sentence NLLs (N,): {"tokens", "nll_per_token",
     "perplexity"} and, for a model with a latent vector, the mean "kl" of its loss metrics.
 
-    The token count is the mask's sum: every word and the <eos> of every sentence, never padding;
+    The token count: every word and the <eos> of every sentence, never padding;
     perplexity = exp(total NLL / tokens), the convention of Bowman et al. 2016."""
     from vaekit import metrics as metrics_lib
     from vaekit.trainer import step_rngs
 
-    mask = np.asarray(data["mask"]) if "mask" in data else (np.asarray(data["x"]) != 0).astype(np.float32)
-    count = float(mask.sum())
+    from vaekit.data.text import sentence_lengths
+
+    count = float(sentence_lengths(data["x"]).sum())
     out = {"tokens": int(count), "nll_per_token": float(nll.sum() / count),
            "perplexity": float(math.exp(nll.sum() / count))}
     if model.capabilities.latent_vector:

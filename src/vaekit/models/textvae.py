@@ -48,7 +48,6 @@ from vaekit.priors import StandardNormal
 log = logging.getLogger("vaekit")
 
 CELLS = {"gru": nnx.GRUCell, "lstm": nnx.LSTMCell}
-DECODE_METHODS = ("greedy", "sample", "topk", "beam")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -418,4 +417,4 @@ class LanguageModel(TextVAE):
         return jnp.where(x == PAD, PAD, best)
 
 
-__all__ = ["DECODE_METHODS", "LanguageModel", "SentenceLikelihood", "TextConfig", "TextVAE"]
+__all__ = ["LanguageModel", "SentenceLikelihood", "TextConfig", "TextVAE"]
