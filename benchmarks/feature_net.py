@@ -89,7 +89,7 @@ def floor(splits) -> None:
     t0 = time.perf_counter()
     r = quality.compare(net, splits.test["x"], splits.train["x"][:10_000])
     seconds = time.perf_counter() - t0
-    acc = quality.label_accuracy(net, splits.train["x"][:10_000], splits.train["y"][:10_000])
+    acc = features.accuracy(net, splits.train["x"][:10_000], [splits.train["y"][:10_000]])[0]
     print("| compared | FID | precision | recall | label acc. | s |\n|---|---|---|---|---|---|\n"
           f"| train[:10000] vs test | {r['fid']:.3f} | {r['precision']:.4f} | {r['recall']:.4f} | {acc:.4f} | "
           f"{seconds:.1f} |")

@@ -109,18 +109,26 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
     return precision, recall
 
 
-def compare(net, real_x: np.ndarray, fake_x: np.ndarray, *, k: int = 3, batch_size: int = 1000) -> dict:
-    """FID, precision and recall of images fake_x against real_x, in `net`'s feature space."""
-    real, fake = (apply_batched(net, lambda n, x: n.features(x), np.asarray(v, np.float32), batch_size)
-                  for v in (real_x, fake_x))
+def featurize(net, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """The net's penultimate features (N, F) of images x (N, H, W, C), jitted, in batches."""
+    return apply_batched(net, lambda n, xb: n.features(xb), np.asarray(x, np.float32), batch_size)
+
+
+def compare_features(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict:
+    """FID, precision and recall of feature vectors fake (M, F) against real (N, F)."""
     precision, recall = precision_recall(real, fake, k)
     return {"fid": fid(real, fake), "precision": precision, "recall": recall}
 
 
-def label_accuracy(net, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
-    """Fraction of images the net's first head classifies as their label."""
-    pred = apply_batched(net, lambda n, x: jnp.argmax(n.logits(x)[0], axis=-1), np.asarray(images, np.float32),
-                         batch_size)
+def compare(net, real_x: np.ndarray, fake_x: np.ndarray, *, k: int = 3, batch_size: int = 1000) -> dict:
+    """FID, precision and recall of images fake_x against real_x, in `net`'s feature space."""
+    return compare_features(featurize(net, real_x, batch_size), featurize(net, fake_x, batch_size), k)
+
+
+def head_accuracy(net, feats: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of images, given by their features (N, F), that the net's first head classifies as
+    their label (N,): the label accuracy of samples, without featurizing them again."""
+    pred = np.argmax(np.asarray(net.heads[0](jnp.asarray(feats))), axis=-1)
     return float(np.mean(pred == np.asarray(labels)))
 
 
@@ -130,12 +138,12 @@ def label_accuracy(net, images: np.ndarray, labels: np.ndarray, batch_size: int 
 def samples_label_accuracy(run, images: np.ndarray, label: int) -> tuple[float, str] | None:
     """(accuracy, net name) of samples drawn for `label` under the net vaekit ships for the run's
     data; None when it ships none (`vaekit sample --label` then reports nothing more)."""
-    from vaekit.evaluate.features import SHIPPED, load_shipped, shipped_for
+    from vaekit.evaluate.features import SHIPPED, accuracy, load_shipped, shipped_for
 
     name = shipped_for(run.config.data.source, run.spec.shape) if run.spec.is_images else None
     if name is None:
         return None
-    acc = label_accuracy(load_shipped(name), np.asarray(images), np.full(len(images), label))
+    acc = accuracy(load_shipped(name), np.asarray(images, np.float32), [np.full(len(images), label)])[0]
     return acc, f"vaekit {name} ({SHIPPED[name][0]})"
 
 
@@ -190,14 +198,16 @@ def quality(run, *, samples: int = 10_000, split: str = "test", reference: int |
     with eval_mode(run.model):
         fake, labels = draw_samples(run.model, samples, num_classes=run.spec.num_classes, seed=seed)
     say(f"comparing with {len(real['x']):,} {split} images in the feature net's space")
-    result = compare(net, real["x"], fake, k=k)
+    fake_features = featurize(net, fake)
+    result = compare_features(featurize(net, real["x"]), fake_features, k)
     if labels is not None:
-        result["label_accuracy"] = label_accuracy(net, fake, labels)
+        result["label_accuracy"] = head_accuracy(net, fake_features, labels)
     result |= {"samples": samples, "reference": f"{split} ({len(real['x'])} images)", "k": k, "seed": seed,
                "feature_net": net_name, "checkpoint": run.checkpoint, "seconds": round(time.perf_counter() - t0, 1)}
     write_json_atomic(Path(run.path) / QUALITY_FILE, result)
     return result
 
 
-__all__ = ["QUALITY_FILE", "compare", "coverage", "draw_samples", "fid", "frechet_distance", "gaussian_stats",
-           "kth_neighbour_radii", "label_accuracy", "precision_recall", "quality", "samples_label_accuracy"]
+__all__ = ["QUALITY_FILE", "compare", "compare_features", "coverage", "draw_samples", "featurize", "fid",
+           "frechet_distance", "gaussian_stats", "head_accuracy", "kth_neighbour_radii", "precision_recall", "quality",
+           "samples_label_accuracy"]
