@@ -12,7 +12,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from conftest import synthetic_splits, tiny_config, trained_run_dir
 from vaekit.cli import main as run_cli
 from vaekit.errors import VaekitError
-from vaekit.evaluate.anomaly import anomaly_scores, anomaly_targets, auroc_auprc, png_bits, write_scores
+from vaekit.evaluate.anomaly import (JBIG_TEMPLATE, anomaly_scores, anomaly_targets, auroc_auprc, compressed_bits,
+                                     context_bits, png_bits, write_scores)
 
 
 
@@ -57,6 +58,43 @@ def test_png_bits_grow_with_complexity():
     noise = np.random.default_rng(0).integers(0, 2, (1, 28, 28, 1)).astype(np.float32)
     bits = png_bits(np.concatenate([flat, noise]))
     assert bits[0] < bits[1] and bits[0] % 8 == 0
+
+
+def _sequential_context_bits(image, template):
+    """The adaptive context model coded pixel by pixel, as a coder would: an independent reference."""
+    h, w = image.shape
+    counts, bits = {}, 0.0
+    for i in range(h):
+        for j in range(w):
+            ctx = tuple(image[i + di, j + dj] if 0 <= i + di < h and 0 <= j + dj < w else 0 for di, dj in template)
+            n0, n1 = counts.get(ctx, (0, 0))
+            b = int(image[i, j])
+            bits -= math.log2(((n1 if b else n0) + 0.5) / (n0 + n1 + 1))
+            counts[ctx] = (n0 + (b == 0), n1 + (b == 1))
+    return bits
+
+
+def test_context_bits_equal_sequential_coding_and_form_a_complete_code():
+    rng = np.random.default_rng(0)
+    images = (rng.random((5, 9, 7, 1)) < np.linspace(0.05, 0.6, 5)[:, None, None, None]).astype(np.float32)
+    got = context_bits(images, chunk=2)  # chunks of 2: the chunking changes nothing
+    want = [_sequential_context_bits(im[..., 0], JBIG_TEMPLATE) for im in images]
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    # A probability distribution over images: over all 2^9 binary 3x3 images, sum 2^-L = 1 (Kraft, with equality).
+    every = ((np.arange(512)[:, None] >> np.arange(9)) & 1).reshape(512, 3, 3)
+    assert math.isclose(np.sum(2.0 ** -context_bits(every)), 1.0, rel_tol=1e-12)
+    # n zeros in one context: the KT probability of a run, -log2 [G(n + 1/2) / (G(1/2) G(n + 1))]
+    from scipy.special import gammaln
+
+    n = 28 * 28
+    assert math.isclose(context_bits(np.zeros((1, 28, 28)))[0],
+                        -(gammaln(n + 0.5) - gammaln(0.5) - gammaln(n + 1)) / math.log(2), rel_tol=1e-12)
+    # compressed_bits: the context model for binary images, PNG otherwise
+    np.testing.assert_allclose(compressed_bits(images), got)
+    grey = images * 0.5
+    np.testing.assert_array_equal(compressed_bits(grey), png_bits(grey))
+    with pytest.raises(VaekitError, match="binary images"):
+        context_bits(grey)
 
 
 def test_scores_of_a_conditional_model_without_labels_are_class_marginal():

@@ -9,11 +9,14 @@ Every score is per example and larger means "more anomalous":
     complexity   the input-complexity-corrected likelihood of Serra et al. 2020 ("Input complexity
                  and out-of-distribution detection with likelihood-based generative models", ICLR
                  2020, eq. 2): S(x) = -log2 p(x) - L(x), with L(x) the length in bits of x
-                 compressed by a generic lossless image compressor (PNG, zlib level 9, at the
-                 data's bit depth: 1-bit for binary greyscale images such as binarized MNIST,
-                 8-bit otherwise). It is a log-likelihood ratio against the compressor as a universal
-                 model: simple images, which any model finds likely, no longer look normal only
-                 for being simple. Images only.
+                 under a generic lossless image compressor (`compressed_bits`): for binary
+                 greyscale images (binarized MNIST) the adaptive context model of the bi-level
+                 image standard JBIG (`context_bits`), otherwise PNG (zlib level 9, `png_bits`).
+                 It is a log-likelihood ratio against the compressor as a universal model:
+                 simple images, which any model finds likely, no longer look normal only for
+                 being simple. Serra et al. find that the better the compressor, the better the
+                 score; on one-class MNIST the context model lifts the mean AUROC from 94.6
+                 (1-bit PNG) to 98.7 (docs/using.md). Images only.
     typicality   |(-log p(x)) - mean(-log p) of normal reference data|: the one-example
                  typicality test of Nalisnick et al. 2019 ("Detecting out-of-distribution inputs
                  to deep generative models using typicality"); given only with reference data
@@ -50,13 +53,66 @@ REFERENCE_EXAMPLES = 1000  # validation examples the typicality score is centred
 # --------------------------------------------------------------------------- scores
 
 
+# JBIG's three-line template (ITU-T T.82, section 6.7.2): the 10 pixels before (i, j) in raster
+# order whose values form the context of pixel (i, j), as (row, column) offsets.
+JBIG_TEMPLATE = ((-2, -1), (-2, 0), (-2, 1), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (-1, 2), (0, -2), (0, -1))
+
+
+def context_bits(x: np.ndarray, template=JBIG_TEMPLATE, chunk: int = 1000) -> np.ndarray:
+    """L(x) for binary images (N, H, W, 1) or (N, H, W): the ideal code length in bits of each
+    image under an adaptive context model, the modelling of JBIG (ITU-T T.82).
+
+    Pixels are coded in raster order. The context of a pixel is the values of the `template`
+    pixels before it (0 outside the image); within each context the probability of a 1 is
+    adapted from the counts so far with the Krichevsky-Trofimov estimator, (n_1 + 1/2) / (n + 1).
+    Nothing is learned from other images, so this is a universal model of bi-level images, and an
+    arithmetic coder achieves the length within 2 bits. The product of the sequential
+    probabilities of one context does not depend on the order of its pixels, so the length is
+    sum over contexts of -log2 [G(n_0 + 1/2) G(n_1 + 1/2) / (G(1/2)^2 G(n_0 + n_1 + 1))] (G the
+    gamma function), computed from the counts alone.
+    """
+    from scipy.special import gammaln
+
+    x = np.asarray(x)
+    x = x[..., 0] if x.ndim == 4 else x
+    if x.ndim != 3 or not np.all((x == 0) | (x == 1)):
+        raise VaekitError(f"context_bits takes binary images (N, H, W[, 1]) of 0s and 1s; got shape {x.shape}")
+    bits = x.astype(np.int64)
+    n, h, w = bits.shape
+    r = max(max(abs(di), abs(dj)) for di, dj in template)
+    padded = np.zeros((n, h + r, w + 2 * r), np.int64)  # r rows above, r columns each side, all 0
+    padded[:, r:, r : r + w] = bits
+    ctx = np.zeros((n, h, w), np.int64)
+    for k, (di, dj) in enumerate(template):
+        ctx |= padded[:, r + di : r + di + h, r + dj : r + dj + w] << k
+    contexts = 2 ** len(template)
+    out = np.empty(n, np.float64)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        cell = (np.arange(m)[:, None, None] * contexts + ctx[start : start + m]) * 2 + bits[start : start + m]
+        counts = np.bincount(cell.ravel(), minlength=m * contexts * 2).reshape(m, contexts, 2).astype(np.float64)
+        log_p = (gammaln(counts[..., 0] + 0.5) + gammaln(counts[..., 1] + 0.5) - 2 * gammaln(0.5)
+                 - gammaln(counts.sum(-1) + 1))  # (m, contexts); 0 for unused contexts
+        out[start : start + m] = -log_p.sum(-1) / math.log(2)
+    return out
+
+
+def compressed_bits(x: np.ndarray) -> np.ndarray:
+    """L(x) of the complexity score: `context_bits` for binary greyscale images (N, H, W, 1),
+    `png_bits` for any other images."""
+    x = np.asarray(x)
+    if x.ndim == 4 and x.shape[-1] == 1 and bool(np.all((x == 0) | (x == 1))):
+        return context_bits(x)
+    return png_bits(x)
+
+
 def png_bits(x: np.ndarray) -> np.ndarray:
     """L(x) of Serra et al. 2020: bits of each image (N, H, W, C) in [0, 1] as a PNG, zlib level 9.
 
     Binary greyscale images (every pixel 0 or 1, one channel) are compressed as 1-bit PNGs, the
     compressor's natural format for them; anything else as 8-bit pixels. (On binarized MNIST the
     8-bit encoding of binary images over-weights L(x): one-class mean AUROC 91.1 against 94.6
-    with 1-bit, docs/using.md.)
+    with 1-bit, docs/using.md; `compressed_bits` uses `context_bits` for binary images.)
     """
     from PIL import Image
 
@@ -163,7 +219,7 @@ def anomaly_scores(model, data: dict, *, samples: int = DEFAULT_SAMPLES, num_cla
     scores["recon_error"] = parts["recon_error"]
     x = data["x"]
     if likelihood and x.ndim == 4:
-        scores["complexity"] = scores["nll"] / math.log(2) - png_bits(x)
+        scores["complexity"] = scores["nll"] / math.log(2) - compressed_bits(x)
     if likelihood and reference is not None:
         ref = anomaly_scores(model, reference, samples=samples, num_classes=num_classes, likelihood=True,
                              batch_size=batch_size, chunk=chunk, seed=seed + 1)
@@ -301,5 +357,6 @@ def write_scores(path: str | Path, scores: dict[str, np.ndarray], y=None, is_ano
     return path
 
 
-__all__ = ["SCORES", "anomaly_scores", "anomaly_targets", "auroc_auprc", "png_bits", "reconstruction_errors",
+__all__ = ["JBIG_TEMPLATE", "SCORES", "anomaly_scores", "anomaly_targets", "auroc_auprc", "compressed_bits",
+           "context_bits", "png_bits", "reconstruction_errors",
            "score_metrics", "score_run", "write_scores"]
