@@ -235,19 +235,20 @@ class Trainer:
         # Every per-example array reaches the model (labels, masks, a generated source's records).
         # A streamed source (splits.stream) feeds host batches instead (`_run_fed_steps`).
         self.stream = splits.stream
-        self.train_data = {k: jnp.asarray(v) for k, v in splits.train.items()} if self.stream is None else None
         self.root = jax.random.PRNGKey(t.seed)
         self.chunk_callback = chunk_callback
         self.loop = resolve_loop(t.loop, self.model) if self.stream is None else "stream"
         # With a mesh: state and resident data replicated on every device, the batch split on the
         # mesh's axis inside the step (`_shard_batch`), explicit in/out shardings on every jit.
         jit_kw, self._batch_sharding = {}, None
+        # Resident training data: uploaded once, straight from the host (replicated with a mesh).
+        self.train_data = None if self.stream is not None else (
+            {k: jnp.asarray(v) for k, v in splits.train.items()} if self.mesh is None else self.replicate(splits.train))
         if self.mesh is not None:
             rep = distributed.replicated(self.mesh)
             jit_kw = dict(in_shardings=rep, out_shardings=rep)
             self._batch_sharding = distributed.batch_sharding(self.mesh)
             self.state = self.replicate(self.state)
-            self.train_data = self.replicate(splits.train) if self.stream is None else None
             log.info("data parallel over %d devices (%d process(es)): %d examples per device per step",
                      self.mesh.size, jax.process_count(), t.batch_size // self.mesh.size)
         if self.loop == "stream":
@@ -457,7 +458,7 @@ class Trainer:
         acc = metrics_lib.Accumulator()
         means = []
         for i, start in enumerate(range(0, n, bs)):  # full batches share one compilation, the tail one more
-            batch = self.replicate({k: jnp.asarray(v[start : start + bs]) for k, v in split.items()})
+            batch = self.replicate({k: np.asarray(v[start : start + bs]) for k, v in split.items()})  # host -> device once
             m, mu = jax.device_get(self._eval_batch(self.state, batch, self.replicate(jax.random.fold_in(key, i))))
             acc.add(m)
             if mu is not None:
