@@ -92,6 +92,7 @@ class ObjectiveConfig:
     capacity_gamma: float = 1000.0  # weight gamma of |KL - C|
 
 
+PRECISIONS = ("fp32", "bf16")  # train.precision: the compute dtype of the nets' hidden layers while training
 KL_OPTIONS = ("beta", "beta_schedule", "free_bits", "capacity_max")  # what acts on an ELBO's KL term
 
 
@@ -130,6 +131,7 @@ class TrainConfig:
     compilation_cache: bool = True  # reuse compiled steps across runs (JAX's persistent cache; also VAEKIT_COMPILATION_CACHE=0)
     loggers: tuple[str, ...] = ("tensorboard",)  # where metrics go besides metrics.jsonl: tensorboard, mlflow (pip install 'vaekit[mlflow]')
     devices: str = "1"  # data parallel over this many local devices per process ("all": every one); batch_size is global
+    precision: str = "fp32"  # fp32, or bf16: the encoder/decoder nets' hidden layers compute in bfloat16 while training (parameters, optimizer state, output layers, losses and validation stay float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -507,6 +509,7 @@ def validate(cfg: Config) -> None:
     _check(t.decay_steps > 0, f"train.decay_steps must be positive, got {t.decay_steps}")
     _check(t.grad_clip >= 0, f"train.grad_clip must be >= 0, got {t.grad_clip}")
     _one_of(t.loop, ("auto", "scan", "steps"), "train.loop")
+    _one_of(t.precision, PRECISIONS, "train.precision")
     _check(t.chunk_steps > 0, f"train.chunk_steps must be positive, got {t.chunk_steps}")
     _check(t.eval_batch_size > 0, f"train.eval_batch_size must be positive, got {t.eval_batch_size}")
     _check(t.checkpoint_every > 0, f"train.checkpoint_every must be positive, got {t.checkpoint_every}")

@@ -47,6 +47,7 @@ from flax import nnx
 
 from vaekit import distributed
 from vaekit import metrics as metrics_lib
+from vaekit import nets as nets_lib
 from vaekit.config import Config, TrainConfig
 from vaekit.errors import VaekitError
 from vaekit.models import build_model
@@ -227,7 +228,14 @@ class Trainer:
                               f"(train.devices={t.devices}, {jax.process_count()} process(es)); the batch is split evenly")
         self.model, self.state = init_state(cfg, splits.spec, data_epoch)
         self.capabilities = self.model.capabilities
-        self.graphdef, _, _ = split_model(self.model)
+        # train.precision=bf16: the training graph's hidden layers compute in bfloat16; the eval
+        # graph (validation, pictures, evaluate) stays float32.
+        with nets_lib.compute_dtype(self.model, t.precision) as n_bf16:
+            self.graphdef, _, _ = split_model(self.model)
+        if n_bf16:
+            log.info("train.precision=%s: %d hidden layers of the encoder/decoder nets compute in bfloat16 while "
+                     "training; parameters, optimizer state, output layers, losses and validation stay float32",
+                     t.precision, n_bf16)
         self.model.eval()
         self.graphdef_eval, _, _ = split_model(self.model)
         self.model.train()

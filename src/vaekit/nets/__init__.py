@@ -6,10 +6,15 @@ condition c (N, K) (a one-hot label) used as `nets.conditioning` describes; `con
 builds an unconditional net.
 """
 
+import contextlib
+
+import jax.numpy as jnp
+from flax import nnx
+
 from vaekit.errors import VaekitError
 from vaekit.nets.conditioning import MODES as CONDITIONING_MODES
 from vaekit.nets.conv import ConvDecoder, ConvEncoder
-from vaekit.nets.mlp import MLPDecoder, MLPEncoder
+from vaekit.nets.mlp import MLP, MLPDecoder, MLPEncoder
 from vaekit.nets.resnet import ResNetDecoder, ResNetEncoder
 
 ENCODERS = {
@@ -48,5 +53,50 @@ def build_decoder(cfg, latent_dim, event_shape, params_per_channel, *, cond_dim:
     return DECODERS[cfg.net](cfg, latent_dim, _check_shape(cfg, event_shape), params_per_channel, kw)
 
 
-__all__ = ["CONDITIONING_MODES", "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder", "build_decoder",
-           "build_encoder"]
+# The nets whose hidden layers train.precision=bf16 computes in bfloat16, each with its output
+# layer, which stays float32 (its raw outputs are the likelihood's or the posterior's parameters).
+OUTPUT_LAYER = {
+    MLP: lambda m: m.layers[-1],
+    ConvEncoder: lambda m: m.head,
+    ConvDecoder: lambda m: m.deconvs[-1],
+    ResNetEncoder: lambda m: m.head,
+    ResNetDecoder: lambda m: m.ups[-1],
+}
+COMPUTE_DTYPES = {"fp32": None, "bf16": jnp.bfloat16}
+_LAYERS = (nnx.Linear, nnx.Conv, nnx.ConvTranspose)
+
+
+def mixed_precision_layers(model: nnx.Module) -> list[nnx.Module]:
+    """The dense and conv layers of the model's encoder/decoder nets (`OUTPUT_LAYER`'s classes,
+    wherever they sit in the model) but their output layers: those that train.precision=bf16
+    computes in bfloat16. Discriminators, PixelCNN priors, text RNNs and flows are not among them."""
+    found: dict[int, nnx.Module] = {}
+    for _, net in nnx.iter_modules(model):
+        if type(net) in OUTPUT_LAYER:
+            out = OUTPUT_LAYER[type(net)](net)
+            for _, layer in nnx.iter_modules(net):
+                if isinstance(layer, _LAYERS) and layer is not out:
+                    found[id(layer)] = layer
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def compute_dtype(model: nnx.Module, precision: str):
+    """Within the block, `mixed_precision_layers(model)` compute in `precision`'s dtype ("fp32":
+    unchanged, "bf16": bfloat16): Flax's `dtype` of each layer, so the float32 parameters are cast
+    where they are used and their gradients come back in float32. A graph split inside the block
+    (`nnx.split`) keeps that dtype; the model itself is restored on exit."""
+    dtype = COMPUTE_DTYPES[precision]
+    layers = mixed_precision_layers(model) if dtype is not None else []
+    before = [layer.dtype for layer in layers]
+    try:
+        for layer in layers:
+            layer.dtype = dtype
+        yield len(layers)
+    finally:
+        for layer, d in zip(layers, before):
+            layer.dtype = d
+
+
+__all__ = ["COMPUTE_DTYPES", "CONDITIONING_MODES", "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder",
+           "OUTPUT_LAYER", "build_decoder", "build_encoder", "compute_dtype", "mixed_precision_layers"]
