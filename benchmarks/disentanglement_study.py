@@ -69,7 +69,7 @@ def run_key(objective: str, label: str, seed: int) -> str:
 
 def train_and_score(objective: str, preset: str, label: str, overrides: list[str], seed: int, args, runs: Path) -> dict:
     import vaekit
-    from vaekit.evaluate.disentanglement import evaluate_run
+    from vaekit.evaluate.disentanglement import evaluate_run, headline
 
     base = vaekit.resolve(preset, None, [])
     eval_every = min(base.train.eval_every, args.steps)
@@ -90,9 +90,7 @@ def train_and_score(objective: str, preset: str, label: str, overrides: list[str
         "batch_size": cfg.train.batch_size, "train_seconds": round(train_s, 1),
         "score_seconds": round(time.perf_counter() - t0, 1),
         "val_elbo": last["val/elbo"], "active_units": last.get("val/active_units"),
-        "mig": scores["mig"]["mig"], "sap": scores["sap"]["sap"], "dci": scores["dci"]["disentanglement"],
-        "factorvae_score": scores["factorvae"]["eval_accuracy"], "betavae_score": scores["betavae"]["eval_accuracy"],
-        "run_dir": str(run_dir),
+        **headline(scores), "run_dir": str(run_dir),
     }
     # The run's traversal; the report copies each objective's best one next to itself.
     from vaekit import plots

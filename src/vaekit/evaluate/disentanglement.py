@@ -55,6 +55,7 @@ __all__ = [
     "encode_classes",
     "evaluate_run",
     "factorvae_score",
+    "headline",
     "latent_traversal",
     "mig",
     "sap",
@@ -613,6 +614,13 @@ def compute_all(
 
 
 # --------------------------------------------------------------------------- runs
+
+
+def headline(result: dict) -> dict[str, float]:
+    """The one number of each metric in a :func:`compute_all` result: MIG, SAP, DCI
+    disentanglement, and the FactorVAE and beta-VAE scores' evaluation accuracies."""
+    return {"mig": result["mig"]["mig"], "sap": result["sap"]["sap"], "dci": result["dci"]["disentanglement"],
+            "factorvae_score": result["factorvae"]["eval_accuracy"], "betavae_score": result["betavae"]["eval_accuracy"]}
 
 
 def evaluate_run(run, *, num_train: int = 10_000, num_test: int = 5_000, seed: int = 0, n_jobs: int = 2,

@@ -1,0 +1,103 @@
+"""MIG (and the other disentanglement scores) of one shapes run against training steps.
+
+    .venv/bin/python benchmarks/mig_curve.py --preset shapes-tcvae --steps 20000 --every 2500 \
+        --json mig_curve.json --plot docs/images/mig_curve.png
+
+Trains one run of --preset with `vaekit train`, stopping every --every steps, scores its latest
+checkpoint with `vaekit.evaluate.disentanglement.evaluate_run` (MIG, SAP, DCI, FactorVAE and
+beta-VAE scores, as `vaekit disentanglement` computes them), and continues it with
+`vaekit train --resume RUN --set train.steps=<next>`. With train.steps the batches are drawn
+per global step, so the stops change nothing in the training: the curve is that of one
+uninterrupted run. Prints one row per point and writes every number to --json and the curve
+to --plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO_ROOT, cpu_info  # noqa: E402
+
+VAEKIT = [sys.executable, "-m", "vaekit.cli"]
+METRICS = ("mig", "sap", "dci", "factorvae_score", "betavae_score")
+
+
+def _train(argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    out = subprocess.run([*VAEKIT, "train", *argv, "--no-progress"], capture_output=True, text=True, cwd=REPO_ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"vaekit train {' '.join(argv)} exited {out.returncode}: {out.stderr[-2000:]}")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="shapes-tcvae")
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--every", type=int, default=2_500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--runs-dir", default=None)
+    p.add_argument("--json")
+    p.add_argument("--plot")
+    args = p.parse_args()
+
+    import vaekit  # noqa: F401  (first: its XLA settings)
+    import jax
+
+    from vaekit.checkpoint import load_run
+    from vaekit.evaluate.disentanglement import evaluate_run, headline
+
+    runs = Path(args.runs_dir or tempfile.mkdtemp(prefix="vaekit-mig-curve-"))
+    run = runs / "curve"
+    info = cpu_info()
+    device = str(jax.devices()[0].device_kind)
+    print(f"{args.preset}, seed {args.seed}, to {args.steps:,} steps; device {device}; CPU {info['model']}", flush=True)
+    points, train_s = [], 0.0
+    for step in range(args.every, args.steps + 1, args.every):
+        sets = [f"train.steps={step}"]
+        if step == args.every:
+            argv = ["--preset", args.preset, "--set", f"train.eval_every={args.every}", "--set",
+                    f"train.seed={args.seed}", *sum((["--set", s] for s in args.set), []), "--runs-dir", str(runs),
+                    "--name", "curve"]
+        else:
+            argv = ["--resume", str(run)]
+        train_s += _train([*argv, *sum((["--set", s] for s in sets), [])])
+        t0 = time.perf_counter()
+        scores = headline(evaluate_run(load_run(run, checkpoint="latest"), seed=args.seed, write=False))
+        points.append({"step": step, "train_seconds": round(train_s, 1),
+                       "score_seconds": round(time.perf_counter() - t0, 1), **scores})
+        print(f"step {step:>7,}  " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items())
+              + f"  (trained {train_s:.0f} s)", flush=True)
+    result = {"date": time.strftime("%Y-%m-%d"), "preset": args.preset, "seed": args.seed, "set": args.set,
+              "device": device, "cpu": info, "jax": jax.__version__, "points": points}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        steps = [pt["step"] for pt in points]
+        for k in METRICS:
+            ax.plot(steps, [pt[k] for pt in points], marker="o", label=k)
+        ax.axhline(0.35, color="grey", ls="--", lw=0.8, label="MIG target 0.35")
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("score")
+        ax.set_title(f"{args.preset}, seed {args.seed} ({device})", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
