@@ -160,9 +160,8 @@ def token_summary(model: nnx.Module, data: dict, nll: np.ndarray, batch_size: in
     The token count: every word and the <eos> of every sentence, never padding;
     perplexity = exp(total NLL / tokens), the convention of Bowman et al. 2016."""
     from vaekit import metrics as metrics_lib
-    from vaekit.trainer import step_rngs
-
     from vaekit.data.text import sentence_lengths
+    from vaekit.trainer import step_rngs
 
     count = float(sentence_lengths(data["x"]).sum())
     out = {"tokens": int(count), "nll_per_token": float(nll.sum() / count),
