@@ -83,3 +83,14 @@ def test_a_bf16_step_is_the_fp32_step_up_to_rounding(model_cfg):
 def test_precision_is_checked():
     with pytest.raises(VaekitError, match="train.precision must be one of fp32, bf16; got 'fp16'"):
         config_lib.resolve("mnist-mlp", None, ["train.precision=fp16"])
+
+
+def test_bf16_on_a_model_without_such_nets_is_refused_before_anything_is_written(tmp_path, capsys):
+    from vaekit.cli import main
+
+    argv = ["train", "--preset", "mnist-vqvae", "--set", "train.precision=bf16", "--set", "train.epochs=1",
+            "--set", "data.limit=200", "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.kind 'vqvae' has none" in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -232,6 +232,9 @@ class Trainer:
         # graph (validation, pictures, evaluate) stays float32.
         with nets_lib.compute_dtype(self.model, t.precision) as n_bf16:
             self.graphdef, _, _ = split_model(self.model)
+        if t.precision != "fp32" and not n_bf16:
+            raise VaekitError(f"train.precision={t.precision} applies to the MLP, conv and ResNet encoder/decoder nets; "
+                              f"model.kind '{self.model.kind}' has none (leave train.precision at fp32)")
         if n_bf16:
             log.info("train.precision=%s: %d hidden layers of the encoder/decoder nets compute in bfloat16 while "
                      "training; parameters, optimizer state, output layers, losses and validation stay float32",
