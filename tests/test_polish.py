@@ -47,9 +47,14 @@ def _err(capsys, argv, *needles):
     return err
 
 
+def _default_sigint():
+    """In the child: SIGINT as a terminal gives it (a test run started in the background inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _vaekit(*args):
     return subprocess.Popen([sys.executable, "-m", "vaekit.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for(cond, proc, timeout=300):

@@ -219,10 +219,16 @@ def test_a_ctrl_c_python_swallowed_still_stops_the_run(tmp_path, monkeypatch, sp
             pass  # what a gc callback does with it
 
     monkeypatch.setattr(T, "_guard_finite", swallowed_ctrl_c)
-    with pytest.raises(T.RunInterrupted):
-        train(tiny_config(train={"epochs": 2}), runs_dir=tmp_path, name="x", progress=False)
+    # Python's own handler, as in a terminal: a test process started in the background inherits
+    # SIGINT ignored, and train() leaves any handler but Python's default alone.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(T.RunInterrupted):
+            train(tiny_config(train={"epochs": 2}), runs_dir=tmp_path, name="x", progress=False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert json.loads((tmp_path / "x" / "run.json").read_text())["status"] == "interrupted"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_max_minutes_stops_after_an_epoch_and_resume_finishes(tmp_path, monkeypatch, splits):
