@@ -47,14 +47,16 @@ def _err(capsys, argv, *needles):
     return err
 
 
-def _default_sigint():
-    """In the child: SIGINT as a terminal gives it (a test run started in the background inherits it ignored)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _vaekit(*args):
-    return subprocess.Popen([sys.executable, "-m", "vaekit.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+    # The child gets SIGINT at its default, as from a terminal: an ignored SIGINT (a test run started
+    # in the background) would be inherited through exec, a handler is reset to the default by it.
+    # (No preexec_fn: forking a multithreaded JAX process to run Python in the child can deadlock.)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "vaekit.cli", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _wait_for(cond, proc, timeout=300):
