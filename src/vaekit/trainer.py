@@ -369,8 +369,9 @@ class Trainer:
         return self._step_loop(state, self._step, ((data, idx[i]) for i in range(idx.shape[0])))
 
     def _run_fed_steps(self, state: dict, feed, steps: np.ndarray):
-        """A chunk of a streamed source: one jitted step per host batch from `feed` (len(steps)
-        of them). Each process puts its own rows of the global batch on its own devices."""
+        """A chunk of a streamed source: one jitted step per host batch from `feed` (one per row of
+        `steps`, the chunk's example indices, which `feed` reads). Each process puts its own rows of
+        the global batch on its own devices."""
 
         def put(local: dict) -> dict:
             if self.mesh is None:
@@ -434,9 +435,8 @@ class Trainer:
         if self.stream is None:
             data, idx = self.train_data, self.replicate(self.epoch_indices(epoch, steps, first_step=step0))
         else:  # host batches of these steps, read and decoded ahead by the stream's threads
-            idx = np.arange(step0, step0 + steps)
-            rows = jax.device_get(self.epoch_indices(epoch, steps, first_step=step0))  # the resident path's batches
-            data = self.stream.batches(rows, process_index=jax.process_index(), process_count=jax.process_count())
+            idx = jax.device_get(self.epoch_indices(epoch, steps, first_step=step0))  # the resident path's batches
+            data = self.stream.batches(idx, process_index=jax.process_index(), process_count=jax.process_count())
         s = self.cfg.train.chunk_steps
         acc = metrics_lib.Accumulator()
         t0 = time.perf_counter()
