@@ -75,7 +75,7 @@ def context_bits(x: np.ndarray, template=JBIG_TEMPLATE, chunk: int = 1000) -> np
 
     x = np.asarray(x)
     x = x[..., 0] if x.ndim == 4 else x
-    if x.ndim != 3 or not np.all((x == 0) | (x == 1)):
+    if x.ndim != 3 or not _binary(x):
         raise VaekitError(f"context_bits takes binary images (N, H, W[, 1]) of 0s and 1s; got shape {x.shape}")
     bits = x.astype(np.int64)
     n, h, w = bits.shape
@@ -97,13 +97,20 @@ def context_bits(x: np.ndarray, template=JBIG_TEMPLATE, chunk: int = 1000) -> np
     return out
 
 
+def _binary(x: np.ndarray) -> bool:
+    return bool(np.all((x == 0) | (x == 1)))
+
+
+def _binary_grey(x: np.ndarray) -> bool:
+    """Whether x is binary greyscale images (N, H, W, 1): every pixel 0 or 1."""
+    return x.ndim == 4 and x.shape[-1] == 1 and _binary(x)
+
+
 def compressed_bits(x: np.ndarray) -> np.ndarray:
     """L(x) of the complexity score: `context_bits` for binary greyscale images (N, H, W, 1),
     `png_bits` for any other images."""
     x = np.asarray(x)
-    if x.ndim == 4 and x.shape[-1] == 1 and bool(np.all((x == 0) | (x == 1))):
-        return context_bits(x)
-    return png_bits(x)
+    return context_bits(x) if _binary_grey(x) else png_bits(x)
 
 
 def png_bits(x: np.ndarray) -> np.ndarray:
@@ -119,7 +126,7 @@ def png_bits(x: np.ndarray) -> np.ndarray:
     from vaekit.plots import to_uint8
 
     x = np.asarray(x)
-    binary = x.ndim == 4 and x.shape[-1] == 1 and bool(np.all((x == 0) | (x == 1)))
+    binary = _binary_grey(x)
     pixels = to_uint8(x)
     if binary:
         pixels = pixels[..., 0] > 0
