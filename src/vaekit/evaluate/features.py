@@ -85,7 +85,10 @@ class FeatureNet(nnx.Module):
 
     def logits(self, x: jax.Array) -> list[jax.Array]:
         """One (N, K_j) logit array per head."""
-        f = self.features(x)
+        return self.head_logits(self.features(x))
+
+    def head_logits(self, f: jax.Array) -> list[jax.Array]:
+        """The heads' logits from penultimate features f (N, F): `logits` without featurizing again."""
         return [head(f) for head in self.heads]
 
     def __call__(self, x: jax.Array) -> list[jax.Array]:

@@ -128,7 +128,7 @@ def compare(net, real_x: np.ndarray, fake_x: np.ndarray, *, k: int = 3, batch_si
 def head_accuracy(net, feats: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of images, given by their features (N, F), that the net's first head classifies as
     their label (N,): the label accuracy of samples, without featurizing them again."""
-    pred = np.argmax(np.asarray(net.heads[0](jnp.asarray(feats))), axis=-1)
+    pred = np.argmax(np.asarray(net.head_logits(jnp.asarray(feats))[0]), axis=-1)
     return float(np.mean(pred == np.asarray(labels)))
 
 
