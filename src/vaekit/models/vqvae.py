@@ -288,11 +288,12 @@ def code_statistics(codes: np.ndarray, k: int) -> dict:
     """Usage of codes (N, h, w): counts per code (K,), perplexity, codes in use, and the entropy of
     the code at each grid position over the N examples (h, w), in nats."""
     codes = np.asarray(codes)
-    counts = np.bincount(codes.ravel(), minlength=k)
-    p = counts[counts > 0] / codes.size
     positions = codes.reshape(len(codes), -1)  # (N, h w)
     at = np.arange(positions.shape[1]) * k  # code c at position j counts in bin j K + c
-    q = np.bincount((positions + at).ravel(), minlength=k * len(at)).reshape(len(at), k) / len(codes)  # (h w, K)
+    per_position = np.bincount((positions + at).ravel(), minlength=k * len(at)).reshape(len(at), k)  # (h w, K)
+    counts = per_position.sum(0)
+    p = counts[counts > 0] / codes.size
+    q = per_position / len(codes)
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.where(q > 0, q * np.log(q), 0.0).sum(-1).reshape(codes.shape[1:])
     return {"counts": counts, "perplexity": float(np.exp(-(p * np.log(p)).sum())),
