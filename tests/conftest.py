@@ -60,6 +60,24 @@ def synthetic_token_splits(n=200, seq_len=8, vocab_size=12, seed=0) -> Splits:
                   spec=DataSpec("tokens", (seq_len,), None, vocab_size), binarize="none")
 
 
+def step_loss(tr, idx):
+    """params -> the model's loss (its first return: an array, or a dict per group) on the batch
+    of examples `idx` that `Trainer._train_step` builds at the trainer's current step, with the
+    same keys and the training graph (`tr.graphdef`)."""
+    import jax
+
+    from vaekit.trainer import merge_model, step_rngs
+
+    data_key, model_key = jax.random.split(jax.random.fold_in(tr.state["key"], tr.state["step"]))
+    batch = tr.gather(tr.train_data, idx, data_key)
+
+    def loss(params: dict):
+        model = merge_model(tr.graphdef, params, tr.state["rest"], copy=True)
+        return model.loss(batch, rngs=step_rngs(model_key), step=tr.state["step"])[0]
+
+    return loss
+
+
 def group_step_check(tr, batch_size: int, lrs: dict) -> dict:
     """Check that one `Trainer` step moves each parameter group by one Adam step on the gradient of
     that group's own loss alone (Adam's first step is -lr * g / (|g| + eps)), and return
@@ -67,21 +85,14 @@ def group_step_check(tr, batch_size: int, lrs: dict) -> dict:
     test can show that a cross term exists which the step had to ignore."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
-
-    from vaekit.trainer import step_rngs
 
     params = tr.state["params"]
     before = jax.tree.map(np.asarray, params)
     idx = jnp.arange(batch_size)
-    data_key, model_key = jax.random.split(jax.random.fold_in(tr.state["key"], tr.state["step"]))
-    batch = tr.gather(tr.train_data, idx, data_key)  # the step's own batch and keys, as _train_step derives them
+    loss = step_loss(tr, idx)
 
     def grad(loss_group, param_group):
-        def f(p):
-            model = nnx.merge(tr.graphdef, *dict(params, **{param_group: p}).values(), tr.state["rest"], copy=True)
-            return model.loss(batch, rngs=step_rngs(model_key), step=tr.state["step"])[0][loss_group]
-        return jax.jit(jax.grad(f))(params[param_group])
+        return jax.jit(jax.grad(lambda p: loss(dict(params, **{param_group: p}))[loss_group]))(params[param_group])
 
     grads = {(g, h): grad(g, h) for g in params for h in params}
     new, _ = jax.jit(tr._train_step)(tr.state, tr.train_data, idx)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import synthetic_splits, tiny_config
+from conftest import step_loss, synthetic_splits, tiny_config
 from vaekit import config as config_lib
 from vaekit import nets
 from vaekit.errors import VaekitError
@@ -52,14 +52,7 @@ def test_a_bf16_step_is_the_fp32_step_up_to_rounding(model_cfg):
         np.testing.assert_array_equal(a, b)  # the same initial parameters
 
     def loss_and_grad(tr):
-        data_key, model_key = jax.random.split(jax.random.fold_in(tr.state["key"], tr.state["step"]))
-        batch = tr.gather(tr.train_data, idx, data_key)
-        from vaekit.trainer import merge_model, step_rngs
-
-        def f(params):
-            model = merge_model(tr.graphdef, params, tr.state["rest"], copy=True)
-            return model.loss(batch, rngs=step_rngs(model_key), step=tr.state["step"])[0]
-        return jax.jit(jax.value_and_grad(f))(tr.state["params"])
+        return jax.jit(jax.value_and_grad(step_loss(tr, idx)))(tr.state["params"])
 
     (l32, g32), (l16, g16) = loss_and_grad(fp32), loss_and_grad(bf16)
     assert float(l16) != float(l32) and abs(float(l16) - float(l32)) < 1e-2 * abs(float(l32))
