@@ -216,6 +216,20 @@ def _peer_argv(args: Sequence[str] | Mapping[str, object] | None) -> list[str]:
     return [str(a) for a in args]
 
 
+def timed_command(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> float:
+    """Run a command from the repository root and return its wall time in seconds.
+
+    Raises:
+        RuntimeError: it exited non-zero; the message holds the end of its stderr.
+    """
+    t0 = time.perf_counter()
+    out = subprocess.run(list(cmd), capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    seconds = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}: {out.stderr[-2000:]}")
+    return seconds
+
+
 def peer_command(script: str | os.PathLike, argv: Sequence[str], python: str | os.PathLike | None = None
                  ) -> tuple[list[str], dict[str, str]]:
     """(command, environment) that run a peer script in the bench venv: ``python`` or

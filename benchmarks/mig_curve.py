@@ -16,25 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, cpu_info  # noqa: E402
+from common import cpu_info, timed_command  # noqa: E402
 
 VAEKIT = [sys.executable, "-m", "vaekit.cli"]
 METRICS = ("mig", "sap", "dci", "factorvae_score", "betavae_score")
-
-
-def _train(argv: list[str]) -> float:
-    t0 = time.perf_counter()
-    out = subprocess.run([*VAEKIT, "train", *argv, "--no-progress"], capture_output=True, text=True, cwd=REPO_ROOT)
-    if out.returncode != 0:
-        raise RuntimeError(f"vaekit train {' '.join(argv)} exited {out.returncode}: {out.stderr[-2000:]}")
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -69,7 +60,7 @@ def main() -> None:
                     "--name", "curve"]
         else:
             argv = ["--resume", str(run)]
-        train_s += _train([*argv, *sum((["--set", s] for s in sets), [])])
+        train_s += timed_command([*VAEKIT, "train", *argv, *sum((["--set", s] for s in sets), []), "--no-progress"])
         t0 = time.perf_counter()
         scores = headline(evaluate_run(load_run(run, checkpoint="latest"), seed=args.seed, write=False))
         points.append({"step": step, "train_seconds": round(train_s, 1),

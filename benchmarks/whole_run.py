@@ -24,25 +24,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PEER_SCRIPT, REPO_ROOT, cpu_busy, cpu_info, peer_command  # noqa: E402
+from common import PEER_SCRIPT, cpu_busy, cpu_info, peer_command, timed_command  # noqa: E402
 
 VAEKIT = [sys.executable, "-m", "vaekit.cli"]
-
-
-def timed(cmd: list[str], env: dict | None = None) -> float:
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT)
-    seconds = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {out.returncode}: {out.stderr[-2000:]}")
-    return seconds
 
 
 def main() -> None:
@@ -63,12 +53,12 @@ def main() -> None:
                 "data.binarize=static", "--runs-dir", str(work / "runs"), "--name", f"full{r}", "--no-progress"]
         short = [*VAEKIT, "train", "--set", "train.epochs=1", "--set", "data.limit=1000", "--runs-dir",
                  str(work / "runs"), "--name", f"short{r}", "--no-progress"]
-        results["vaekit_full"].append(timed(full, env))
-        results["vaekit_short"].append(timed(short, env))
+        results["vaekit_full"].append(timed_command(full, env))
+        results["vaekit_short"].append(timed_command(short, env))
         if not args.skip_peer:
             peer, peer_env = peer_command(PEER_SCRIPT, ["--epochs", str(args.epochs), "--quiet",
                                                         "--json", str(work / f"peer{r}.json")])
-            results["pythae_full"].append(timed(peer, peer_env))
+            results["pythae_full"].append(timed_command(peer, peer_env))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in results.items() if v), flush=True)
 
     def cell(name: str, which: str) -> str:
