@@ -53,14 +53,14 @@ def main() -> None:
     print(f"{args.preset}, seed {args.seed}, to {args.steps:,} steps; device {device}; CPU {info['model']}", flush=True)
     points, train_s = [], 0.0
     for step in range(args.every, args.steps + 1, args.every):
-        sets = [f"train.steps={step}"]
-        if step == args.every:
-            argv = ["--preset", args.preset, "--set", f"train.eval_every={args.every}", "--set",
-                    f"train.seed={args.seed}", *sum((["--set", s] for s in args.set), []), "--runs-dir", str(runs),
-                    "--name", "curve"]
+        if step == args.every:  # a new run; later points resume it with train.steps raised
+            start = ["--preset", args.preset, "--runs-dir", str(runs), "--name", "curve"]
+            sets = [f"train.eval_every={args.every}", f"train.seed={args.seed}", *args.set]
         else:
-            argv = ["--resume", str(run)]
-        train_s += timed_command([*VAEKIT, "train", *argv, *sum((["--set", s] for s in sets), []), "--no-progress"])
+            start, sets = ["--resume", str(run)], []
+        sets.append(f"train.steps={step}")
+        overrides = [a for s in sets for a in ("--set", s)]
+        train_s += timed_command([*VAEKIT, "train", *start, *overrides, "--no-progress"])
         t0 = time.perf_counter()
         scores = headline(evaluate_run(load_run(run, checkpoint="latest"), seed=args.seed, write=False))
         points.append({"step": step, "train_seconds": round(train_s, 1),
