@@ -376,14 +376,21 @@ def _restore_problem(e: BaseException) -> str:
     return type(chain[0]).__name__
 
 
+_FAILED_RESTORE_LOOPS: list = []  # see _drained_orbax_loops
+
+
 @contextlib.contextmanager
 def _drained_orbax_loops():
     """Orbax runs a restore in a fresh asyncio loop and closes it as soon as the first array read
     fails, leaving the other reads pending: at exit their coroutines print "Exception ignored ..."
     with pages of TensorStore JSON, and TensorStore callbacks print "Event loop is closed". While
     restoring, that loop is run with a clean shutdown instead: pending tasks are cancelled and
-    awaited before the loop closes. (Only Orbax's private helper changes, and only inside this
-    block; an Orbax without it restores as it always did.)"""
+    awaited before the loop closes. A restore that failed leaves its loop open instead (kept in
+    `_FAILED_RESTORE_LOOPS`): TensorStore reads that were already under way complete on their own
+    threads and call back into the loop, and a closed loop prints "Event loop is closed" then,
+    often at exit, after the one-line error; an open loop that nobody runs drops the callbacks.
+    (Only Orbax's private helper changes, and only inside this block; an Orbax without it restores
+    as it always did.)"""
     try:
         from orbax.checkpoint._src import asyncio_utils
     except ImportError:
@@ -396,9 +403,12 @@ def _drained_orbax_loops():
 
     def run_and_drain(coro):
         loop = asyncio.new_event_loop()
+        failed = True
         try:
             asyncio.set_event_loop(loop)
-            return loop.run_until_complete(coro)
+            result = loop.run_until_complete(coro)
+            failed = False
+            return result
         finally:
             try:
                 pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
@@ -408,7 +418,10 @@ def _drained_orbax_loops():
                     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             finally:
                 asyncio.set_event_loop(None)
-                loop.close()
+                if failed:
+                    _FAILED_RESTORE_LOOPS.append(loop)
+                else:
+                    loop.close()
 
     asyncio_utils._run_sync_via_new_loop = run_and_drain
     try:
