@@ -19,6 +19,16 @@ def test_presets_listed_with_descriptions():
     assert all(presets.values())
 
 
+@pytest.mark.parametrize("name", sorted(C.list_presets()))
+def test_every_shipped_preset_resolves_and_validates(name):
+    if name == "mnist-vqvae-prior":  # a prior over a trained VQ-VAE's codes: it needs that run
+        with pytest.raises(VaekitError, match="needs model.parent=RUN"):
+            C.resolve(name)
+        return
+    cfg = C.resolve(name, None, ["data.path=/data/images"] if name.startswith("folder-") else [])
+    assert cfg.preset == name and C.from_dict(cfg.to_dict()) == cfg
+
+
 def test_overrides_are_typed_and_applied_last(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("train:\n  epochs: 7\nmodel:\n  hidden: [10, 20]\n")
