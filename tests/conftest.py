@@ -1,6 +1,8 @@
 """Shared fixtures: tiny configs and data so that every test runs in seconds on 2 CPU cores."""
 
+import contextlib
 import dataclasses
+import signal
 
 import numpy as np
 import pytest
@@ -21,6 +23,20 @@ def tiny_config(**sections) -> config_lib.Config:
     cfg = config_lib.merge(cfg, small)
     config_lib.validate(cfg)
     return cfg
+
+
+@contextlib.contextmanager
+def default_sigint():
+    """Python's own SIGINT handler, as in a terminal, for the block; the previous one after it.
+
+    A test run started in the background inherits SIGINT ignored: train() rightly leaves such a
+    handler alone, and a child process inherits the ignore through exec (a handler is reset to the
+    default by exec instead)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def synthetic_splits(n=200, shape=(8, 8, 1), seed=0, binarize="none") -> Splits:

@@ -24,7 +24,7 @@ from vaekit.cli import build_parser, main
 from vaekit.errors import VaekitError
 from vaekit.trainer import Trainer, TrainingDiverged, train
 
-from conftest import replace, synthetic_splits, tiny_config
+from conftest import default_sigint, replace, synthetic_splits, tiny_config
 
 SMALL = ["--set", "data.limit=512", "--set", "model.hidden=[64]", "--set", "train.eval_batch_size=2000"]
 TINY = ["model.hidden=[32]", "model.latent_dim=4", "train.epochs=1", "train.batch_size=20", "train.chunk_steps=4",
@@ -48,15 +48,11 @@ def _err(capsys, argv, *needles):
 
 
 def _vaekit(*args):
-    # The child gets SIGINT at its default, as from a terminal: an ignored SIGINT (a test run started
-    # in the background) would be inherited through exec, a handler is reset to the default by it.
-    # (No preexec_fn: forking a multithreaded JAX process to run Python in the child can deadlock.)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    # The child gets SIGINT at its default, as from a terminal (conftest.default_sigint). No
+    # preexec_fn: forking a multithreaded JAX process to run Python in the child can deadlock.
+    with default_sigint():
         return subprocess.Popen([sys.executable, "-m", "vaekit.cli", *args], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _wait_for(cond, proc, timeout=300):

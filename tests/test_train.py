@@ -10,7 +10,7 @@ from vaekit import checkpoint as ck
 from vaekit.errors import VaekitError
 from vaekit.trainer import Trainer, TrainingDiverged, collapse_warning, learning_rate_schedule, train
 
-from conftest import replace, synthetic_splits, tiny_config
+from conftest import default_sigint, replace, synthetic_splits, tiny_config
 
 
 def _fake_data(monkeypatch, splits):
@@ -219,15 +219,10 @@ def test_a_ctrl_c_python_swallowed_still_stops_the_run(tmp_path, monkeypatch, sp
             pass  # what a gc callback does with it
 
     monkeypatch.setattr(T, "_guard_finite", swallowed_ctrl_c)
-    # Python's own handler, as in a terminal: a test process started in the background inherits
-    # SIGINT ignored, and train() leaves any handler but Python's default alone.
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
+    with default_sigint():  # Python's own handler, as in a terminal
         with pytest.raises(T.RunInterrupted):
             train(tiny_config(train={"epochs": 2}), runs_dir=tmp_path, name="x", progress=False)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-    finally:
-        signal.signal(signal.SIGINT, previous)
     assert json.loads((tmp_path / "x" / "run.json").read_text())["status"] == "interrupted"
 
 
