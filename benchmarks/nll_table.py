@@ -7,9 +7,10 @@
 Each preset is trained with dynamic binarization and scored by `vaekit evaluate` at k importance
 samples on the first `--limit` test images (all 10,000 by default). With `--minutes`, each preset
 first measures its epoch time (after a run that fills the compilation cache, the difference of a
-one-epoch and a three-epoch run, halved, so that start-up and compilation are not counted) and then trains as many epochs as fit the budget: a fixed
-epoch count, so that other work on the machine can only slow the run down, not change its result.
-`--set` overrides apply to every preset alike. The JSON is rewritten after every preset.
+one-epoch and a three-epoch run, halved, so that start-up and compilation are not counted) and
+then trains as many epochs as fit the budget: a fixed epoch count, so that other work on the
+machine can only slow the run down, not change its result. `--set` overrides apply to every preset
+alike. The JSON is rewritten after every preset.
 
 Probes measure well only on a quiet machine. So the budget can be fixed in two steps: probe every
 preset first (`--minutes 20 --probe-only`, nothing else running), then train with the epoch counts
@@ -39,6 +40,14 @@ PUBLISHED = [
 ]
 
 
+def preset_epochs(text: str) -> tuple[str, int]:
+    """argparse type of --epochs-of: "mnist-iaf=544" -> ("mnist-iaf", 544)."""
+    preset, _, epochs = text.partition("=")
+    if not preset or not epochs.isdigit() or int(epochs) < 1:
+        raise argparse.ArgumentTypeError(f"expected PRESET=EPOCHS with EPOCHS a positive integer, got '{text}'")
+    return preset, int(epochs)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--presets", nargs="+", default=list(PRESETS))
@@ -49,7 +58,7 @@ def main() -> None:
     p.add_argument("--runs-dir")
     p.add_argument("--json")
     p.add_argument("--probe-only", action="store_true", help="with --minutes: print each preset's epochs and stop")
-    p.add_argument("--epochs-of", action="append", default=[], metavar="PRESET=EPOCHS",
+    p.add_argument("--epochs-of", action="append", default=[], type=preset_epochs, metavar="PRESET=EPOCHS",
                    help="train PRESET for EPOCHS epochs, without a probe (repeatable)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override applied to every preset (repeatable)")
@@ -68,13 +77,18 @@ def main() -> None:
            "minutes": args.minutes, "rows": []}
     rows = out["rows"]
 
+    def record(row: dict) -> None:
+        rows.append(row)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=2))
+
     def trained(preset: str, epochs: int, name: str) -> tuple[Path, float]:
         cfg = vaekit.resolve(preset, None, [*args.overrides, f"train.epochs={epochs}"])
         t0 = time.perf_counter()
         run_dir = vaekit.train(cfg, runs_dir=runs, name=name, progress=False, overwrite=True)
         return run_dir, time.perf_counter() - t0
 
-    fixed = {k: int(v) for k, v in (item.split("=", 1) for item in args.epochs_of)}
+    fixed = dict(args.epochs_of)
     for preset in args.presets:
         epochs, epoch_s = fixed.get(preset, args.epochs), None
         if args.minutes and preset not in fixed:
@@ -84,18 +98,14 @@ def main() -> None:
             epochs = max(1, math.floor(args.minutes * 60 / epoch_s))
             print(f"{preset}: {epoch_s:.2f} s an epoch -> {epochs} epochs", flush=True)
             if args.probe_only:
-                rows.append({"preset": preset, "probe_epoch_seconds": epoch_s, "epochs": epochs})
+                record({"preset": preset, "probe_epoch_seconds": epoch_s, "epochs": epochs})
                 continue
         run_dir, train_s = trained(preset, epochs, preset)
         r = evaluate(vaekit.load_run(run_dir), samples=args.samples, limit=args.limit, progress=False)
-        rows.append(dict(r, preset=preset, epochs=epochs, probe_epoch_seconds=epoch_s, train_seconds=train_s))
+        record(dict(r, preset=preset, epochs=epochs, probe_epoch_seconds=epoch_s, train_seconds=train_s))
         print(f"{preset}: {epochs} epochs, {train_s:.0f} s, NLL {r['nll']:.2f} ± {r['nll_stderr']:.2f}", flush=True)
-        if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=2))
 
     if args.probe_only:
-        if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=2))
         print(" ".join(f"--epochs-of {r['preset']}={r['epochs']}" for r in rows))
         return
     print(f"\nMNIST test NLL (k = {args.samples}, {rows[0]['examples']} test images, dynamic binarization), "
