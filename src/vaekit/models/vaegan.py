@@ -45,7 +45,7 @@ STABILIZERS = ("smoothing", "r1", "none")
 class VAEGANConfig(ModelConfig):
     kind: str = "vaegan"
     disc_channels: tuple[int, ...] = (32, 64)  # discriminator: channels of its 4x4 stride-2 conv blocks
-    gamma: float = 1.0  # decoder: weight of the feature-space reconstruction against the adversarial loss
+    gamma: float = 0.1  # decoder: weight of the feature-space reconstruction against the adversarial loss (docs/models.md)
     disc_learning_rate: float | None = None  # the discriminator's learning rate (None: train.learning_rate)
     stabilizer: str = "smoothing"  # smoothing (one-sided label smoothing), r1 (gradient penalty on real data), none
     label_smoothing: float = 0.1  # smoothing: real targets are 1 - label_smoothing
