@@ -277,3 +277,32 @@ def test_asynchronous_save_writes_the_state_as_it_was_when_saved(tmp_path):
         for k in saved:
             np.testing.assert_array_equal(np.asarray(back[k]), saved[k])
             np.testing.assert_array_equal(np.asarray(later[k]), np.asarray(state[k]))
+
+
+def _tensorboard_scalars(run_dir, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one scalar tag, read from the run's event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    points = []
+    for path in sorted((run_dir / "tensorboard").iterdir()):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            points += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
+    return points
+
+
+def test_step_curves_are_means_of_log_every_steps(tmp_path, monkeypatch, splits):
+    _fake_data(monkeypatch, splits)
+    # 10 steps an epoch in chunks of 4, 4, 2: groups of 3 within each chunk end at steps 3, 4, 7, 8, 10
+    run = train(tiny_config(train={"log_every": 3}), runs_dir=tmp_path, name="r", progress=False)
+    points = _tensorboard_scalars(run, "step/loss")
+    assert [s for s, _ in points] == [3, 4, 7, 8, 10, 13, 14, 17, 18, 20]
+    sizes = np.array([3, 1, 3, 1, 2])
+    epoch1 = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    np.testing.assert_allclose(np.sum(sizes * [v for _, v in points[:5]]) / 10, epoch1["train/loss"], rtol=1e-5)

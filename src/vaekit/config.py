@@ -129,6 +129,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # save a checkpoint every N epochs (with `steps`: every N validations) (the best-by-validation one is kept too)
     keep_checkpoints: int = 2  # how many periodic checkpoints to keep
     compilation_cache: bool = True  # reuse compiled steps across runs (JAX's persistent cache; also VAEKIT_COMPILATION_CACHE=0)
+    log_every: int = 10  # TensorBoard's step/* curves: one point per N training steps, the mean over them (1: every step)
     loggers: tuple[str, ...] = ("tensorboard",)  # where metrics go besides metrics.jsonl: tensorboard, mlflow (pip install 'vaekit[mlflow]')
     devices: str = "1"  # data parallel over this many local devices per process ("all": every one); batch_size is global
     precision: str = "fp32"  # fp32, or bf16: the encoder/decoder nets' hidden layers compute in bfloat16 while training (parameters, optimizer state, output layers, losses and validation stay float32)
@@ -516,6 +517,7 @@ def validate(cfg: Config) -> None:
     _check(t.keep_checkpoints > 0, f"train.keep_checkpoints must be positive, got {t.keep_checkpoints}")
     for name in t.loggers:
         _one_of(name, LOGGERS, "train.loggers")
+    _check(t.log_every >= 1, f"train.log_every must be >= 1, got {t.log_every}")
     _check(t.devices == "all" or (t.devices.isdigit() and int(t.devices) > 0),
            f"train.devices must be 'all' or a positive integer, got '{t.devices}'")
     _one_of(d.color, ("rgb", "grey"), "data.color")

@@ -873,10 +873,16 @@ def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: lis
     if not bar_shown(bar):  # no bar to show the status on: a whole line on stderr instead
         log.info("compiling the training step (the first chunk waits for it)")
 
+    every = cfg.train.log_every
+
     def on_chunk(first_step: int, metrics: dict) -> None:
+        # One TensorBoard point per `every` steps (their mean, at the group's last step): a scalar
+        # per step costs ~50 us of Python each, 0.75 s of a 10-epoch mnist-mlp run.
         for name in ("loss", "beta", "grad_norm"):
-            for i, v in enumerate(np.asarray(metrics.get(name, ()))):
-                writer.add_scalar(f"step/{name}", float(v), first_step + i + 1)
+            values = np.asarray(metrics.get(name, ()), np.float64)
+            for start in range(0, len(values), every):
+                group = values[start : start + every]
+                writer.add_scalar(f"step/{name}", float(group.mean()), first_step + start + len(group))
         bar.update(task, advance=len(metrics["loss"]), status=f"loss {float(np.mean(metrics['loss'])):.2f}")
 
     trainer.chunk_callback = on_chunk
