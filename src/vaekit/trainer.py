@@ -112,6 +112,10 @@ def make_optimizer(t: TrainConfig, steps_per_epoch: int) -> tuple[optax.Gradient
         opt = optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps)
     if t.grad_clip > 0:
         opt = optax.chain(optax.clip_by_global_norm(t.grad_clip), opt)
+    if t.flat_optimizer:
+        # One vector of all the group's parameters: Adam's moments become two arrays and its update
+        # one fused loop instead of a few per parameter array (the same values element by element).
+        opt = optax.flatten(opt)
     return opt, schedule
 
 
