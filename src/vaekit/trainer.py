@@ -737,7 +737,6 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
     from tensorboardX import SummaryWriter
 
     from vaekit import checkpoint as ck
-    from vaekit import plots
 
     history: list[dict] = []
     info: dict = {}
@@ -807,6 +806,8 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
         state = distributed.local_copy({k: trainer.state[k] for k in ("params", "rest")})
         model = merge_model(trainer.graphdef, state["params"], state["rest"])
         try:
+            from vaekit import plots  # only now: matplotlib is slow to import (the CLI imports it beside training)
+
             if main:
                 write_pictures(run_dir, model, splits, cfg.train.seed)
             if history and main:
