@@ -27,35 +27,11 @@ def _console(stderr: bool = True):
 # --------------------------------------------------------------------------- commands
 
 
-def _import_in_background(*modules: str) -> None:
-    """Import `modules` in a daemon thread while the caller goes on.
-
-    Imports are Python work that holds the GIL, but training runs in XLA without it, and loading
-    data mostly in NumPy, so what a run needs only later (Orbax for its first checkpoint,
-    TensorBoard's writer, matplotlib for the pictures at the end: about 1.2 s on a 2-core CPU)
-    is imported beside them instead of before or after them. A module that fails here is left
-    to the caller's own import, which reports the error where it is used.
-    """
-    import importlib
-    import threading
-
-    def run():
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 (reported by the real import later)
-                pass
-
-    threading.Thread(target=run, name="vaekit-imports", daemon=True).start()
-
-
 def cmd_train(args) -> None:
     from vaekit import checkpoint as ck
     from vaekit import config as config_lib
     from vaekit import distributed
     from vaekit.trainer import train
-
-    _import_in_background("orbax.checkpoint", "tensorboardX", "vaekit.plots")
 
     distributed.initialize()  # joins a multi-process run when VAEKIT_COORDINATOR etc. (or a cluster) say so
 
