@@ -306,36 +306,3 @@ def test_step_curves_are_means_of_log_every_steps(tmp_path, monkeypatch, splits)
     sizes = np.array([3, 1, 3, 1, 2])
     epoch1 = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     np.testing.assert_allclose(np.sum(sizes * [v for _, v in points[:5]]) / 10, epoch1["train/loss"], rtol=1e-5)
-
-
-def test_flat_optimizer_takes_the_same_steps_as_per_array_state(splits):
-    # optax.flatten: one vector for all parameters; Adam and the global-norm clip are the same
-    # element by element, so both layouts reach the same parameters (to float rounding of the norm)
-    cfg = tiny_config(train={"grad_clip": 1.0, "learning_rate": 3e-3})
-    flat, per_array = Trainer(cfg, splits), Trainer(replace(cfg, "train", flat_optimizer=False), splits)
-    flat.fit_epoch(), per_array.fit_epoch()
-    assert len(jax.tree.leaves(flat.state["opt_state"])) < len(jax.tree.leaves(per_array.state["opt_state"]))
-    for a, b in zip(jax.tree.leaves(flat.state["params"]), jax.tree.leaves(per_array.state["params"])):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-
-
-def test_run_from_before_flat_optimizer_resumes_with_its_own_layout(tmp_path, monkeypatch, splits):
-    # config.yaml without train.flat_optimizer: a run whose checkpoints hold per-array Adam state
-    import yaml
-
-    _fake_data(monkeypatch, splits)
-    cfg = replace(tiny_config(train={"epochs": 2}), "train", flat_optimizer=False)
-    full = train(cfg, runs_dir=tmp_path, name="full", progress=False)
-    old = train(replace(cfg, "train", epochs=1), runs_dir=tmp_path, name="old", progress=False)
-    doc = yaml.safe_load((old / "config.yaml").read_text())
-    del doc["train"]["flat_optimizer"]
-    doc["train"]["epochs"] = 2
-    (old / "config.yaml").write_text(yaml.safe_dump(doc))
-    assert ck.read_config(old).train.flat_optimizer is False
-    resumed = train(ck.read_config(old), resume=old, progress=False)
-    a = ck.load_run(full, checkpoint="latest").model
-    b = ck.load_run(resumed, checkpoint="latest").model
-    from flax import nnx
-
-    for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -238,14 +238,8 @@ def read_config(run_dir: Path) -> config_lib.Config:
         raise VaekitError(f"{path} is not valid YAML: {_yaml_problem(e)}") from None
     if doc is not None and not isinstance(doc, dict):
         raise VaekitError(f"{path} must hold a mapping of config sections, got {type(doc).__name__}")
-    doc = doc or {}
-    train = doc.get("train")
-    if isinstance(train, dict) and "flat_optimizer" not in train:
-        # Written before the key existed: those runs' checkpoints hold one optimizer state per
-        # parameter array, so `--resume` must rebuild that layout.
-        doc = dict(doc, train=dict(train, flat_optimizer=False))
     try:
-        return config_lib.from_dict(doc)
+        return config_lib.from_dict(doc or {})
     except VaekitError as e:
         raise VaekitError(f"{path}: {e}") from None
 

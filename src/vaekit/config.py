@@ -123,7 +123,6 @@ class TrainConfig:
     decay_rate: float = 0.1  # exponential/step: factor applied every decay_steps
     decay_steps: int = 10_000  # exponential/step: steps per decay_rate
     grad_clip: float = 0.0  # clip gradients to this global norm (0: off)
-    flat_optimizer: bool = True  # the optimizer updates one vector of all parameters (optax.flatten): 1.24x on the mnist-mlp step; false in runs from before the key, whose checkpoints hold per-array optimizer state
     chunk_steps: int = 100  # steps per chunk: the host syncs (progress, NaN guard) once per chunk
     loop: str = "auto"  # a chunk as one compiled lax.scan ("scan") or as jitted steps ("steps"); auto: steps for conv nets on CPU
     eval_batch_size: int = 1000  # batch size of validation passes

@@ -112,10 +112,6 @@ def make_optimizer(t: TrainConfig, steps_per_epoch: int) -> tuple[optax.Gradient
         opt = optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps)
     if t.grad_clip > 0:
         opt = optax.chain(optax.clip_by_global_norm(t.grad_clip), opt)
-    if t.flat_optimizer:
-        # One vector of all the group's parameters: Adam's moments become two arrays and its update
-        # one fused loop instead of a few per parameter array (the same values element by element).
-        opt = optax.flatten(opt)
     return opt, schedule
 
 
@@ -295,26 +291,17 @@ class Trainer:
         batch_idx = self._shard_batch(batch_idx)  # each device gathers its own rows
         return self._shard_batch(self.splits.training_batch({k: v[batch_idx] for k, v in data.items()}, key))
 
-    def _train_step(self, state: dict, data: dict, batch_idx: jax.Array, ok: jax.Array | None = None):
-        """One optimizer step (every parameter group) on the resident examples ``batch_idx`` (B,).
+    def _train_step(self, state: dict, data: dict, batch_idx: jax.Array):
+        """One optimizer step (every parameter group) on the resident examples ``batch_idx`` (B,)."""
+        return self._update(state, lambda key: self.gather(data, batch_idx, key))
 
-        Returns (new state, metrics), or with `ok` given, (state, ok, metrics) as `_guarded_step`."""
-        return self._update(state, lambda key: self.gather(data, batch_idx, key), ok)
-
-    def _fed_train_step(self, state: dict, batch: dict, ok: jax.Array | None = None):
+    def _fed_train_step(self, state: dict, batch: dict):
         """One optimizer step on a batch fed from the host (a streamed source), split over the
         mesh as a gathered batch is."""
-        return self._update(state, lambda key: self._shard_batch(self.splits.training_batch(batch, key)), ok)
+        return self._update(state, lambda key: self._shard_batch(self.splits.training_batch(batch, key)))
 
-    def _update(self, state: dict, make_batch, ok: jax.Array | None = None):
-        """The optimizer step on the batch `make_batch(data_key)` (its device-side draws from data_key).
-
-        With `ok` (a traced bool: every earlier step of the chunk was finite), the step is guarded:
-        unless `ok` holds and this step's loss and gradient norm are finite, the state stays as it
-        was. The optimizer's update then runs under a `lax.cond` on that flag, so it writes the
-        parameters and moments in place; choosing between old and new values afterwards (a select
-        per leaf) made XLA copy every moment before the update, a fifth of the `mnist-mlp` step.
-        """
+    def _update(self, state: dict, make_batch):
+        """The optimizer step on the batch `make_batch(data_key)` (its device-side draws from data_key)."""
         data_key, model_key = jax.random.split(jax.random.fold_in(state["key"], state["step"]))
         batch = make_batch(data_key)
         step = state["step"]
@@ -329,7 +316,6 @@ class Trainer:
 
         params, rest, opt_state = dict(state["params"]), state["rest"], dict(state["opt_state"])
         names = list(params)
-        lr = self.optimizers[names[0]][1](step)
         if self.capabilities.update == "alternating" and len(names) > 1:
             grads = {}
             for g in names:  # each group's gradient at the parameters the groups before it left
@@ -339,30 +325,17 @@ class Trainer:
 
                 (_, (metrics, rest)), grads[g] = jax.value_and_grad(group_loss, has_aux=True)(params[g])
                 params[g], opt_state[g] = self._apply(g, grads[g], params[g], opt_state[g], step)
-            metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr)
-            new = dict(state, params=params, rest=rest, opt_state=opt_state, step=step + 1)
-            return (new, metrics) if ok is None else _keep_if_finite(new, state, ok, metrics)
-        losses, vjp, (metrics, new_rest) = jax.vjp(lambda p: loss_fn(p, rest), params, has_aux=True)
-        if isinstance(losses, dict):  # group g follows the gradient of its own loss
-            grads = {g: vjp({h: jnp.asarray(h == g, losses[h].dtype) for h in losses})[0][g] for g in names}
         else:
-            grads = vjp(jnp.ones_like(losses))[0]
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=lr)
-
-        def apply(params_opt):
-            p, o = dict(params_opt[0]), dict(params_opt[1])
+            losses, vjp, (metrics, rest) = jax.vjp(lambda p: loss_fn(p, rest), params, has_aux=True)
+            if isinstance(losses, dict):  # group g follows the gradient of its own loss
+                grads = {g: vjp({h: jnp.asarray(h == g, losses[h].dtype) for h in losses})[0][g] for g in names}
+            else:
+                grads = vjp(jnp.ones_like(losses))[0]
             for g in names:
-                p[g], o[g] = self._apply(g, grads[g], p[g], o[g], step)
-            return p, o
-
-        if ok is None:
-            params, opt_state = apply((params, opt_state))
-            return dict(state, params=params, rest=new_rest, opt_state=opt_state, step=step + 1), metrics
-        ok = ok & _all_finite(metrics["loss"], metrics["grad_norm"])
-        params, opt_state = jax.lax.cond(ok, apply, lambda params_opt: params_opt, (params, opt_state))
-        rest = jax.tree.map(lambda n, o: jax.lax.select(ok, n, o), new_rest, rest)
-        new = dict(state, params=params, rest=rest, opt_state=opt_state, step=jnp.where(ok, step + 1, step))
-        return new, ok, metrics
+                params[g], opt_state[g] = self._apply(g, grads[g], params[g], opt_state[g], step)
+        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.optimizers[names[0]][1](step))
+        new = dict(state, params=params, rest=rest, opt_state=opt_state, step=step + 1)
+        return new, metrics
 
     def _apply(self, group: str, grads, params, opt_state, step):
         tx = self.optimizers[group][0]
@@ -373,11 +346,13 @@ class Trainer:
         """`_train_step` that keeps the old state when this step's loss or gradient norm is NaN/Inf,
         or an earlier step of the chunk's was (`ok` false): the chunk returns the last good state,
         which the host keeps when it stops the run (the input state was donated)."""
-        return self._train_step(state, data, batch_idx, ok)
+        new, metrics = self._train_step(state, data, batch_idx)
+        return _keep_if_finite(new, state, ok, metrics)
 
     def _guarded_fed_step(self, state: dict, ok: jax.Array, batch: dict):
         """`_guarded_step` on a host-fed batch."""
-        return self._fed_train_step(state, batch, ok)
+        new, metrics = self._fed_train_step(state, batch)
+        return _keep_if_finite(new, state, ok, metrics)
 
     def _train_chunk(self, state: dict, data: dict, idx: jax.Array):
         """Run idx.shape[0] optimizer steps; idx (S, B) holds the example indices of each step."""
