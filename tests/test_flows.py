@@ -148,3 +148,35 @@ def test_two_layer_model_reports_kl_and_active_units_per_layer():
     out = trainer.validate()
     assert out["val/active_units/z1"] + out["val/active_units/z2"] == out["val/active_units"]
     assert "val/kl/z1" in out and "val/kl/z2" in out
+
+
+def test_planar_steps_start_in_the_linear_range_of_tanh(monkeypatch):
+    # The encoder's planar outputs start at PLANAR_INIT_SCALE of the default scale (bias 0), so
+    # each step's tanh argument w.z + b starts small: near-linear steps, not saturated folds.
+    from conftest import tiny_config
+
+    from vaekit.data.spec import DataSpec
+    from vaekit.flows import planar_params
+    from vaekit.models import build_model, vae
+    from vaekit.nets import output_layer
+
+    cfg = tiny_config(model={"posterior": "planar", "flow_steps": 8, "latent_dim": 4})
+    spec, d = DataSpec("images", (8, 8, 1), 2), 4
+    x = jax.random.uniform(jax.random.PRNGKey(1), (64, 8, 8, 1))
+
+    def first_arguments(scale):
+        monkeypatch.setattr(vae, "PLANAR_INIT_SCALE", scale)
+        model = build_model(cfg, spec, rngs=nnx.Rngs(0))
+        raw = model.encoder(x)
+        u, w, b = planar_params(raw[:, 2 * d :], d, 8)
+        z0 = model.encode(x).base.sample_and_log_prob(jax.random.PRNGKey(2))[0]
+        return output_layer(model.encoder), jnp.abs(jnp.sum(w[:, 0] * z0, axis=-1) + b[:, 0])
+
+    scale = vae.PLANAR_INIT_SCALE
+    head, small = first_arguments(scale)
+    _, default = first_arguments(1.0)
+    np.testing.assert_array_equal(np.asarray(head.bias[...][2 * d :]), 0.0)
+    ratio = np.std(np.asarray(head.kernel[...][:, 2 * d :])) / np.std(np.asarray(head.kernel[...][:, : 2 * d]))
+    assert 0.05 < ratio < 0.2  # a tenth of the base head's spread (both drawn at the default scale)
+    np.testing.assert_allclose(float(jnp.mean(small)) / float(jnp.mean(default)), scale, rtol=0.3)
+    assert float(jnp.max(jnp.abs(jnp.tanh(small) - small))) < 0.01  # tanh is linear there to 1%

@@ -80,6 +80,14 @@ def mixed_precision_layers(model: nnx.Module) -> list[nnx.Module]:
     return list(found.values())
 
 
+def output_layer(net: nnx.Module) -> nnx.Module:
+    """The output layer of an encoder or decoder net (the first `OUTPUT_LAYER` net inside it)."""
+    for _, module in nnx.iter_modules(net):
+        if type(module) in OUTPUT_LAYER:
+            return OUTPUT_LAYER[type(module)](module)
+    raise TypeError(f"{type(net).__name__} holds none of the nets in OUTPUT_LAYER")
+
+
 @contextlib.contextmanager
 def compute_dtype(model: nnx.Module, precision: str):
     """Within the block, `mixed_precision_layers(model)` compute in `precision`'s dtype ("fp32":
@@ -99,4 +107,4 @@ def compute_dtype(model: nnx.Module, precision: str):
 
 
 __all__ = ["COMPUTE_DTYPES", "CONDITIONING_MODES", "ConvDecoder", "ConvEncoder", "MLPDecoder", "MLPEncoder",
-           "OUTPUT_LAYER", "build_decoder", "build_encoder", "compute_dtype", "mixed_precision_layers"]
+           "OUTPUT_LAYER", "build_decoder", "build_encoder", "compute_dtype", "mixed_precision_layers", "output_layer"]
