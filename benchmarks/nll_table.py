@@ -6,13 +6,12 @@
 
 Each preset is trained with dynamic binarization and scored by `vaekit evaluate` at k importance
 samples on the first `--limit` test images (all 10,000 by default). With `--minutes`, each preset
-first measures its epoch time (after a one-epoch and a six-epoch run that fill the compilation
-cache, the difference of another one-epoch and six-epoch run over 5, so that start-up and
-compilation are not counted: a learning-rate schedule over the run compiles into the step, so each
-length is compiled once) and
-then trains as many epochs as fit the budget: a fixed epoch count, so that other work on the
-machine can only slow the run down, not change its result. `--set` overrides apply to every preset
-alike. The JSON is rewritten after every preset.
+first measures its epoch time: a one-epoch and a six-epoch run fill the compilation cache (a
+learning-rate schedule over the run compiles the run's length into the step, so each length is its
+own program), then the difference of another one-epoch and six-epoch run, over 5, is the time of
+an epoch without start-up or compilation. It then trains as many epochs as fit the budget: a fixed
+epoch count, so that other work on the machine can only slow the run down, not change its result.
+`--set` overrides apply to every preset alike. The JSON is rewritten after every preset.
 
 Probes measure well only on a quiet machine. So the budget can be fixed in two steps: probe every
 preset first (`--minutes 20 --probe-only`, nothing else running), then train with the epoch counts
@@ -94,11 +93,9 @@ def main() -> None:
     for preset in args.presets:
         epochs, epoch_s = fixed.get(preset, args.epochs), None
         if args.minutes and preset not in fixed:
-            # Fill the compilation cache for both lengths first (a schedule over the run's steps, such
-            # as train.lr_schedule=cosine, compiles into the step, so each length is its own program),
-            # so that neither timed run includes a compilation.
-            trained(preset, 1, f"{preset}-probe"), trained(preset, 6, f"{preset}-probe")
-            one, six = trained(preset, 1, f"{preset}-probe")[1], trained(preset, 6, f"{preset}-probe")[1]
+            for n in (1, 6):  # both lengths once, so that neither timed run includes a compilation
+                trained(preset, n, f"{preset}-probe")
+            one, six = (trained(preset, n, f"{preset}-probe")[1] for n in (1, 6))
             epoch_s = max(six - one, 1e-3) / 5
             epochs = max(1, math.floor(args.minutes * 60 / epoch_s))
             print(f"{preset}: {epoch_s:.2f} s an epoch -> {epochs} epochs", flush=True)

@@ -781,7 +781,7 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
         state = distributed.local_copy({k: trainer.state[k] for k in ("params", "rest")})
         model = merge_model(trainer.graphdef, state["params"], state["rest"])
         try:
-            from vaekit import plots  # only now: matplotlib is slow to import (the CLI imports it beside training)
+            from vaekit import plots  # here, where the pictures are drawn: a run that stops earlier never imports matplotlib
 
             if main:
                 write_pictures(run_dir, model, splits, cfg.train.seed)
