@@ -150,6 +150,70 @@ def test_two_layer_model_reports_kl_and_active_units_per_layer():
     assert "val/kl/z1" in out and "val/kl/z2" in out
 
 
+def _hvae_bn(n=80):
+    from conftest import synthetic_splits, tiny_config
+    from vaekit.models import build_model
+
+    splits = synthetic_splits(n=n)
+    cfg = tiny_config(model={"kind": "hvae", "z1_dim": 4, "hidden2": [8, 6], "latent_dim": 3, "batch_norm": True,
+                             "activation": "leaky_relu"})
+    return (lambda: build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))), splits
+
+
+def test_batch_normalized_two_layer_model_moves_each_running_average_once_per_loss():
+    """q(z2|z1) runs for the draw (and would for a score), p(z1|z2) for log p(z), the Monte Carlo KL
+    and the per-layer KL: one loss must move every running average exactly as one pass by hand
+    (encode, draw, decode, the per-layer KL) does, and eval mode must use the running averages."""
+    from vaekit.nets.dense import BatchNorm
+
+    build, splits = _hvae_bn()
+    a, b, fresh = build(), build(), build()
+    hidden = a.model_cfg.hidden
+    # every hidden layer of the four nets: q(z1|x) and p(x|z1) over model.hidden, the two between z1 and z2
+    assert sum(isinstance(m, BatchNorm) for _, m in nnx.iter_modules(a)) == 2 * len(hidden) + 2 * 2
+    batch = {k: jnp.asarray(v[:8]) for k, v in splits.val.items()}
+    a.train(), b.train()
+    a.loss(batch, rngs=nnx.Rngs(sample=3), step=jnp.asarray(0))
+    q = b.encode(batch["x"])
+    z, log_q = q.sample_and_log_prob(nnx.Rngs(sample=3).sample(), (1,))
+    b.decode(z)
+    b.layer_kls(q, z, log_q)
+    leaves = lambda m: jax.tree.leaves(nnx.state(m, nnx.BatchStat))  # noqa: E731
+    moved = [float(jnp.max(jnp.abs(x - y))) for x, y in zip(leaves(a), leaves(fresh))]
+    assert min(moved) > 1e-4  # every layer's statistics moved
+    for x, y in zip(leaves(a), leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    # Eval mode: one example's posterior does not depend on the rest of the batch.
+    a.eval()
+    alone = a.encode(batch["x"][:1]).q1.mean
+    np.testing.assert_allclose(np.asarray(alone), np.asarray(a.encode(batch["x"]).q1.mean[:1]), rtol=1e-5, atol=1e-6)
+    # The score of the posterior's draws is the density they came with (train and eval mode).
+    for mode in ("train", "eval"):
+        getattr(a, mode)()
+        q = a.encode(batch["x"])
+        z, log_q = q.sample_and_log_prob(jax.random.PRNGKey(5), (4,))
+        np.testing.assert_allclose(np.asarray(q.log_prob(z)), np.asarray(log_q), rtol=1e-5, atol=1e-4)
+
+
+def test_batch_normalized_two_layer_model_trains_and_scores(tmp_path):
+    from conftest import synthetic_splits, tiny_config
+    from vaekit.errors import VaekitError
+    from vaekit.trainer import Trainer
+
+    build, splits = _hvae_bn()
+    cfg = tiny_config(model={"kind": "hvae", "z1_dim": 4, "hidden2": [8], "latent_dim": 3, "batch_norm": True},
+                      train={"epochs": 3})
+    trainer = Trainer(cfg, splits)
+    first = trainer.validate()["val/elbo"]
+    for _ in range(3):
+        trainer.fit_epoch()
+    out = trainer.validate()
+    assert np.isfinite(out["val/elbo"]) and out["val/elbo"] > first
+    assert out["val/active_units/z1"] + out["val/active_units/z2"] == out["val/active_units"]
+    with pytest.raises(VaekitError, match="model.net must be mlp"):
+        tiny_config(model={"kind": "hvae", "net": "conv", "batch_norm": True})
+
+
 def test_planar_steps_start_in_the_linear_range_of_tanh(monkeypatch):
     # The encoder's planar outputs start at PLANAR_INIT_SCALE of the default scale (bias 0), so
     # each step's tanh argument w.z + b starts small: near-linear steps, not saturated folds.

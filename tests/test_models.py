@@ -25,6 +25,7 @@ VARIANTS = [(k, SMALL.get(k, {})) for k in sorted(MODELS) if not getattr(MODELS[
     ("vae", {"posterior": "planar", "flow_steps": 2}),
     ("vae", {"posterior": "iaf", "flow_steps": 2, "flow_hidden": 16}),
     ("vae", {"prior": "vamp", "prior_components": 7}),
+    ("hvae", {"batch_norm": True}),
 ]
 KINDS = [pytest.param(v, id="-".join([v[0], *map(str, v[1].values())])) for v in VARIANTS]
 

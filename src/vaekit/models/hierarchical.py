@@ -9,11 +9,19 @@ both, and the decoder reads z1. Everything else is the VAE's (`models.vae`): the
 Monte Carlo estimate of KL(q(z1, z2|x) || p(z1, z2)) from the same draws, `log_weights` gives the
 IWAE bounds and the NLL, and the objective options (beta, annealing, free bits, IWAE training)
 apply unchanged.
+
+With `model.batch_norm=true` the four nets (q(z1|x), q(z2|z1), p(z1|z2), p(x|z1)) normalize every
+hidden layer (`nets.dense`: batch statistics in train mode, running averages in eval mode). The
+nets that run more than once in a loss evaluation move their running averages on one call only,
+so each training step moves them once: q(z2|z1) on the posterior's draw (not on a score of it),
+p(z1|z2) on the per-layer KL (`layer_kls`, once per loss), not on the prior's scores of the same
+draws in log p(z) and the Monte Carlo KL.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +34,7 @@ from vaekit.metrics import mean_of
 from vaekit.models.base import Capabilities
 from vaekit.models.vae import VAE
 from vaekit.nets import build_decoder, build_encoder
+from vaekit.nets.dense import DenseNet
 from vaekit.nets.mlp import MLP
 
 
@@ -34,10 +43,14 @@ class HVAEConfig(ModelConfig):
     kind: str = "hvae"
     z1_dim: int = 100  # width of the lower stochastic layer z1 (model.latent_dim is the top layer z2)
     hidden2: tuple[int, ...] = (100, 100)  # hidden sizes between z1 and z2 (q(z2|z1); p(z1|z2) mirrors them)
+    batch_norm: bool = False  # batch normalization on every hidden layer of the four nets (model.net=mlp)
 
     def check(self) -> None:
         if self.z1_dim <= 0 or any(h <= 0 for h in self.hidden2):
             raise VaekitError("model.z1_dim and model.hidden2 sizes must be positive")
+        if self.batch_norm and self.net != "mlp":
+            raise VaekitError(f"model.batch_norm=true builds batch-normalized dense nets; model.net must be mlp, "
+                              f"got '{self.net}'")
         if self.posterior != "gaussian" or self.prior != "normal":
             raise VaekitError("model.kind=hvae has its own two-layer posterior and prior; model.posterior and "
                               "model.prior must stay gaussian/normal")
@@ -45,6 +58,16 @@ class HVAEConfig(ModelConfig):
 
 def _gaussian(h: jax.Array, dim: int, kind: str) -> DiagonalGaussian:
     return DiagonalGaussian(h[..., :dim], posterior_scale(h[..., dim : 2 * dim], kind))
+
+
+def _dense(sizes: tuple[int, ...], activation: str, batch_norm: bool, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The dense net (..., sizes[0]) -> (..., sizes[-1]): batch-normalized or the plain MLP."""
+    return DenseNet(sizes, activation, True, rngs=rngs) if batch_norm else MLP(sizes, activation, rngs=rngs)
+
+
+def _run(net: nnx.Module, h: jax.Array, update: bool) -> jax.Array:
+    """Apply a `_dense` net; `update`: whether its batch norms' running averages move (train mode)."""
+    return net(h, update) if isinstance(net, DenseNet) else net(h)
 
 
 class TwoLayerPosterior:
@@ -61,7 +84,7 @@ class TwoLayerPosterior:
     def sample_and_log_prob(self, key: jax.Array, sample_shape: tuple[int, ...] = ()):
         k1, k2 = jax.random.split(key)
         z1, log_q1 = self.q1.sample_and_log_prob(k1, sample_shape)
-        z2, log_q2 = self.q2_of(z1).sample_and_log_prob(k2)
+        z2, log_q2 = self.q2_of(z1, update=True).sample_and_log_prob(k2)  # the draw moves the running averages
         return jnp.concatenate([z1, z2], axis=-1), log_q1 + log_q2
 
     def log_prob(self, z: jax.Array) -> jax.Array:
@@ -72,12 +95,13 @@ class TwoLayerPosterior:
 class TwoLayerPrior(nnx.Module):
     """p(z2) p(z1|z2) over [z1, z2]; p(z1|z2) is a net, so the prior is a module trained with the model."""
 
-    def __init__(self, z1_dim: int, z2_dim: int, hidden2, activation: str, scale_kind: str, *, rngs: nnx.Rngs):
+    def __init__(self, z1_dim: int, z2_dim: int, hidden2, activation: str, scale_kind: str, batch_norm: bool = False,
+                 *, rngs: nnx.Rngs):
         self.z1_dim, self.z2_dim, self.scale_kind = z1_dim, z2_dim, scale_kind
-        self.net = MLP((z2_dim, *tuple(reversed(hidden2)), 2 * z1_dim), activation, rngs=rngs)
+        self.net = _dense((z2_dim, *tuple(reversed(hidden2)), 2 * z1_dim), activation, batch_norm, rngs=rngs)
 
-    def conditional(self, z2: jax.Array) -> DiagonalGaussian:
-        return _gaussian(self.net(z2), self.z1_dim, self.scale_kind)
+    def conditional(self, z2: jax.Array, update: bool = False) -> DiagonalGaussian:
+        return _gaussian(_run(self.net, z2, update), self.z1_dim, self.scale_kind)
 
     def log_prob(self, z: jax.Array) -> jax.Array:
         z1, z2 = z[..., : self.z1_dim], z[..., self.z1_dim :]
@@ -101,11 +125,18 @@ class HVAE(VAE):
         params_per_entry = self._bind(model, objective, spec)
         self.z1_dim, self.latent_dim = model.z1_dim, model.z1_dim + model.latent_dim  # the code is [z1, z2]
         self.layer_dims = (model.z1_dim, model.latent_dim)
-        self.encoder = build_encoder(model, spec.shape, 2 * model.z1_dim, rngs=rngs)  # q(z1|x)
-        self.encoder2 = MLP((model.z1_dim, *model.hidden2, 2 * model.latent_dim), model.activation, rngs=rngs)
-        self.decoder = build_decoder(model, model.z1_dim, spec.shape, params_per_entry, rngs=rngs)  # p(x|z1)
-        self.prior = TwoLayerPrior(model.z1_dim, model.latent_dim, model.hidden2, model.activation,
-                                   model.posterior_scale, rngs=rngs)
+        act, bn, d1, d2 = model.activation, model.batch_norm, model.z1_dim, model.latent_dim
+        self.params_per_entry = params_per_entry
+        if bn:  # q(z1|x) and p(x|z1) as batch-normalized dense nets on the flattened data
+            n_in = math.prod(spec.shape)
+            self.encoder = DenseNet((n_in, *model.hidden, 2 * d1), act, True, rngs=rngs)
+            self.decoder = DenseNet((d1, *tuple(reversed(model.hidden)), n_in * params_per_entry), act, True,
+                                    rngs=rngs)
+        else:
+            self.encoder = build_encoder(model, spec.shape, 2 * d1, rngs=rngs)  # q(z1|x)
+            self.decoder = build_decoder(model, d1, spec.shape, params_per_entry, rngs=rngs)  # p(x|z1)
+        self.encoder2 = _dense((d1, *model.hidden2, 2 * d2), act, bn, rngs=rngs)  # q(z2|z1)
+        self.prior = TwoLayerPrior(d1, d2, model.hidden2, act, model.posterior_scale, bn, rngs=rngs)
         self.flow = None
         self.capabilities = self.capabilities_for(model)
 
@@ -118,16 +149,26 @@ class HVAE(VAE):
         E[log q(z1|x) - log p(z1|z2)] and E[log q(z2|z1) - log p(z2)]; they sum to the total KL."""
         z1, z2 = z[..., : self.z1_dim], z[..., self.z1_dim :]
         log_q1 = q.q1.log_prob(z1)
-        kl1 = jnp.mean(log_q1 - self.prior.conditional(z2).log_prob(z1), axis=0)  # (B,)
+        # The one call per loss that moves p(z1|z2)'s running averages (with model.batch_norm).
+        kl1 = jnp.mean(log_q1 - self.prior.conditional(z2, update=True).log_prob(z1), axis=0)  # (B,)
         kl2 = jnp.mean(log_qz - log_q1 - standard_normal_log_prob(z2), axis=0)
         return {"kl/z1": mean_of(kl1), "kl/z2": mean_of(kl2)}
 
     def encode(self, x: jax.Array, y: jax.Array | None = None) -> TwoLayerPosterior:
         """q(z1|x) q(z2|z1): a posterior over [z1, z2] with (N, z1_dim + latent_dim) codes."""
-        q1 = _gaussian(self.encoder(self._as_data(x)), self.z1_dim, self.model_cfg.posterior_scale)
+        x = self._as_data(x)
+        if isinstance(self.encoder, DenseNet):
+            h = self.encoder(x.reshape(*x.shape[: x.ndim - self.spec.event_ndim], -1))
+        else:
+            h = self.encoder(x)
+        q1 = _gaussian(h, self.z1_dim, self.model_cfg.posterior_scale)
         kind, d2 = self.model_cfg.posterior_scale, self.model_cfg.latent_dim
-        return TwoLayerPosterior(q1, lambda z1: _gaussian(self.encoder2(z1), d2, kind))
+        return TwoLayerPosterior(q1, lambda z1, update=False: _gaussian(_run(self.encoder2, z1, update), d2, kind))
 
     def decode(self, z: jax.Array, y: jax.Array | None = None):
         """p(x|z1) for codes [z1, z2] (..., z1_dim + latent_dim) (z2 acts only through the prior)."""
-        return self._likelihood(self.decoder(z[..., : self.z1_dim]), self.model_cfg, self.spec.event_ndim)
+        z1 = z[..., : self.z1_dim]
+        raw = self.decoder(z1)
+        if isinstance(self.decoder, DenseNet):
+            raw = raw.reshape(*z1.shape[:-1], *self.spec.shape, self.params_per_entry)
+        return self._likelihood(raw, self.model_cfg, self.spec.event_ndim)

@@ -16,7 +16,7 @@ the IWAE bounds and the NLL, and beta, annealing (the paper's KL warm-up is
 `objective.beta_schedule=linear`), free bits and IWAE training apply unchanged.
 
 Batch normalization (the paper's, on every hidden layer) uses batch statistics in train mode and
-running averages in eval mode. The top-down nets run several times in one loss evaluation (the
+running averages in eval mode (`nets.dense`). The top-down nets run several times in one loss evaluation (the
 posterior's draw, then the prior's score of the same draw), all with the same input; only the
 posterior's draw updates their running averages, so each training step moves them once.
 """
@@ -37,7 +37,7 @@ from vaekit.errors import VaekitError
 from vaekit.metrics import mean_of
 from vaekit.models.base import Capabilities
 from vaekit.models.vae import VAE
-from vaekit.nets.mlp import ACTIVATIONS
+from vaekit.nets.dense import DenseBlock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,57 +76,6 @@ class LadderConfig(ModelConfig):
                               f"{list(self.hidden)}")
 
 
-# --------------------------------------------------------------------------- building blocks
-
-
-class BatchNorm(nnx.Module):
-    """Batch normalization over the last axis, with running averages that only a call with
-    `update=True` moves (nnx.BatchNorm moves them on every train-mode call).
-
-    `use_running_average` is what `model.train()` / `model.eval()` switch.
-    """
-
-    def __init__(self, features: int, *, momentum: float = 0.9, epsilon: float = 1e-5):
-        self.scale = nnx.Param(jnp.ones((features,)))
-        self.bias = nnx.Param(jnp.zeros((features,)))
-        self.mean = nnx.BatchStat(jnp.zeros((features,)))
-        self.var = nnx.BatchStat(jnp.ones((features,)))
-        self.momentum, self.epsilon = momentum, epsilon
-        self.use_running_average = False
-
-    def __call__(self, h: jax.Array, update: bool = True) -> jax.Array:
-        if self.use_running_average:
-            mean, var = self.mean[...], self.var[...]
-        else:
-            axes = tuple(range(h.ndim - 1))  # every example (and draw) of the batch
-            mean = jnp.mean(h, axis=axes)
-            var = jnp.mean(jnp.square(h - mean), axis=axes)
-            if update:
-                m = self.momentum
-                self.mean[...] = m * self.mean[...] + (1 - m) * jax.lax.stop_gradient(mean)
-                self.var[...] = m * self.var[...] + (1 - m) * jax.lax.stop_gradient(var)
-        return (h - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
-
-
-class Block(nnx.Module):
-    """`layers` dense layers of `width` units: Linear -> [BatchNorm] -> activation each; (..., d_in) ->
-    (..., width), or the identity when layers = 0."""
-
-    def __init__(self, d_in: int, width: int, layers: int, activation: str, batch_norm: bool, *, rngs: nnx.Rngs):
-        ins = [d_in] + [width] * (layers - 1)
-        self.dense = nnx.List([nnx.Linear(a, width, rngs=rngs) for a in ins[:layers]])
-        self.norms = nnx.List([BatchNorm(width) if batch_norm else None for _ in range(layers)])
-        self.activation = activation
-        self.out_dim = width if layers else d_in
-
-    def __call__(self, h: jax.Array, update: bool = True) -> jax.Array:
-        act = ACTIVATIONS[self.activation]
-        for dense, norm in zip(self.dense, self.norms):
-            h = dense(h)
-            h = act(h if norm is None else norm(h, update))
-        return h
-
-
 def precision_weighted(a: DiagonalGaussian, b: DiagonalGaussian) -> DiagonalGaussian:
     """The normalized product of two diagonal Gaussians (parameters broadcast):
     sigma^2 = 1 / (sigma_a^-2 + sigma_b^-2), mu = (mu_a sigma_a^-2 + mu_b sigma_b^-2) sigma^2."""
@@ -157,7 +106,8 @@ class LadderPrior(nnx.Module):
         self.scale_kind = cfg.posterior_scale
         blocks, heads = [], []
         for i in range(len(self.dims) - 1):  # z_{i+1} -> z_i, through the width of layer i+1 (mirrors the bottom-up)
-            block = Block(self.dims[i + 1], cfg.width(i + 1), cfg.mlp_layers, cfg.activation, cfg.batch_norm, rngs=rngs)
+            block = DenseBlock(self.dims[i + 1], (cfg.width(i + 1),) * cfg.mlp_layers, cfg.activation, cfg.batch_norm,
+                               rngs=rngs)
             blocks.append(block)
             heads.append(nnx.Linear(block.out_dim, 2 * self.dims[i], rngs=rngs))
         self.blocks, self.heads = nnx.List(blocks), nnx.List(heads)
@@ -254,13 +204,13 @@ class LadderVAE(VAE):
         # Bottom-up: d_1 = block(x), d_i = block(d_{i-1}); a Gaussian head on each d_i.
         up_blocks, up_heads, d_in = [], [], math.prod(spec.shape)
         for i, d in enumerate(self.dims):
-            block = Block(d_in, model.width(i), m, act, bn, rngs=rngs)
+            block = DenseBlock(d_in, (model.width(i),) * m, act, bn, rngs=rngs)
             up_blocks.append(block)
             up_heads.append(nnx.Linear(block.out_dim, 2 * d, rngs=rngs))
             d_in = block.out_dim
         self.up_blocks, self.up_heads = nnx.List(up_blocks), nnx.List(up_heads)
         # p(x|z_1): a block of layer 1's width, then the likelihood's parameters.
-        self.decoder = Block(self.dims[0], model.width(0), m, act, bn, rngs=rngs)
+        self.decoder = DenseBlock(self.dims[0], (model.width(0),) * m, act, bn, rngs=rngs)
         self.decoder_out = nnx.Linear(self.decoder.out_dim, math.prod(spec.shape) * params_per_entry, rngs=rngs)
         self.params_per_entry = params_per_entry
         self.prior = LadderPrior(model, rngs=rngs)
