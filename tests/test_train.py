@@ -111,6 +111,26 @@ def test_iwae_learning_rate_schedule_stages():
         assert float(sched(epoch * 10)) == pytest.approx(1e-3 * 10 ** (-stage / 7), rel=1e-5)
 
 
+def test_global_norm_and_its_clip_equal_numpy_and_optax():
+    import jax.numpy as jnp
+    import optax
+
+    from vaekit.trainer import clip_by_global_norm, global_norm
+
+    rng = np.random.default_rng(0)
+    tree = {"w": rng.normal(size=(784, 200)), "b": rng.normal(size=200), "v": [rng.normal(size=(3, 4, 5))]}
+    exact = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(tree)))  # float64
+    tree32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+    assert float(global_norm(tree32)) == pytest.approx(exact, rel=1e-6)
+    assert float(global_norm(tree32)) == pytest.approx(float(optax.tree.norm(tree32)), rel=1e-6)
+    for max_norm in (exact / 3, exact * 3):  # clipped, and left alone
+        ours, _ = clip_by_global_norm(max_norm).update(tree32, optax.EmptyState())
+        ref, _ = optax.clip_by_global_norm(max_norm).update(tree32, optax.EmptyState())
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+        assert float(global_norm(ours)) == pytest.approx(min(max_norm, exact), rel=1e-5)
+
+
 def test_collapse_warning_fires_only_when_collapsed():
     assert collapse_warning(np.full(8, 1e-3), 0, 8) is not None
     assert "free bits" in collapse_warning(np.full(8, 1e-3), 0, 8)

@@ -104,6 +104,26 @@ def learning_rate_schedule(t: TrainConfig, steps_per_epoch: int) -> optax.Schedu
     return lambda step: base(step) * jnp.minimum(1.0, (step + 1) / t.warmup_steps)
 
 
+def global_norm(tree) -> jax.Array:
+    """The L2 norm of every leaf of `tree` together (`optax.tree.norm`), as one dot product per leaf.
+
+    XLA's CPU backend turns a large sum of squares into a blocked reduce-window (for accuracy),
+    which on the `mnist-mlp` step cost 76 us for the 784x200 kernel alone; a dot is a BLAS kernel.
+    """
+    return jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(tree)))
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """`optax.clip_by_global_norm` with the norm of `global_norm`: updates scaled by
+    max_norm / norm where their norm exceeds max_norm."""
+
+    def clip(updates, params=None):
+        norm = global_norm(updates)
+        return jax.tree.map(lambda u: jnp.where(norm < max_norm, u, u / norm * max_norm), updates)
+
+    return optax.stateless(clip)
+
+
 def make_optimizer(t: TrainConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     schedule = learning_rate_schedule(t, steps_per_epoch)
     if t.optimizer == "adamw":
@@ -111,7 +131,7 @@ def make_optimizer(t: TrainConfig, steps_per_epoch: int) -> tuple[optax.Gradient
     else:
         opt = optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps)
     if t.grad_clip > 0:
-        opt = optax.chain(optax.clip_by_global_norm(t.grad_clip), opt)
+        opt = optax.chain(clip_by_global_norm(t.grad_clip), opt)
     return opt, schedule
 
 
@@ -333,7 +353,7 @@ class Trainer:
                 grads = vjp(jnp.ones_like(losses))[0]
             for g in names:
                 params[g], opt_state[g] = self._apply(g, grads[g], params[g], opt_state[g], step)
-        metrics = dict(metrics, grad_norm=optax.tree.norm(grads), lr=self.optimizers[names[0]][1](step))
+        metrics = dict(metrics, grad_norm=global_norm(grads), lr=self.optimizers[names[0]][1](step))
         new = dict(state, params=params, rest=rest, opt_state=opt_state, step=step + 1)
         return new, metrics
 
