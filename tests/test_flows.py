@@ -1,6 +1,8 @@
 """Flow posteriors and the VampPrior against independent computations: log-determinants against
 slogdet of the autodiff Jacobian, the IAF's triangular structure, the VampPrior against numpy."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,6 +150,26 @@ def test_two_layer_model_reports_kl_and_active_units_per_layer():
     out = trainer.validate()
     assert out["val/active_units/z1"] + out["val/active_units/z2"] == out["val/active_units"]
     assert "val/kl/z1" in out and "val/kl/z2" in out
+    # Each dimension's activity Var_x E_q[z|x], independently: the posterior means of the whole
+    # validation split in eval mode, their float64 variance; active units are those above 0.01.
+    trainer.model.eval()
+    means = np.asarray(trainer.model.encode(jnp.asarray(splits.val["x"])).mean, np.float64)
+    trainer.model.train()
+    np.testing.assert_allclose(out["val/activity"], means.var(axis=0), rtol=1e-4, atol=1e-7)
+    assert out["val/active_units/z1"] == int(np.sum(means[:, :4].var(axis=0) > 0.01))
+
+
+def test_two_layer_run_draws_its_layers_picture(tmp_path, monkeypatch):
+    from conftest import synthetic_splits, tiny_config
+    from vaekit.trainer import train
+
+    splits = synthetic_splits(n=80)
+    monkeypatch.setattr("vaekit.data.load_data", lambda *a, **k: splits)
+    cfg = tiny_config(model={"kind": "hvae", "z1_dim": 4, "hidden2": [8], "latent_dim": 3}, train={"epochs": 2})
+    run = train(cfg, runs_dir=tmp_path, name="h", progress=False)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(len(r["val/activity"]) == 7 for r in records)
+    assert (run / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _hvae_bn(n=80):

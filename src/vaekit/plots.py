@@ -24,7 +24,7 @@ Channels (the last axis of (N, H, W, C)):
 
 (N, H, W) is greyscale; (N, D) vectors are drawn as 1 x D strips.
 
-Curves and heatmaps (:func:`save_curves`, :func:`save_kl_heatmap`) use matplotlib.
+Curves and heatmaps (:func:`save_curves`, :func:`save_kl_heatmap`, :func:`save_layer_heatmap`) use matplotlib.
 
 All writers take host arrays and a path, and write atomically (a temporary file in the
 same directory renamed into place), so an interrupted run never leaves a half-written
@@ -267,20 +267,60 @@ def save_curves(path, history: list[dict]) -> None:
     _save_figure(fig, path)
 
 
+def _heatmap_width(columns: int) -> float:
+    """Figure width (inches) of a heatmap with one column per epoch: wider with more epochs, at most 14."""
+    return min(14.0, max(4.0, 0.3 * columns + 3))
+
+
+def _epoch_ticks(ax, epochs: list[int], most: int = 30) -> None:
+    """Label a heatmap's columns with their epochs: every column up to `most`, else about 10 of them."""
+    step = 1 if len(epochs) <= most else int(np.ceil(len(epochs) / 10))
+    ticks = list(range(0, len(epochs), step))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([str(epochs[i]) for i in ticks], fontsize=7)
+
+
 def save_kl_heatmap(path, history: list[dict], key: str = "val/kl_per_dim") -> None:
     """KL of each latent dimension (rows) per epoch (columns): shows which units are in use."""
     rows = [h[key] for h in history if key in h]
     if not rows:
         return
     kl = np.asarray(rows, np.float64).T  # (D, epochs)
-    fig, ax = plt.subplots(figsize=(max(4, 0.3 * kl.shape[1] + 3), max(3, 0.12 * kl.shape[0] + 1.5)))
+    fig, ax = plt.subplots(figsize=(_heatmap_width(kl.shape[1]), max(3, 0.12 * kl.shape[0] + 1.5)))
     im = ax.imshow(np.log10(np.maximum(kl, 1e-4)), aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_xlabel("epoch")
     ax.set_ylabel("latent dimension")
-    ax.set_xticks(range(kl.shape[1]))
-    ax.set_xticklabels([str(h["epoch"]) for h in history if key in h], fontsize=7)
+    _epoch_ticks(ax, [h["epoch"] for h in history if key in h])
     fig.colorbar(im, ax=ax, label="log10 KL (nats); < -2 is inactive")
     ax.set_title("KL per latent dimension (validation)", fontsize=10)
+    _save_figure(fig, path)
+
+
+def save_layer_heatmap(path, history: list[dict], layers: dict, key: str = "val/activity") -> None:
+    """One panel per stochastic layer of a hierarchical model (`layers`: {name: (start, stop)} of the
+    code): the activity Var_x E_q[z|x] of each of its dimensions (rows) per epoch (columns), on a
+    log scale, titled with the layer's KL and active units at the last epoch."""
+    records = [h for h in history if key in h]
+    if not records or not layers:
+        return
+    act = np.asarray([h[key] for h in records], np.float64).T  # (D, epochs)
+    sizes = [b - a for a, b in layers.values()]
+    width = _heatmap_width(act.shape[1])
+    fig, axes = plt.subplots(len(layers), 1, squeeze=False, figsize=(width, sum(max(1.2, 0.1 * d + 0.8) for d in sizes) + 0.6),
+                             gridspec_kw={"height_ratios": [max(1.2, 0.1 * d + 0.8) for d in sizes]})
+    last = records[-1]
+    for ax, (name, (a, b)) in zip(axes[:, 0], layers.items()):
+        im = ax.imshow(np.log10(np.maximum(act[a:b], 1e-6)), aspect="auto", cmap="viridis", interpolation="nearest",
+                       vmin=-6, vmax=max(0.0, float(np.log10(max(act.max(), 1e-6)))))
+        kl, units = last.get(f"val/kl/{name}"), last.get(f"val/active_units/{name}")
+        parts = [f"{name}: {b - a} units"] + ([f"{units} active"] if units is not None else []) + (
+            [f"KL {kl:.2f} nats"] if kl is not None else [])
+        ax.set_title(", ".join(parts) + f" (epoch {last['epoch']})", fontsize=9)
+        ax.set_ylabel("dimension")
+        _epoch_ticks(ax, [h["epoch"] for h in records])
+        fig.colorbar(im, ax=ax, label="log10 activity")
+    axes[-1, 0].set_xlabel("epoch (activity = Var_x E_q[z|x]; above -2 is an active unit)")
+    fig.tight_layout()
     _save_figure(fig, path)
 
 

@@ -161,7 +161,7 @@ class MlflowLogger:
 
 
 RUN_ARTIFACTS = ("config.yaml", "run.json", "metrics.jsonl", "samples.png", "reconstructions.png", "curves.png",
-                 "kl_per_dim.png")
+                 "kl_per_dim.png", "layers.png")
 
 
 def log_run_artifacts(logger: MlflowLogger, run_dir: str | Path) -> None:

@@ -498,8 +498,11 @@ class Trainer:
         if means:
             codes = np.concatenate(means)
             out[f"{prefix}/active_units"] = metrics_lib.active_unit_count(codes)
-            layers = metrics_lib.active_units_per_layer(codes, getattr(self.model, "latent_layers", {}))
-            out |= {f"{prefix}/active_units/{layer}": count for layer, count in layers.items()}
+            layers = getattr(self.model, "latent_layers", {})
+            out |= {f"{prefix}/active_units/{layer}": count
+                    for layer, count in metrics_lib.active_units_per_layer(codes, layers).items()}
+            if layers:  # several stochastic layers: each dimension's activity, for the per-layer picture
+                out[f"{prefix}/activity"] = metrics_lib.activity(codes)
         return out
 
 
@@ -808,6 +811,7 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
             if history and main:
                 plots.save_curves(run_dir / "curves.png", history)
                 plots.save_kl_heatmap(run_dir / "kl_per_dim.png", history)
+                plots.save_layer_heatmap(run_dir / "layers.png", history, getattr(model, "latent_layers", {}))
         except Exception as e:  # the checkpoints are saved; say what failed instead of leaving "running"
             raise _PicturesFailed(f"writing pictures: {type(e).__name__}: {e}") from e
         if history:
