@@ -72,7 +72,9 @@ def test_layer_kls_sum_to_the_kl_and_the_top_one_is_its_closed_form():
     m = metrics_lib.values(m)
     layers = [float(m[f"kl/z{i}"]) for i in (1, 2, 3)]
     assert sum(layers) == pytest.approx(float(m["kl"]), rel=1e-4, abs=1e-4)
-    assert "kl_per_dim" not in m and list(model.latent_layers) == ["z1", "z2", "z3"]
+    assert list(model.latent_layers) == ["z1", "z2", "z3"]
+    for name, (a, b) in model.latent_layers.items():  # each layer's dimensions sum to its KL
+        assert float(np.sum(m["kl_per_dim"][a:b])) == pytest.approx(float(m[f"kl/{name}"]), rel=1e-4, abs=1e-5)
     # With many draws, kl/z3 = E_q[log q(z3|x) - log N(z3; 0, I)] is KL(q(z3|x) || N(0, I)).
     q = model.encode(batch["x"])
     z, log_qz = q.sample_and_log_prob(jax.random.PRNGKey(1), (4000,))

@@ -52,8 +52,12 @@ class DiagonalGaussian:
 
     def log_prob(self, z: jax.Array) -> jax.Array:
         """log N(z; mean, scale^2), summed over the latent axis: (..., D) -> (...)."""
+        return jnp.sum(self.log_prob_per_dim(z), axis=-1)
+
+    def log_prob_per_dim(self, z: jax.Array) -> jax.Array:
+        """log N(z_d; mean_d, scale_d^2) of each latent dimension: (..., D)."""
         u = (z - self.mean) / self.scale
-        return jnp.sum(-0.5 * u**2 - jnp.log(self.scale) - 0.5 * LOG_2PI, axis=-1)
+        return -0.5 * u**2 - jnp.log(self.scale) - 0.5 * LOG_2PI
 
     def kl_per_dim(self) -> jax.Array:
         """Closed-form KL(q || N(0, I)) of each latent dimension: (..., D)."""
@@ -66,7 +70,12 @@ class DiagonalGaussian:
 
 def standard_normal_log_prob(z: jax.Array) -> jax.Array:
     """log N(z; 0, I) summed over the last axis."""
-    return jnp.sum(-0.5 * z**2 - 0.5 * LOG_2PI, axis=-1)
+    return jnp.sum(standard_normal_log_prob_per_dim(z), axis=-1)
+
+
+def standard_normal_log_prob_per_dim(z: jax.Array) -> jax.Array:
+    """log N(z_d; 0, 1) of each entry: (..., D)."""
+    return -0.5 * z**2 - 0.5 * LOG_2PI
 
 
 def posterior_scale(raw: jax.Array, kind: str) -> jax.Array:

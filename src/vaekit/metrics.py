@@ -81,15 +81,10 @@ def values(metrics: dict) -> dict:
                         is_leaf=lambda m: isinstance(m, Mean))
 
 
-__all__ = ["ACTIVE_UNIT_VARIANCE", "Accumulator", "Mean", "active_unit_count", "active_units_per_layer", "activity", "mean_of", "values"]
+__all__ = ["ACTIVE_UNIT_VARIANCE", "Accumulator", "Mean", "active_unit_count", "active_units_per_layer", "mean_of", "values"]
 
 
 ACTIVE_UNIT_VARIANCE = 0.01  # Burda et al. 2015: Var_x E_q[u|x] above this marks an active unit
-
-
-def activity(posterior_means: np.ndarray) -> np.ndarray:
-    """Var_x E_q[z|x] of each dimension of codes (N, D): (D,) float64; above ACTIVE_UNIT_VARIANCE is active."""
-    return np.var(np.asarray(posterior_means, np.float64), axis=0)
 
 
 def active_unit_count(posterior_means: np.ndarray, threshold: float = ACTIVE_UNIT_VARIANCE) -> int:

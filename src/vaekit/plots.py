@@ -296,30 +296,30 @@ def save_kl_heatmap(path, history: list[dict], key: str = "val/kl_per_dim") -> N
     _save_figure(fig, path)
 
 
-def save_layer_heatmap(path, history: list[dict], layers: dict, key: str = "val/activity") -> None:
+def save_layer_heatmap(path, history: list[dict], layers: dict, key: str = "val/kl_per_dim") -> None:
     """One panel per stochastic layer of a hierarchical model (`layers`: {name: (start, stop)} of the
-    code): the activity Var_x E_q[z|x] of each of its dimensions (rows) per epoch (columns), on a
-    log scale, titled with the layer's KL and active units at the last epoch."""
+    code): the KL of each of its dimensions (rows) per epoch (columns), on a log scale, titled with
+    the layer's KL and active units at the last epoch."""
     records = [h for h in history if key in h]
     if not records or not layers:
         return
-    act = np.asarray([h[key] for h in records], np.float64).T  # (D, epochs)
-    sizes = [b - a for a, b in layers.values()]
-    width = _heatmap_width(act.shape[1])
-    fig, axes = plt.subplots(len(layers), 1, squeeze=False, figsize=(width, sum(max(1.2, 0.1 * d + 0.8) for d in sizes) + 0.6),
-                             gridspec_kw={"height_ratios": [max(1.2, 0.1 * d + 0.8) for d in sizes]})
+    kl = np.asarray([h[key] for h in records], np.float64).T  # (D, epochs)
+    heights = [max(1.2, 0.1 * (b - a) + 0.8) for a, b in layers.values()]
+    fig, axes = plt.subplots(len(layers), 1, squeeze=False, figsize=(_heatmap_width(kl.shape[1]), sum(heights) + 0.6),
+                             gridspec_kw={"height_ratios": heights})
     last = records[-1]
+    top = max(0.0, float(np.log10(max(kl.max(), 1e-4))))
     for ax, (name, (a, b)) in zip(axes[:, 0], layers.items()):
-        im = ax.imshow(np.log10(np.maximum(act[a:b], 1e-6)), aspect="auto", cmap="viridis", interpolation="nearest",
-                       vmin=-6, vmax=max(0.0, float(np.log10(max(act.max(), 1e-6)))))
-        kl, units = last.get(f"val/kl/{name}"), last.get(f"val/active_units/{name}")
+        im = ax.imshow(np.log10(np.maximum(kl[a:b], 1e-4)), aspect="auto", cmap="viridis", interpolation="nearest",
+                       vmin=-4, vmax=top)
+        total, units = last.get(f"val/kl/{name}"), last.get(f"val/active_units/{name}")
         parts = [f"{name}: {b - a} units"] + ([f"{units} active"] if units is not None else []) + (
-            [f"KL {kl:.2f} nats"] if kl is not None else [])
+            [f"KL {total:.2f} nats"] if total is not None else [])
         ax.set_title(", ".join(parts) + f" (epoch {last['epoch']})", fontsize=9)
         ax.set_ylabel("dimension")
         _epoch_ticks(ax, [h["epoch"] for h in records])
-        fig.colorbar(im, ax=ax, label="log10 activity")
-    axes[-1, 0].set_xlabel("epoch (activity = Var_x E_q[z|x]; above -2 is an active unit)")
+        fig.colorbar(im, ax=ax, label="log10 KL (nats)")
+    axes[-1, 0].set_xlabel("epoch (KL per dimension, validation, Monte Carlo; below -2 is an inactive unit)")
     fig.tight_layout()
     _save_figure(fig, path)
 

@@ -498,11 +498,8 @@ class Trainer:
         if means:
             codes = np.concatenate(means)
             out[f"{prefix}/active_units"] = metrics_lib.active_unit_count(codes)
-            layers = getattr(self.model, "latent_layers", {})
-            out |= {f"{prefix}/active_units/{layer}": count
-                    for layer, count in metrics_lib.active_units_per_layer(codes, layers).items()}
-            if layers:  # several stochastic layers: each dimension's activity, for the per-layer picture
-                out[f"{prefix}/activity"] = metrics_lib.activity(codes)
+            layers = metrics_lib.active_units_per_layer(codes, getattr(self.model, "latent_layers", {}))
+            out |= {f"{prefix}/active_units/{layer}": count for layer, count in layers.items()}
         return out
 
 

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vaekit.config import ModelConfig
-from vaekit.distributions import DiagonalGaussian, posterior_scale, standard_normal_log_prob
+from vaekit.distributions import (DiagonalGaussian, posterior_scale, standard_normal_log_prob,
+                                  standard_normal_log_prob_per_dim)
 from vaekit.errors import VaekitError
 from vaekit.metrics import mean_of
 from vaekit.models.base import Capabilities
@@ -142,17 +143,20 @@ class HVAE(VAE):
 
     @classmethod
     def capabilities_for(cls, model) -> Capabilities:
-        return Capabilities(kl_per_dim=False)  # a Monte Carlo KL over both layers
+        return Capabilities()  # a Monte Carlo KL, per layer and per dimension (`layer_kls`)
 
     def layer_kls(self, q, z, log_qz) -> dict:
-        """Monte Carlo KL of each layer from the loss's draws z = [z1, z2] (k, B, .):
-        E[log q(z1|x) - log p(z1|z2)] and E[log q(z2|z1) - log p(z2)]; they sum to the total KL."""
+        """Monte Carlo KL of each layer and of each dimension from the loss's draws z = [z1, z2]
+        (k, B, .). Given the layer it is conditioned on, each Gaussian is diagonal, so the KL splits
+        over dimensions: E[log q(z1_d|x) - log p(z1_d|z2)] and E[log q(z2_d|z1) - log N(z2_d; 0, 1)].
+        The dimensions sum to their layer's KL ("kl/z1", "kl/z2") and the layers to the total."""
         z1, z2 = z[..., : self.z1_dim], z[..., self.z1_dim :]
-        log_q1 = q.q1.log_prob(z1)
         # The one call per loss that moves p(z1|z2)'s running averages (with model.batch_norm).
-        kl1 = jnp.mean(log_q1 - self.prior.conditional(z2, update=True).log_prob(z1), axis=0)  # (B,)
-        kl2 = jnp.mean(log_qz - log_q1 - standard_normal_log_prob(z2), axis=0)
-        return {"kl/z1": mean_of(kl1), "kl/z2": mean_of(kl2)}
+        p1 = self.prior.conditional(z2, update=True)
+        kl1 = jnp.mean(q.q1.log_prob_per_dim(z1) - p1.log_prob_per_dim(z1), axis=0)  # (B, z1_dim)
+        kl2 = jnp.mean(q.q2_of(z1).log_prob_per_dim(z2) - standard_normal_log_prob_per_dim(z2), axis=0)  # (B, d2)
+        return {"kl/z1": mean_of(jnp.sum(kl1, -1)), "kl/z2": mean_of(jnp.sum(kl2, -1)),
+                "kl_per_dim": mean_of(jnp.concatenate([kl1, kl2], axis=-1))}
 
     def encode(self, x: jax.Array, y: jax.Array | None = None) -> TwoLayerPosterior:
         """q(z1|x) q(z2|z1): a posterior over [z1, z2] with (N, z1_dim + latent_dim) codes."""

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vaekit.config import ModelConfig
-from vaekit.distributions import DiagonalGaussian, posterior_scale, standard_normal_log_prob
+from vaekit.distributions import (DiagonalGaussian, posterior_scale, standard_normal_log_prob,
+                                  standard_normal_log_prob_per_dim)
 from vaekit.errors import VaekitError
 from vaekit.metrics import mean_of
 from vaekit.models.base import Capabilities
@@ -175,13 +176,16 @@ class LadderPosterior:
         zs, _, _ = self._top_down(draw, update=True)  # the one pass that moves the top-down running averages
         return jnp.concatenate(zs, axis=-1), sum(log_q)
 
-    def layer_log_probs(self, z: jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
-        """([log q(z_i|z_{i+1}, x)], [log p(z_i|z_{i+1})]) for a code z (..., N, sum(dims)), bottom to top."""
+    def layer_log_probs(self, z: jax.Array, per_dim: bool = False) -> tuple[list[jax.Array], list[jax.Array]]:
+        """([log q(z_i|z_{i+1}, x)], [log p(z_i|z_{i+1})]) for a code z (..., N, sum(dims)), bottom to top;
+        each (..., N), or with `per_dim` each dimension's term (..., N, d_i) (the Gaussians are diagonal)."""
         given = split_layers(z, [q.mean.shape[-1] for q in self.up])
         zs, qs, ps = self._top_down(lambda i, q: given[i])
-        log_q = [q.log_prob(zi) for q, zi in zip(qs, zs)]
-        log_p = [p.log_prob(zi) for p, zi in zip(ps[:-1], zs[:-1])] + [standard_normal_log_prob(zs[-1])]
-        return log_q, log_p
+        log_q = [q.log_prob_per_dim(zi) for q, zi in zip(qs, zs)]
+        log_p = [p.log_prob_per_dim(zi) for p, zi in zip(ps[:-1], zs[:-1])] + [standard_normal_log_prob_per_dim(zs[-1])]
+        if per_dim:
+            return log_q, log_p
+        return [jnp.sum(a, axis=-1) for a in log_q], [jnp.sum(a, axis=-1) for a in log_p]
 
     def log_prob(self, z: jax.Array) -> jax.Array:
         return sum(self.layer_log_probs(z)[0])
@@ -218,13 +222,17 @@ class LadderVAE(VAE):
 
     @classmethod
     def capabilities_for(cls, model) -> Capabilities:
-        return Capabilities(kl_per_dim=False)  # a Monte Carlo KL over all layers
+        return Capabilities()  # a Monte Carlo KL, per layer and per dimension (`layer_kls`)
 
     def layer_kls(self, q: LadderPosterior, z, log_qz) -> dict:
-        """Monte Carlo KL of each layer from the loss's draws z (k, B, .): E[log q(z_i|z_{i+1}, x) -
-        log p(z_i|z_{i+1})] (at the top, against N(0, I)); they sum to the total KL."""
-        log_q, log_p = q.layer_log_probs(z)
-        return {f"kl/z{i + 1}": mean_of(jnp.mean(lq - lp, axis=0)) for i, (lq, lp) in enumerate(zip(log_q, log_p))}
+        """Monte Carlo KL of each layer and of each dimension from the loss's draws z (k, B, .):
+        E[log q(z_i,d|z_{i+1}, x) - log p(z_i,d|z_{i+1})] (at the top, against N(0, 1)); both are
+        diagonal given the layer above, so the dimensions sum to their layer's KL ("kl/z<i>") and
+        the layers to the total."""
+        log_q, log_p = q.layer_log_probs(z, per_dim=True)
+        per_dim = [jnp.mean(lq - lp, axis=0) for lq, lp in zip(log_q, log_p)]  # each (B, d_i)
+        out = {f"kl/z{i + 1}": mean_of(jnp.sum(kl, axis=-1)) for i, kl in enumerate(per_dim)}
+        return out | {"kl_per_dim": mean_of(jnp.concatenate(per_dim, axis=-1))}
 
     def encode(self, x: jax.Array, y: jax.Array | None = None) -> LadderPosterior:
         """The bottom-up pass: a posterior over [z_1, ..., z_L] with (N, sum(dims)) codes."""
