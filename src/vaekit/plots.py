@@ -319,7 +319,7 @@ def save_layer_heatmap(path, history: list[dict], layers: dict, key: str = "val/
         ax.set_ylabel("dimension")
         _epoch_ticks(ax, [h["epoch"] for h in records])
         fig.colorbar(im, ax=ax, label="log10 KL (nats)")
-    axes[-1, 0].set_xlabel("epoch (KL per dimension, validation, Monte Carlo; below -2 is an inactive unit)")
+    axes[-1, 0].set_xlabel("epoch (validation; below -2: an inactive unit)", fontsize=8)
     fig.tight_layout()
     _save_figure(fig, path)
 
