@@ -11,7 +11,8 @@ IWAE bounds and the NLL, and the objective options (beta, annealing, free bits, 
 apply unchanged.
 
 With `model.batch_norm=true` the four nets (q(z1|x), q(z2|z1), p(z1|z2), p(x|z1)) normalize every
-hidden layer (`nets.dense`: batch statistics in train mode, running averages in eval mode). The
+hidden layer (`nets.dense`: batch statistics in train mode, running averages in eval mode; the
+net builders give q(z1|x) and p(x|z1) for a config with `batch_norm` set). The
 nets that run more than once in a loss evaluation move their running averages on one call only,
 so each training step moves them once: q(z2|z1) on the posterior's draw (not on a score of it),
 p(z1|z2) on the per-layer KL (`layer_kls`, once per loss), not on the prior's scores of the same
@@ -21,7 +22,6 @@ draws in log p(z) and the Monte Carlo KL.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -127,15 +127,9 @@ class HVAE(VAE):
         self.z1_dim, self.latent_dim = model.z1_dim, model.z1_dim + model.latent_dim  # the code is [z1, z2]
         self.layer_dims = (model.z1_dim, model.latent_dim)
         act, bn, d1, d2 = model.activation, model.batch_norm, model.z1_dim, model.latent_dim
-        self.params_per_entry = params_per_entry
-        if bn:  # q(z1|x) and p(x|z1) as batch-normalized dense nets on the flattened data
-            n_in = math.prod(spec.shape)
-            self.encoder = DenseNet((n_in, *model.hidden, 2 * d1), act, True, rngs=rngs)
-            self.decoder = DenseNet((d1, *tuple(reversed(model.hidden)), n_in * params_per_entry), act, True,
-                                    rngs=rngs)
-        else:
-            self.encoder = build_encoder(model, spec.shape, 2 * d1, rngs=rngs)  # q(z1|x)
-            self.decoder = build_decoder(model, d1, spec.shape, params_per_entry, rngs=rngs)  # p(x|z1)
+        # With model.batch_norm the builders give the batch-normalized dense nets (`nets.dense`).
+        self.encoder = build_encoder(model, spec.shape, 2 * d1, rngs=rngs)  # q(z1|x)
+        self.decoder = build_decoder(model, d1, spec.shape, params_per_entry, rngs=rngs)  # p(x|z1)
         self.encoder2 = _dense((d1, *model.hidden2, 2 * d2), act, bn, rngs=rngs)  # q(z2|z1)
         self.prior = TwoLayerPrior(d1, d2, model.hidden2, act, model.posterior_scale, bn, rngs=rngs)
         self.flow = None
@@ -160,19 +154,10 @@ class HVAE(VAE):
 
     def encode(self, x: jax.Array, y: jax.Array | None = None) -> TwoLayerPosterior:
         """q(z1|x) q(z2|z1): a posterior over [z1, z2] with (N, z1_dim + latent_dim) codes."""
-        x = self._as_data(x)
-        if isinstance(self.encoder, DenseNet):
-            h = self.encoder(x.reshape(*x.shape[: x.ndim - self.spec.event_ndim], -1))
-        else:
-            h = self.encoder(x)
-        q1 = _gaussian(h, self.z1_dim, self.model_cfg.posterior_scale)
+        q1 = _gaussian(self.encoder(self._as_data(x)), self.z1_dim, self.model_cfg.posterior_scale)
         kind, d2 = self.model_cfg.posterior_scale, self.model_cfg.latent_dim
         return TwoLayerPosterior(q1, lambda z1, update=False: _gaussian(_run(self.encoder2, z1, update), d2, kind))
 
     def decode(self, z: jax.Array, y: jax.Array | None = None):
         """p(x|z1) for codes [z1, z2] (..., z1_dim + latent_dim) (z2 acts only through the prior)."""
-        z1 = z[..., : self.z1_dim]
-        raw = self.decoder(z1)
-        if isinstance(self.decoder, DenseNet):
-            raw = raw.reshape(*z1.shape[:-1], *self.spec.shape, self.params_per_entry)
-        return self._likelihood(raw, self.model_cfg, self.spec.event_ndim)
+        return self._likelihood(self.decoder(z[..., : self.z1_dim]), self.model_cfg, self.spec.event_ndim)

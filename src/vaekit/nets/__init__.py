@@ -14,17 +14,32 @@ from flax import nnx
 from vaekit.errors import VaekitError
 from vaekit.nets.conditioning import MODES as CONDITIONING_MODES
 from vaekit.nets.conv import ConvDecoder, ConvEncoder
+from vaekit.nets.dense import DenseDecoder, DenseEncoder
 from vaekit.nets.mlp import MLP, MLPDecoder, MLPEncoder
 from vaekit.nets.resnet import ResNetDecoder, ResNetEncoder
 
+def _batch_normed(cfg, kw) -> bool:
+    """Whether an MLP net is the batch-normalized one: a kind whose config has `batch_norm` set
+    (model.kind=hvae). Those nets take no condition."""
+    if not getattr(cfg, "batch_norm", False):
+        return False
+    if kw["cond_dim"]:
+        raise VaekitError("model.batch_norm=true builds unconditional dense nets; this model is conditional")
+    return True
+
+
 ENCODERS = {
-    "mlp": lambda cfg, shape, out, kw: MLPEncoder(shape, cfg.hidden, out, cfg.activation, **kw),
+    "mlp": lambda cfg, shape, out, kw: (
+        DenseEncoder(shape, cfg.hidden, out, cfg.activation, rngs=kw["rngs"]) if _batch_normed(cfg, kw)
+        else MLPEncoder(shape, cfg.hidden, out, cfg.activation, **kw)),
     "conv": lambda cfg, shape, out, kw: ConvEncoder(shape, cfg.conv_channels, cfg.conv_dense, out, **kw),
     "resnet": lambda cfg, shape, out, kw: ResNetEncoder(shape, cfg.conv_channels, cfg.resnet_blocks, cfg.conv_dense, out,
                                                         **kw),
 }
 DECODERS = {
-    "mlp": lambda cfg, d, shape, p, kw: MLPDecoder(d, cfg.hidden, shape, p, cfg.activation, **kw),
+    "mlp": lambda cfg, d, shape, p, kw: (
+        DenseDecoder(d, cfg.hidden, shape, p, cfg.activation, rngs=kw["rngs"]) if _batch_normed(cfg, kw)
+        else MLPDecoder(d, cfg.hidden, shape, p, cfg.activation, **kw)),
     "conv": lambda cfg, d, shape, p, kw: ConvDecoder(d, cfg.conv_channels, cfg.conv_dense, shape, p, **kw),
     "resnet": lambda cfg, d, shape, p, kw: ResNetDecoder(d, cfg.conv_channels, cfg.resnet_blocks, cfg.conv_dense, shape,
                                                          p, **kw),

@@ -8,6 +8,8 @@ with `update=True` moves them, so each training step moves them once.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -73,3 +75,27 @@ class DenseNet(nnx.Module):
 
     def __call__(self, h: jax.Array, update: bool = True) -> jax.Array:
         return self.head(self.block(h, update))
+
+
+class DenseEncoder(nnx.Module):
+    """(N, *event) -> (N, out_dim): a batch-normalized `DenseNet` on the flattened data (`model.net=mlp`
+    with `model.batch_norm=true`; the counterpart of `nets.mlp.MLPEncoder`, without a condition)."""
+
+    def __init__(self, event_shape, hidden, out_dim, activation, *, rngs: nnx.Rngs):
+        self.event_ndim = len(event_shape)
+        self.net = DenseNet((math.prod(event_shape), *hidden, out_dim), activation, True, rngs=rngs)
+
+    def __call__(self, x: jax.Array, update: bool = True) -> jax.Array:
+        return self.net(x.reshape(*x.shape[: x.ndim - self.event_ndim], -1), update)
+
+
+class DenseDecoder(nnx.Module):
+    """(..., D) -> (..., *event, P): the batch-normalized counterpart of `nets.mlp.MLPDecoder`."""
+
+    def __init__(self, latent_dim, hidden, event_shape, params_per_channel, activation, *, rngs: nnx.Rngs):
+        self.event_shape, self.params_per_channel = tuple(event_shape), params_per_channel
+        out = math.prod(event_shape) * params_per_channel
+        self.net = DenseNet((latent_dim, *tuple(reversed(hidden)), out), activation, True, rngs=rngs)
+
+    def __call__(self, z: jax.Array, update: bool = True) -> jax.Array:
+        return self.net(z, update).reshape(*z.shape[:-1], *self.event_shape, self.params_per_channel)
