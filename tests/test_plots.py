@@ -136,17 +136,17 @@ def test_reconstructions_traversal_and_matplotlib_writers(tmp_path):
     plots.save_curves(tmp_path / "curves.png", history)
     plots.save_kl_heatmap(tmp_path / "kl_per_dim.png", history)
     layers = {"z1": (0, 2), "z2": (2, 3)}
-    plots.save_layer_heatmap(tmp_path / "none.png", history, {})  # one layer only: nothing drawn
+    plots.save_kl_heatmap(tmp_path / "none.png", history, layers={})  # one layer only: nothing drawn
     for h in history:
         h.update({"val/kl_per_dim": [0.5, 1e-4, 0.02 * h["epoch"]], "val/kl/z1": 3.0, "val/active_units/z1": 1})
-    plots.save_layer_heatmap(tmp_path / "layers.png", history, layers)
+    plots.save_kl_heatmap(tmp_path / "layers.png", history, layers=layers)
     for name in ("curves.png", "kl_per_dim.png", "layers.png"):
         assert _read(tmp_path / name)[2] == "PNG"
     # A long run's heatmaps stay a readable size (one column per epoch, at most 14 inches wide):
     # 1,000 epochs once gave a kl_per_dim.png 30,000 pixels wide.
     long = [{"epoch": e, "val/kl_per_dim": [0.1, 0.001, 0.02]} for e in range(1, 1001)]
     plots.save_kl_heatmap(tmp_path / "kl_per_dim.png", long)
-    plots.save_layer_heatmap(tmp_path / "layers.png", long, layers)
+    plots.save_kl_heatmap(tmp_path / "layers.png", long, layers=layers)
     for name in ("kl_per_dim.png", "layers.png"):
         assert _read(tmp_path / name)[0].shape[1] < 1600
     assert sorted(p.name for p in tmp_path.iterdir()) == [

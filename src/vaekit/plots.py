@@ -24,7 +24,7 @@ Channels (the last axis of (N, H, W, C)):
 
 (N, H, W) is greyscale; (N, D) vectors are drawn as 1 x D strips.
 
-Curves and heatmaps (:func:`save_curves`, :func:`save_kl_heatmap`, :func:`save_layer_heatmap`) use matplotlib.
+Curves and heatmaps (:func:`save_curves`, :func:`save_kl_heatmap`) use matplotlib.
 
 All writers take host arrays and a path, and write atomically (a temporary file in the
 same directory renamed into place), so an interrupted run never leaves a half-written
@@ -280,46 +280,34 @@ def _epoch_ticks(ax, epochs: list[int], most: int = 30) -> None:
     ax.set_xticklabels([str(epochs[i]) for i in ticks], fontsize=7)
 
 
-def save_kl_heatmap(path, history: list[dict], key: str = "val/kl_per_dim") -> None:
-    """KL of each latent dimension (rows) per epoch (columns): shows which units are in use."""
-    rows = [h[key] for h in history if key in h]
-    if not rows:
-        return
-    kl = np.asarray(rows, np.float64).T  # (D, epochs)
-    fig, ax = plt.subplots(figsize=(_heatmap_width(kl.shape[1]), max(3, 0.12 * kl.shape[0] + 1.5)))
-    im = ax.imshow(np.log10(np.maximum(kl, 1e-4)), aspect="auto", cmap="viridis", interpolation="nearest")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("latent dimension")
-    _epoch_ticks(ax, [h["epoch"] for h in history if key in h])
-    fig.colorbar(im, ax=ax, label="log10 KL (nats); < -2 is inactive")
-    ax.set_title("KL per latent dimension (validation)", fontsize=10)
-    _save_figure(fig, path)
-
-
-def save_layer_heatmap(path, history: list[dict], layers: dict, key: str = "val/kl_per_dim") -> None:
-    """One panel per stochastic layer of a hierarchical model (`layers`: {name: (start, stop)} of the
-    code): the KL of each of its dimensions (rows) per epoch (columns), on a log scale, titled with
-    the layer's KL and active units at the last epoch."""
+def save_kl_heatmap(path, history: list[dict], layers: dict | None = None, key: str = "val/kl_per_dim") -> None:
+    """KL of each latent dimension (rows) per epoch (columns), on a log scale: shows which units are
+    in use. With `layers` ({name: (start, stop)} of the code, a hierarchical model's), one panel per
+    layer, titled with the layer's KL and active units at the last epoch; nothing without layers."""
     records = [h for h in history if key in h]
-    if not records or not layers:
+    if not records or layers == {}:
         return
     kl = np.asarray([h[key] for h in records], np.float64).T  # (D, epochs)
-    heights = [max(1.2, 0.1 * (b - a) + 0.8) for a, b in layers.values()]
-    fig, axes = plt.subplots(len(layers), 1, squeeze=False, figsize=(_heatmap_width(kl.shape[1]), sum(heights) + 0.6),
+    panels = layers or {None: (0, kl.shape[0])}
+    heights = [max(1.2, 0.1 * (b - a) + 0.8) if layers else max(3, 0.12 * (b - a) + 1.5) for a, b in panels.values()]
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False, figsize=(_heatmap_width(kl.shape[1]), sum(heights)),
                              gridspec_kw={"height_ratios": heights})
     last = records[-1]
     top = max(0.0, float(np.log10(max(kl.max(), 1e-4))))
-    for ax, (name, (a, b)) in zip(axes[:, 0], layers.items()):
+    for ax, (name, (a, b)) in zip(axes[:, 0], panels.items()):
         im = ax.imshow(np.log10(np.maximum(kl[a:b], 1e-4)), aspect="auto", cmap="viridis", interpolation="nearest",
                        vmin=-4, vmax=top)
-        total, units = last.get(f"val/kl/{name}"), last.get(f"val/active_units/{name}")
-        parts = [f"{name}: {b - a} units"] + ([f"{units} active"] if units is not None else []) + (
-            [f"KL {total:.2f} nats"] if total is not None else [])
-        ax.set_title(", ".join(parts) + f" (epoch {last['epoch']})", fontsize=9)
-        ax.set_ylabel("dimension")
+        if name is None:
+            ax.set_title("KL per latent dimension (validation)", fontsize=10)
+        else:
+            total, units = last.get(f"val/kl/{name}"), last.get(f"val/active_units/{name}")
+            parts = [f"{name}: {b - a} units"] + ([f"{units} active"] if units is not None else []) + (
+                [f"KL {total:.2f} nats"] if total is not None else [])
+            ax.set_title(", ".join(parts) + f" (epoch {last['epoch']})", fontsize=9)
+        ax.set_ylabel("latent dimension")
         _epoch_ticks(ax, [h["epoch"] for h in records])
-        fig.colorbar(im, ax=ax, label="log10 KL (nats)")
-    axes[-1, 0].set_xlabel("epoch (validation; below -2: an inactive unit)", fontsize=8)
+        fig.colorbar(im, ax=ax, label="log10 KL (nats); < -2 is inactive")
+    axes[-1, 0].set_xlabel("epoch")
     fig.tight_layout()
     _save_figure(fig, path)
 

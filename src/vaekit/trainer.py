@@ -808,7 +808,7 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
             if history and main:
                 plots.save_curves(run_dir / "curves.png", history)
                 plots.save_kl_heatmap(run_dir / "kl_per_dim.png", history)
-                plots.save_layer_heatmap(run_dir / "layers.png", history, getattr(model, "latent_layers", {}))
+                plots.save_kl_heatmap(run_dir / "layers.png", history, layers=getattr(model, "latent_layers", {}))
         except Exception as e:  # the checkpoints are saved; say what failed instead of leaving "running"
             raise _PicturesFailed(f"writing pictures: {type(e).__name__}: {e}") from e
         if history:
