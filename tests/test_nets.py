@@ -61,3 +61,67 @@ def test_batchnorm_uses_batch_stats_in_train_and_running_stats_in_eval():
     np.testing.assert_allclose(np.array(enc.norms[0].mean[...]), frozen)  # eval never updates them
     np.testing.assert_allclose(b1[:1], b2, rtol=1e-4, atol=1e-5)  # eval output independent of the batch
     assert not np.allclose(a, b1)
+
+
+def _reference_conv_net(net, x, c=None):
+    """The conv encoder/decoder computed with the nnx layers whole (bias included), as written."""
+    from vaekit.nets.conv import ConvEncoder, _apply_norm
+
+    if isinstance(net, ConvEncoder):
+        h = x
+        for layer, norm in zip(net.convs, net.norms):
+            h = jax.nn.relu(_apply_norm(norm, layer(h), c))
+        h = jax.nn.relu(net.dense(h.reshape(h.shape[0], -1)))
+        return net.head(h)
+    h = jax.nn.relu(net.dense(x))
+    h = jax.nn.relu(net.project(h)).reshape(h.shape[0], net.h0, net.w0, -1)
+    for i, deconv in enumerate(net.deconvs):
+        h = deconv(h)
+        if i < len(net.norms):
+            h = jax.nn.relu(_apply_norm(net.norms[i], h, c))
+    return h.reshape(x.shape[0], *net.image_shape, net.params_per_channel)
+
+
+@pytest.mark.parametrize("condition", [None, "cbn"])
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_conv_nets_in_training_equal_the_nnx_layers_whole(part, condition):
+    """On CPU a conv followed by a training-mode BatchNorm runs without its bias (the batch mean
+    cancels it) and adds the bias to the running mean instead: output, gradients and running
+    averages equal the nnx layers run whole; the bias gradient is exactly 0."""
+    cfg = ModelConfig(net="conv", conv_channels=(4, 6), conv_dense=8, latent_dim=3)
+    k = 3 if condition else 0
+    build = build_encoder if part == "encoder" else build_decoder
+    args = ((16, 16, 1), 6) if part == "encoder" else (3, (16, 16, 1), 1)
+    net = build(cfg, *args, cond_dim=k, condition=condition, rngs=nnx.Rngs(0))
+    for layer in (net.convs if part == "encoder" else net.deconvs):
+        layer.bias[...] = jax.random.normal(jax.random.key(5), layer.bias.shape)  # non-zero biases
+    net.train()
+    x = (jax.random.uniform(jax.random.key(0), (8, 16, 16, 1)) if part == "encoder"
+         else jax.random.normal(jax.random.key(0), (8, 3)))
+    c = jax.nn.one_hot(jnp.arange(8) % 3, 3) if condition else None
+    graphdef, params, stats = nnx.split(net, nnx.Param, ...)
+
+    def run(params, call):
+        m = nnx.merge(graphdef, params, stats, copy=True)
+        y = call(m, x, c)
+        return jnp.sum(jnp.sin(y)), (y, nnx.state(m, nnx.BatchStat))
+
+    (v0, (y0, s0)), g0 = jax.value_and_grad(run, has_aux=True)(params, _reference_conv_net)
+    (v1, (y1, s1)), g1 = jax.value_and_grad(run, has_aux=True)(params, lambda m, x, c: m(x, c))
+    tol = dict(rtol=1e-4, atol=1e-4)  # float32, fast variance E[x^2] - E[x]^2 with unit-size biases
+    np.testing.assert_allclose(y1, y0, **tol)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s0)):  # running means and variances
+        np.testing.assert_allclose(a, b, **tol)
+    flat0, flat1 = dict(nnx.to_flat_state(g0)), dict(nnx.to_flat_state(g1))
+    layers = "convs" if part == "encoder" else "deconvs"
+    n_normed = len(net.norms)
+    for path, g in flat1.items():
+        ref = flat0[path][...]
+        if path[0] == layers and path[-1] == "bias" and path[1] < n_normed:
+            np.testing.assert_array_equal(g[...], 0.0)  # cancelled by the batch norm
+            kernel_scale = float(np.max(np.abs(flat0[(*path[:-1], "kernel")][...])))
+            assert np.max(np.abs(ref)) < 1e-2 * kernel_scale  # the reference's is float noise
+        else:
+            np.testing.assert_allclose(g[...], ref, rtol=1e-3, atol=1e-4 * max(1.0, float(np.max(np.abs(ref)))))
+    net.eval()  # evaluation mode runs the layers whole
+    np.testing.assert_allclose(net(x, c), _reference_conv_net(net, x, c), **tol)

@@ -272,20 +272,32 @@ CONV_FORM = "s2d"
 CONV_TRANSPOSE_FORM = "d2s"
 
 
-def conv(layer: nnx.Conv, x: jax.Array, *, form: str | None = None) -> jax.Array:
-    """`layer(x)` for an `nnx.Conv`; a 4x4 stride-2 SAME one on CPU runs in the faster form."""
+def conv(layer: nnx.Conv, x: jax.Array, *, form: str | None = None, use_bias: bool = True) -> jax.Array:
+    """`layer(x)` for an `nnx.Conv`; a 4x4 stride-2 SAME one on CPU runs in the faster form.
+
+    `use_bias=False` leaves the layer's bias out; only the faster form can (check `conv_applies`).
+    """
     if not conv_applies(layer):
+        if not use_bias:
+            raise ValueError("use_bias=False needs a layer that conv_applies to")
         return layer(x)
     x, kernel, bias = _params(layer, x)
-    return _batched(CONV_FORMS[form or CONV_FORM], x, kernel, bias, precision=layer.precision)
+    return _batched(CONV_FORMS[form or CONV_FORM], x, kernel, bias if use_bias else None, precision=layer.precision)
 
 
-def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array, *, form: str | None = None) -> jax.Array:
-    """`layer(x)` for an `nnx.ConvTranspose`; a 4x4 stride-2 SAME one on CPU runs in the faster form."""
+def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array, *, form: str | None = None,
+                   use_bias: bool = True) -> jax.Array:
+    """`layer(x)` for an `nnx.ConvTranspose`; a 4x4 stride-2 SAME one on CPU runs in the faster form.
+
+    `use_bias=False` leaves the layer's bias out; only the faster form can (check `conv_transpose_applies`).
+    """
     if not conv_transpose_applies(layer):
+        if not use_bias:
+            raise ValueError("use_bias=False needs a layer that conv_transpose_applies to")
         return layer(x)
     x, kernel, bias = _params(layer, x)
-    return _batched(CONV_TRANSPOSE_FORMS[form or CONV_TRANSPOSE_FORM], x, kernel, bias, precision=layer.precision)
+    return _batched(CONV_TRANSPOSE_FORMS[form or CONV_TRANSPOSE_FORM], x, kernel, bias if use_bias else None,
+                    precision=layer.precision)
 
 
 # --------------------------------------------------------------------------- per-channel reductions
