@@ -21,7 +21,10 @@ CPU default for conv nets). Two measurements:
    in `.venv-bench`), so every ratio comes from the same minutes; medians over `--rounds`.
 
 Variant names: `CONV+TCONV[+rows]` with CONV in {nnx, s2d, s2d_matmul, patches}, TCONV in {nnx,
-subpixel, d2s, d2s_matmul}; `+rows` adds `cpu_conv.batch_norm` for the BatchNorms.
+subpixel, d2s, d2s_matmul}: every layer runs whole (bias included) through `nnx.BatchNorm`, or with
+`+rows` through `cpu_conv.batch_norm` (named for its first form, reductions in the row view; since
+2026-11-27 (fourth session) its channel sums are matrix-vector products). `current` is the nets as
+wired: those forms plus the conv bias left out in front of a training-mode BatchNorm.
 Every result records the CPU model and flags (from /proc/cpuinfo) and how busy the CPU was.
 """
 
@@ -84,7 +87,8 @@ def forms(conv_form: str | None, tconv_form: str | None, rows_bn: bool):
     from vaekit.nets import cpu_conv as cc
 
     saved_calls = {cls: cls.__call__ for cls in (nnx.Conv, nnx.ConvTranspose, nnx.BatchNorm)}
-    saved_mod = {name: getattr(netconv, name) for name in ("conv", "conv_transpose", "batch_norm")
+    saved_mod = {name: getattr(netconv, name) for name in
+                 ("conv", "conv_transpose", "batch_norm", "conv_applies", "conv_transpose_applies")
                  if hasattr(netconv, name)}
     saved_forms = (cc.CONV_FORM, cc.CONV_TRANSPOSE_FORM)
     orig_conv, orig_tconv, orig_bn = saved_calls[nnx.Conv], saved_calls[nnx.ConvTranspose], saved_calls[nnx.BatchNorm]
@@ -111,11 +115,15 @@ def forms(conv_form: str | None, tconv_form: str | None, rows_bn: bool):
             cc.CONV_FORM = "native" if conv_form == "nnx" else conv_form
             if "conv" in saved_mod:
                 netconv.conv = lambda layer, x, **kw: layer(x)
+                netconv.conv_applies = lambda layer: False  # the layer whole, bias included
         if tconv_form is not None:
             nnx.ConvTranspose.__call__ = tconv_call
             cc.CONV_TRANSPOSE_FORM = "native" if tconv_form == "nnx" else tconv_form
             if "conv_transpose" in saved_mod:
                 netconv.conv_transpose = lambda layer, x, **kw: layer(x)
+                netconv.conv_transpose_applies = lambda layer: False
+        if conv_form is not None or tconv_form is not None:
+            netconv.batch_norm = lambda layer, x: layer(x)  # nnx.BatchNorm's call, patched by +rows
         if rows_bn:
             nnx.BatchNorm.__call__ = bn_call
         yield

@@ -172,3 +172,13 @@ def test_channel_sum_and_add_bias():
     _close(cc.add_bias(x, b), x + b)
     g = jax.grad(lambda b: jnp.sum(jnp.sin(cc.add_bias(x, b))))(b)
     _close(g, jax.grad(lambda b: jnp.sum(jnp.sin(x + b)))(b))
+
+
+@pytest.mark.parametrize("shape", [(7, 5, 3), (64, 8, 8, 16), (1, 1, 4), (2, 3, 3, 5), (1, 4)])
+def test_channel_sums_equal_float64(shape):
+    x = np.asarray(jax.random.normal(jax.random.key(3), shape)) + 3.0  # an offset, as activations have
+    expected = x.astype(np.float64).reshape(-1, shape[-1]).sum(axis=0)
+    np.testing.assert_allclose(np.asarray(cc.channel_sums(jnp.asarray(x))), expected, rtol=1e-5)
+    half = cc.channel_sums(jnp.asarray(x, jnp.bfloat16), jnp.float32)  # bf16 in, float32 sums
+    assert half.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(half), expected, rtol=2e-2)

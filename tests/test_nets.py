@@ -65,7 +65,13 @@ def test_batchnorm_uses_batch_stats_in_train_and_running_stats_in_eval():
 
 def _reference_conv_net(net, x, c=None):
     """The conv encoder/decoder computed with the nnx layers whole (bias included), as written."""
-    from vaekit.nets.conv import ConvEncoder, _apply_norm
+    from vaekit.nets.conditioning import ConditionalBatchNorm
+    from vaekit.nets.conv import ConvEncoder
+
+    def _apply_norm(norm, h, c):
+        if isinstance(norm, ConditionalBatchNorm):
+            return norm.norm(h) * (c @ norm.scale[...])[:, None, None] + (c @ norm.bias[...])[:, None, None]
+        return norm(h)
 
     if isinstance(net, ConvEncoder):
         h = x
@@ -86,8 +92,9 @@ def _reference_conv_net(net, x, c=None):
 @pytest.mark.parametrize("part", ["encoder", "decoder"])
 def test_conv_nets_in_training_equal_the_nnx_layers_whole(part, condition):
     """On CPU a conv followed by a training-mode BatchNorm runs without its bias (the batch mean
-    cancels it) and adds the bias to the running mean instead: output, gradients and running
-    averages equal the nnx layers run whole; the bias gradient is exactly 0."""
+    cancels it) and adds the bias to the running mean instead, and the BatchNorm takes its channel
+    sums as matrix-vector products: output, gradients and running averages equal the nnx layers run
+    whole; the bias gradient is exactly 0."""
     cfg = ModelConfig(net="conv", conv_channels=(4, 6), conv_dense=8, latent_dim=3)
     k = 3 if condition else 0
     build = build_encoder if part == "encoder" else build_decoder

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vaekit.nets.cpu_conv import batch_norm
+
 MODES = ("concat", "film", "cbn")
 
 
@@ -49,7 +51,7 @@ class ConditionalBatchNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((cond_dim, features)))
 
     def __call__(self, h: jax.Array, c: jax.Array) -> jax.Array:
-        h = self.norm(h)
+        h = batch_norm(self.norm, h)  # on CPU with faster channel sums for images; else self.norm(h)
         return h * _per_feature(c @ self.scale[...], h) + _per_feature(c @ self.bias[...], h)
 
 

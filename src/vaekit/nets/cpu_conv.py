@@ -302,13 +302,18 @@ def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array, *, form: str | None =
 
 # --------------------------------------------------------------------------- per-channel reductions
 #
-# A profile of the shapes-beta step (after the forms above) showed a quarter of it in XLA CPU's
-# reduce-window kernels: every per-channel reduction over (N, H, W) of a channels-last activation
-# (BatchNorm's mean and mean square, and in the backward pass the gradients of every per-channel
-# scale, shift and bias) is rewritten by XLA into a reduce-window, which ran at ~1.5 ms for a
-# 64x32x32x32 array. Viewed as rows (N*H, W*C), the same sum over the rows, then over W, is ~8x
-# faster. `batch_norm` and `add_bias` do all their per-channel work in that view, so that their
-# gradients' reductions take the same fast form.
+# A profile of the shapes-beta step showed a fifth of its work in XLA CPU's reduce-window kernels:
+# every per-channel reduction over (N, H, W) of a channels-last activation (BatchNorm's mean and mean
+# square, and in the backward pass the gradients of every per-channel scale, shift and bias) is
+# rewritten by XLA into a reduce-window, ~1.3 ms on one core for a 64x32x32x32 array.
+#
+# * `batch_norm` takes its channel sums as matrix-vector products with a vector of ones
+#   (`channel_sums`), over the two halves of the rows so that XLA runs them on two threads. A dot
+#   does not fuse its operand's producer, so the elementwise work stays in the channels-last shape,
+#   where XLA vectorizes it (a reduction in the (N*H, W*C) row view is faster alone, but pulled the
+#   transposes of the stride-1 conv forms into row-shaped fusions that ran 3-5x slower). The
+#   shapes-beta step: 55 -> 45 ms on two cores, 93 -> 80 ms on one (docs/benchmarks.md).
+# * `add_bias` adds a bias in the row view, so that its gradient is a fast row sum.
 
 
 def _row_view(x: jax.Array) -> tuple[jax.Array, int]:
@@ -319,6 +324,23 @@ def _row_view(x: jax.Array) -> tuple[jax.Array, int]:
 
 def _tile(v: jax.Array, w: int) -> jax.Array:
     return jnp.tile(v, w)
+
+
+def channel_sums(x: jax.Array, dtype=None) -> jax.Array:
+    """Sum of x (..., C) over everything but the last axis, in `dtype` (default x's).
+
+    Two matrix-vector products with ones, one per half of the rows (independent, so XLA runs them
+    side by side), instead of XLA CPU's reduce-window.
+    """
+    dtype = dtype or x.dtype
+    x2 = x.reshape(-1, x.shape[-1])
+    h = x2.shape[0] // 2
+    if h == 0:
+        return jnp.sum(x2, axis=0, dtype=dtype)
+    ones = jnp.ones((h,), x2.dtype)
+    dot = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST, preferred_element_type=dtype)
+    s = dot(ones, x2[:h]) + dot(ones, x2[h : 2 * h])
+    return s + x2[-1].astype(dtype) if x2.shape[0] % 2 else s
 
 
 def channel_sum(x: jax.Array) -> jax.Array:
@@ -356,8 +378,9 @@ def batch_norm(layer: nnx.BatchNorm, x: jax.Array, use_running_average: bool | N
 
     Same statistics (E[x^2] - E[x]^2, clipped at 0), the same running-average update of
     `layer.mean` / `layer.var` in training mode, the same normalization ((x - mean) * rsqrt(var +
-    eps) * scale + bias); only the per-channel reductions run in the row view. Falls back to
-    `layer(x, ...)` off CPU and for inputs of rank < 3, another axis, `axis_name` or slow variance.
+    eps) * scale + bias); only the per-channel sums are `channel_sums`, and the backward pass is
+    written out (two channel sums). Falls back to `layer(x, ...)` off CPU and for inputs of rank < 3,
+    another axis, `axis_name` or slow variance.
     """
     if not batch_norm_applies(layer, x):
         return layer(x, use_running_average)
@@ -368,45 +391,39 @@ def batch_norm(layer: nnx.BatchNorm, x: jax.Array, use_running_average: bool | N
     bias = layer.bias[...] if layer.bias is not None else None
     x, mean, var, scale, bias = layer.promote_dtype((x, layer.mean[...], layer.var[...], scale, bias),
                                                     dtype=layer.dtype)
-    x2, w = _row_view(x)
     if use_ra:
         mul = jax.lax.rsqrt(var + layer.epsilon)
         if scale is not None:
             mul = mul * scale
-        y2 = (x2 - _tile(mean, w)) * _tile(mul, w)
+        y = (x - mean) * mul
         if bias is not None:
-            y2 = y2 + _tile(bias, w)
+            y = y + bias
     else:
         stat_dtype = jnp.promote_types(layer.dtype or x.dtype, jnp.float32)
         c = x.shape[-1]
         s = jnp.ones((c,), x.dtype) if scale is None else scale
         b = jnp.zeros((c,), x.dtype) if bias is None else bias
-        y2, mean, var = _bn_train(w, float(layer.epsilon), stat_dtype, x2, s, b)
+        y, mean, var = _bn_train(float(layer.epsilon), stat_dtype, x, s, b)
         can_update = getattr(layer.mean, "_can_update", False) or getattr(layer.var, "_can_update", False)
         sg = jax.lax.stop_gradient if can_update else (lambda v: v)
         layer.mean[...] = sg(layer.momentum * layer.mean[...] + (1 - layer.momentum) * mean)
         layer.var[...] = sg(layer.momentum * layer.var[...] + (1 - layer.momentum) * var)
     args = [a for a in (x, scale, bias) if a is not None]
-    return jnp.asarray(y2.reshape(x.shape), nnx_dtypes.canonicalize_dtype(*args, dtype=layer.dtype))
+    return jnp.asarray(y, nnx_dtypes.canonicalize_dtype(*args, dtype=layer.dtype))
 
 
-def _row_channel_sum(x2: jax.Array, w: int) -> jax.Array:
-    return jnp.sum(x2, axis=0).reshape(w, -1).sum(axis=0)
-
-
-def _bn_train_fwd(w, eps, stat_dtype, x2, scale, bias):
-    xs = x2.astype(stat_dtype)
-    n = x2.shape[0] * w
-    mean = _row_channel_sum(xs, w) / n
-    mean2 = _row_channel_sum(xs * xs, w) / n
+def _bn_train_fwd(eps, stat_dtype, x, scale, bias):
+    n = x.size // x.shape[-1]
+    mean = channel_sums(x, stat_dtype) / n
+    mean2 = channel_sums(x.astype(stat_dtype) * x.astype(stat_dtype)) / n
     var = jnp.maximum(0.0, mean2 - mean * mean)
     r = jax.lax.rsqrt(var + eps)
-    mul = (r * scale).astype(x2.dtype)
-    y2 = (x2 - _tile(mean.astype(x2.dtype), w)) * _tile(mul, w) + _tile(bias, w)
-    return (y2, mean, var), (x2, mean, r, scale)
+    mul = r * scale
+    y = x * mul.astype(x.dtype) + (bias - mean * mul).astype(x.dtype)
+    return (y, mean, var), (x, mean, r, scale)
 
 
-def _bn_train_bwd(w, eps, stat_dtype, res, cts):
+def _bn_train_bwd(eps, stat_dtype, res, cts):
     """Gradients of (y, mean, var) = batch-norm(x) w.r.t. x, scale, bias: two channel sums, one pass.
 
     With xhat = (x - mu) r, y = xhat * scale + bias, n values per channel, S1 = sum gy,
@@ -414,27 +431,25 @@ def _bn_train_bwd(w, eps, stat_dtype, res, cts):
     dx = r scale (gy - S1 / n - xhat d_scale / n) + g_mu / n + 2 g_var (x - mu) / n,
     written as A gy + B x + C with per-channel A, B, C (the variance is treated as unclipped).
     """
-    x2, mean, r, scale = res
+    x, mean, r, scale = res
     gy, g_mean, g_var = cts
-    n = x2.shape[0] * w
-    gys = gy.astype(stat_dtype)
-    s1 = _row_channel_sum(gys, w)
-    s2 = _row_channel_sum(gys * x2.astype(stat_dtype), w)
+    n = x.size // x.shape[-1]
+    s1 = channel_sums(gy, stat_dtype)
+    s2 = channel_sums(gy.astype(stat_dtype) * x.astype(stat_dtype))
     d_bias = s1
     d_scale = r * (s2 - mean * s1)
     a = r * scale
     b = -r * r * scale * d_scale / n + 2.0 * g_var / n
     c = -a * s1 / n + r * r * mean * scale * d_scale / n + g_mean / n - 2.0 * g_var * mean / n
-    dt = x2.dtype
-    dx2 = gy * _tile(a.astype(dt), w) + x2 * _tile(b.astype(dt), w) + _tile(c.astype(dt), w)
-    return dx2, d_scale.astype(scale.dtype), d_bias.astype(scale.dtype)
+    dt = x.dtype
+    dx = gy * a.astype(dt) + x * b.astype(dt) + c.astype(dt)
+    return dx, d_scale.astype(scale.dtype), d_bias.astype(scale.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _bn_train(w, eps, stat_dtype, x2, scale, bias):
-    """Training-mode batch norm of the row view x2 (rows, W * C): (y2, batch mean, batch variance)."""
-    return _bn_train_fwd(w, eps, stat_dtype, x2, scale, bias)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _bn_train(eps, stat_dtype, x, scale, bias):
+    """Training-mode batch norm of x (..., C): (y, batch mean, batch variance)."""
+    return _bn_train_fwd(eps, stat_dtype, x, scale, bias)[0]
 
 
 _bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
-

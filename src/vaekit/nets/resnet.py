@@ -27,7 +27,7 @@ from flax import nnx
 from vaekit.errors import VaekitError
 from vaekit.nets.conditioning import broadcast_condition
 from vaekit.nets.conv import _check_side, _flatten_lead
-from vaekit.nets.cpu_conv import conv, conv_transpose
+from vaekit.nets.cpu_conv import batch_norm, conv, conv_transpose
 
 
 def _bn(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -49,8 +49,8 @@ class PreActBlock(nnx.Module):
         self.conv2 = nnx.Conv(channels, channels, (3, 3), padding="SAME", rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = self.conv1(jax.nn.relu(self.norm1(x)))
-        return x + self.conv2(jax.nn.relu(self.norm2(h)))
+        h = self.conv1(jax.nn.relu(batch_norm(self.norm1, x)))
+        return x + self.conv2(jax.nn.relu(batch_norm(self.norm2, h)))
 
 
 class ResNetEncoder(nnx.Module):
@@ -79,7 +79,7 @@ class ResNetEncoder(nnx.Module):
             h = conv(down, h)  # (N, H/2, W/2, c_i)
             for block in stage:
                 h = block(h)
-        h = jax.nn.relu(self.norm(h)).reshape(h.shape[0], -1)
+        h = jax.nn.relu(batch_norm(self.norm, h)).reshape(h.shape[0], -1)
         if self.dense is not None:
             h = jax.nn.relu(self.dense(h))
         return self.head(h).reshape(*lead, -1)
@@ -115,7 +115,7 @@ class ResNetDecoder(nnx.Module):
         for stage, norm, up in zip(self.stages, self.norms, self.ups):
             for block in stage:
                 h = block(h)
-            h = conv_transpose(up, jax.nn.relu(norm(h)))  # side doubled
+            h = conv_transpose(up, jax.nn.relu(batch_norm(norm, h)))  # side doubled
         return h.reshape(*lead, *self.image_shape, self.params_per_channel)
 
 
