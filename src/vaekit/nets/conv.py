@@ -13,6 +13,9 @@ phases followed by depth-to-space (benchmarks/conv_throughput.py measured both, 
 alternatives). The parameters are the `nnx.Conv` / `nnx.ConvTranspose` kernel and bias, unchanged,
 so checkpoints move freely between backends, and the results equal the nnx layers up to float
 rounding, values and gradients (tested). Other backends (cuDNN) run the native layers.
+In training mode on CPU each BatchNorm takes its channel sums as matrix-vector products
+(`cpu_conv.batch_norm`), and the conv in front of it runs without its bias, which the batch mean
+cancels (`_conv_norm`).
 """
 
 from __future__ import annotations
