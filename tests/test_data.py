@@ -160,6 +160,19 @@ def test_binarize_fixed():
     assert binarize_fixed(np.ones((2, 3, 3, 1), np.float32), 0).min() == 1.0
 
 
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 18])
+def test_binarize_fixed_in_pieces_equals_one_draw_of_all_uniforms(monkeypatch, chunk):
+    """The uniforms are drawn in pieces of one stream: the same draws as one call, u < x."""
+    import vaekit.data as data_mod
+
+    monkeypatch.setattr(data_mod, "_BINARIZE_CHUNK", chunk)
+    x = np.random.default_rng(5).random((37, 5, 3, 1), dtype=np.float32)  # 555 values, odd
+    u = np.random.default_rng(9).random(x.shape, dtype=np.float32)
+    np.testing.assert_array_equal(binarize_fixed(x, 9), (u < x).astype(np.float32))
+    p = np.full((200, 50), 0.3, np.float32)  # Bernoulli(0.3): mean within 4 standard errors
+    assert abs(binarize_fixed(p, 1).mean() - 0.3) < 4 * np.sqrt(0.3 * 0.7 / p.size)
+
+
 def test_static_binarization(mnist):
     s0 = load_data("mnist", binarize="static", seed=0, limit=5000)
     s0_again = load_data("mnist", binarize="static", seed=0, limit=5000)

@@ -28,6 +28,12 @@ import yaml
 from vaekit.data import BINARIZE_MODES
 from vaekit.errors import VaekitError
 
+
+def _yaml_load(text: str):
+    """yaml.safe_load with libyaml's C parser where PyYAML has it (the same documents, parsed ~10x faster)."""
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 log = logging.getLogger("vaekit")
 
 
@@ -209,7 +215,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if isinstance(value, str):
-            value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+            value = _yaml_load(value if value.startswith("[") else f"[{value}]")
         if not isinstance(value, (list, tuple)):
             raise VaekitError(f"{where} must be a list, got {value!r}")
         return tuple(_coerce(v, args[0], where) for v in value)
@@ -312,7 +318,7 @@ def parse_override(text: str) -> dict:
     if len(parts) != 2 or not all(parts):
         raise VaekitError(f"override key '{path}' must be section.key, e.g. train.epochs")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _yaml_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return {parts[0]: {parts[1]: _Typed(value, raw)}}
@@ -330,7 +336,7 @@ def list_presets() -> dict[str, str]:
     out = {}
     for entry in sorted(_preset_dir().iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".yaml"):
-            doc = yaml.safe_load(entry.read_text()) or {}
+            doc = _yaml_load(entry.read_text()) or {}
             out[entry.name[: -len(".yaml")]] = str(doc.get("description", "")).strip()
     return out
 
@@ -342,7 +348,7 @@ def load_preset(name: str) -> dict:
     names = list_presets()
     if name not in names:
         raise VaekitError(f"unknown preset '{name}'{_closest(name, names)}")
-    return yaml.safe_load((_preset_dir() / f"{name}.yaml").read_text()) or {}
+    return _yaml_load((_preset_dir() / f"{name}.yaml").read_text()) or {}
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -350,7 +356,7 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise VaekitError(f"config file '{p}' does not exist")
     try:
-        doc = yaml.safe_load(p.read_text())
+        doc = _yaml_load(p.read_text())
     except yaml.YAMLError as e:
         raise VaekitError(f"config file '{p}' is not valid YAML: {str(e).splitlines()[0]}") from None
     return doc or {}
