@@ -285,11 +285,11 @@ class Trainer:
                      self.mesh.size, jax.process_count(), t.batch_size // self.mesh.size)
         # Resident data: each chunk runs without the per-step NaN guard (`_chunk`), from a copy of
         # its input state (`_backup`); only a chunk whose metrics are not all finite runs again
-        # from that copy with the guard (`_guarded_chunk`, compiled then), which returns the last
-        # good state. The guard's select of old or new state after every step held each step's
-        # optimizer update back until the whole gradient was checked: mnist-mlp 1.34-1.73 against
-        # 1.66-2.58 ms a step on two cores (docs/benchmarks.md). A streamed source keeps the
-        # guard on every step (its batches are read once).
+        # from that copy with the guard (`_guarded_chunk`, compiled only then: functools.cache),
+        # which returns the last good state. The guard's select of old or new state after every
+        # step held each step's optimizer update back until the whole gradient was checked:
+        # mnist-mlp 1.28-1.31 against 1.59-1.68 ms a step on two cores (docs/benchmarks.md). A
+        # streamed source keeps the guard on every step (its batches are read once).
         self._backup = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), **jit_kw)
         if self.loop == "stream":
             fed_kw = dict(jit_kw, in_shardings=(rep, rep, self._batch_sharding)) if jit_kw else {}  # batch: split
@@ -297,11 +297,11 @@ class Trainer:
             self._chunk = self._guarded_chunk = self._run_fed_steps
         elif self.loop == "scan":
             self._chunk = jax.jit(functools.partial(self._train_chunk, guarded=False), donate_argnums=(0,), **jit_kw)
-            guarded = _lazy(lambda: jax.jit(self._train_chunk, donate_argnums=(0,), **jit_kw))
+            guarded = functools.cache(lambda: jax.jit(self._train_chunk, donate_argnums=(0,), **jit_kw))
             self._guarded_chunk = lambda *args: guarded()(*args)
         else:
             self._step = jax.jit(self._train_step, donate_argnums=(0,), **jit_kw)
-            self._guarded_step_jit = _lazy(lambda: jax.jit(self._guarded_step, donate_argnums=(0,), **jit_kw))
+            self._guarded_step_jit = functools.cache(lambda: jax.jit(self._guarded_step, donate_argnums=(0,), **jit_kw))
             self._chunk = functools.partial(self._run_steps, guarded=False)
             self._guarded_chunk = self._run_steps
         self._eval_batch = jax.jit(self._eval_step, **jit_kw)
@@ -405,11 +405,12 @@ class Trainer:
         steps = ((data, idx[i]) for i in range(idx.shape[0]))
         if guarded:
             return self._step_loop(state, self._guarded_step_jit(), steps)
-        per_step = []
-        for args in steps:
-            state, metrics = self._step(state, *args)
-            per_step.append(metrics)
-        return state, jax.tree.map(lambda *v: jnp.stack(v), *per_step)
+
+        def unguarded(st, ok, *args):
+            st, metrics = self._step(st, *args)
+            return st, ok, metrics
+
+        return self._step_loop(state, unguarded, steps)
 
     def _run_fed_steps(self, state: dict, feed, steps: np.ndarray):
         """A chunk of a streamed source: one jitted step per host batch from `feed` (one per row of
@@ -546,12 +547,8 @@ def _all_finite(*trees) -> jax.Array:
 
 def _finite(metrics: dict) -> bool:
     """Whether a chunk's host metrics have a finite loss and gradient norm at every step."""
-    return all(np.all(np.isfinite(np.asarray(metrics_lib.values({n: metrics[n]})[n]))) for n in ("loss", "grad_norm"))
-
-
-def _lazy(make):
-    """A function returning `make()`, made on its first call (a compilation only a diverged chunk needs)."""
-    return functools.cache(make)
+    values = metrics_lib.values({n: metrics[n] for n in ("loss", "grad_norm")})
+    return all(np.all(np.isfinite(np.asarray(v))) for v in values.values())
 
 
 def _guard_finite(metrics: dict, first_step: int, epoch: int) -> None:
