@@ -90,7 +90,9 @@ def configure_cache() -> bool:
     if os.environ.get("VAEKIT_COMPILATION_CACHE", "1") == "0" or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return False
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir())
-    # Cache every compilation that takes a noticeable time (JAX's default is 1 s, which leaves out
-    # the evaluation and validation functions a run compiles too).
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    # Cache every compilation (JAX's default caches those over 1 s only). The small ones add up: a
+    # run compiles each primitive that builds the model and its optimizer state once, eagerly, and
+    # a cache of them all took the warm `vaekit train --set train.epochs=1 --set data.limit=1000`
+    # from 3.6-4.0 to 2.6-3.1 s (0.1 s threshold before; 752 against 476 KB of cache).
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     return True
