@@ -88,7 +88,7 @@ def forms(conv_form: str | None, tconv_form: str | None, rows_bn: bool):
 
     saved_calls = {cls: cls.__call__ for cls in (nnx.Conv, nnx.ConvTranspose, nnx.BatchNorm)}
     saved_mod = {name: getattr(netconv, name) for name in
-                 ("conv", "conv_transpose", "batch_norm", "conv_applies", "conv_transpose_applies")
+                 ("conv", "conv_transpose", "batch_norm", "fast_form_applies")
                  if hasattr(netconv, name)}
     saved_forms = (cc.CONV_FORM, cc.CONV_TRANSPOSE_FORM)
     orig_conv, orig_tconv, orig_bn = saved_calls[nnx.Conv], saved_calls[nnx.ConvTranspose], saved_calls[nnx.BatchNorm]
@@ -115,13 +115,13 @@ def forms(conv_form: str | None, tconv_form: str | None, rows_bn: bool):
             cc.CONV_FORM = "native" if conv_form == "nnx" else conv_form
             if "conv" in saved_mod:
                 netconv.conv = lambda layer, x, **kw: layer(x)
-                netconv.conv_applies = lambda layer: False  # the layer whole, bias included
+                netconv.fast_form_applies = lambda layer: False  # the layer whole, bias included
         if tconv_form is not None:
             nnx.ConvTranspose.__call__ = tconv_call
             cc.CONV_TRANSPOSE_FORM = "native" if tconv_form == "nnx" else tconv_form
             if "conv_transpose" in saved_mod:
                 netconv.conv_transpose = lambda layer, x, **kw: layer(x)
-                netconv.conv_transpose_applies = lambda layer: False
+                netconv.fast_form_applies = lambda layer: False
         if conv_form is not None or tconv_form is not None:
             netconv.batch_norm = lambda layer, x: layer(x)  # nnx.BatchNorm's call, patched by +rows
         if rows_bn:

@@ -165,10 +165,10 @@ def test_batch_norm_equals_nnx(shape):
     _close(cc.batch_norm(m, x, use_running_average=False), m(x, use_running_average=False))
 
 
-def test_channel_sum_and_add_bias():
+def test_channel_sums_and_add_bias():
     x = jax.random.normal(jax.random.key(0), (3, 5, 7, 4))
     b = jnp.arange(4.0)
-    _close(cc.channel_sum(x), jnp.sum(x, axis=(0, 1, 2)))
+    _close(cc.channel_sums(x), jnp.sum(x, axis=(0, 1, 2)))
     _close(cc.add_bias(x, b), x + b)
     g = jax.grad(lambda b: jnp.sum(jnp.sin(cc.add_bias(x, b))))(b)
     _close(g, jax.grad(lambda b: jnp.sum(jnp.sin(x + b)))(b))

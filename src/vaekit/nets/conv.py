@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vaekit.errors import VaekitError
-from vaekit.nets.cpu_conv import batch_norm, conv, conv_applies, conv_transpose, conv_transpose_applies
+from vaekit.nets.cpu_conv import batch_norm, conv, conv_transpose, fast_form_applies
 from vaekit.nets.conditioning import ConditionalBatchNorm, FiLM, broadcast_condition
 
 
@@ -69,7 +69,7 @@ class ConvEncoder(nnx.Module):
         if self.condition == "concat":
             h = jnp.concatenate([h, jnp.broadcast_to(c[:, None, None, :], (*h.shape[:3], c.shape[-1]))], axis=-1)
         for layer, norm, film in zip(self.convs, self.norms, self.films):
-            h = jax.nn.relu(_conv_norm(conv, conv_applies, layer, norm, h, c))
+            h = jax.nn.relu(_conv_norm(conv, layer, norm, h, c))
             if film is not None:
                 h = film(h, c)
         h = h.reshape(h.shape[0], -1)
@@ -110,7 +110,7 @@ class ConvDecoder(nnx.Module):
         h = jax.nn.relu(self.project(h)).reshape(h.shape[0], self.h0, self.w0, -1)
         for i, deconv in enumerate(self.deconvs):
             if i < len(self.norms):
-                h = jax.nn.relu(_conv_norm(conv_transpose, conv_transpose_applies, deconv, self.norms[i], h, c))
+                h = jax.nn.relu(_conv_norm(conv_transpose, deconv, self.norms[i], h, c))
                 if self.films[i] is not None:
                     h = self.films[i](h, c)
             else:
@@ -134,7 +134,7 @@ def _apply_norm(norm, h, c):
     return norm(h, c) if isinstance(norm, ConditionalBatchNorm) else batch_norm(norm, h)
 
 
-def _conv_norm(op, applies, layer, norm, h, c):
+def _conv_norm(op, layer, norm, h, c):
     """norm(op(layer, h)), with the layer's bias left out of the convolution in training mode.
 
     A BatchNorm on batch statistics subtracts each channel's batch mean, so a per-channel constant
@@ -142,12 +142,12 @@ def _conv_norm(op, applies, layer, norm, h, c):
     (with it, float noise of ~1e-9 that Adam's normalization turns into steps of about lr / 10).
     Only the batch mean itself includes the bias, so it is added to the running mean here, which
     then moves exactly as the layer's own would. On CPU this drops a bias add per layer and its
-    gradient's channel reduction: the `shapes-beta` step ran 60.5 -> 54.2 ms (docs/benchmarks.md).
-    In evaluation mode (running averages), and where the faster conv form does not apply, the
-    layer runs whole.
+    gradient's channel reduction: the `shapes-beta` step's work on one core went from 110.7 to
+    99.1 ms (docs/benchmarks.md). In evaluation mode (running averages), and where the faster conv
+    form does not apply (`op` = `cpu_conv.conv` or `conv_transpose`), the layer runs whole.
     """
     bn = norm.norm if isinstance(norm, ConditionalBatchNorm) else norm
-    if layer.bias is None or bn.use_running_average is not False or not applies(layer):
+    if layer.bias is None or bn.use_running_average is not False or not fast_form_applies(layer):
         return _apply_norm(norm, op(layer, h), c)
     out = _apply_norm(norm, op(layer, h, use_bias=False), c)
     shift = (1.0 - bn.momentum) * jax.lax.stop_gradient(layer.bias[...])

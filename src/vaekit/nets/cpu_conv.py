@@ -92,6 +92,11 @@ def conv_transpose_applies(layer) -> bool:
     )
 
 
+def fast_form_applies(layer) -> bool:
+    """Whether `conv` or `conv_transpose` computes `layer` in a faster form (which can leave the bias out)."""
+    return conv_applies(layer) or conv_transpose_applies(layer)
+
+
 def _params(layer, x):
     """The layer's kernel and bias, promoted with x to the layer's dtype, as the layer does."""
     kernel = layer.kernel[...]
@@ -342,14 +347,6 @@ def channel_sums(x: jax.Array, dtype=None) -> jax.Array:
     s = jnp.einsum("bm,bmc->bc", jnp.ones((2, h), x2.dtype), halves, precision=jax.lax.Precision.HIGHEST,
                    preferred_element_type=dtype).sum(axis=0)
     return s + x2[-1].astype(dtype) if m % 2 else s
-
-
-def channel_sum(x: jax.Array) -> jax.Array:
-    """Sum of x (..., W, C) over everything but the last axis, as a row sum then a sum over W."""
-    if x.ndim < 3:
-        return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
-    x2, w = _row_view(x)
-    return jnp.sum(x2, axis=0).reshape(w, -1).sum(axis=0)
 
 
 def add_bias(x: jax.Array, bias: jax.Array | None) -> jax.Array:
