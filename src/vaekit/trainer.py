@@ -285,23 +285,22 @@ class Trainer:
                      self.mesh.size, jax.process_count(), t.batch_size // self.mesh.size)
         # Resident data: each chunk runs without the per-step NaN guard (`_chunk`), from a copy of
         # its input state (`_backup`); only a chunk whose metrics are not all finite runs again
-        # from that copy with the guard (`_guarded_chunk`, compiled only then: functools.cache),
+        # from that copy with the guard (`_guarded_chunk`; jit compiles it on that first call),
         # which returns the last good state. The guard's select of old or new state after every
         # step held each step's optimizer update back until the whole gradient was checked:
         # mnist-mlp 1.28-1.31 against 1.59-1.68 ms a step on two cores (docs/benchmarks.md). A
-        # streamed source keeps the guard on every step (its batches are read once).
+        # streamed source guards every step (its batches are read once): no rerun, no copy.
         self._backup = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), **jit_kw)
         if self.loop == "stream":
             fed_kw = dict(jit_kw, in_shardings=(rep, rep, self._batch_sharding)) if jit_kw else {}  # batch: split
             self._fed_step = jax.jit(self._guarded_fed_step, donate_argnums=(0,), **fed_kw)
-            self._chunk = self._guarded_chunk = self._run_fed_steps
+            self._chunk, self._guarded_chunk = self._run_fed_steps, None
         elif self.loop == "scan":
             self._chunk = jax.jit(functools.partial(self._train_chunk, guarded=False), donate_argnums=(0,), **jit_kw)
-            guarded = functools.cache(lambda: jax.jit(self._train_chunk, donate_argnums=(0,), **jit_kw))
-            self._guarded_chunk = lambda *args: guarded()(*args)
+            self._guarded_chunk = jax.jit(self._train_chunk, donate_argnums=(0,), **jit_kw)
         else:
             self._step = jax.jit(self._train_step, donate_argnums=(0,), **jit_kw)
-            self._guarded_step_jit = functools.cache(lambda: jax.jit(self._guarded_step, donate_argnums=(0,), **jit_kw))
+            self._guarded_step_fn = jax.jit(self._guarded_step, donate_argnums=(0,), **jit_kw)
             self._chunk = functools.partial(self._run_steps, guarded=False)
             self._guarded_chunk = self._run_steps
         self._eval_batch = jax.jit(self._eval_step, **jit_kw)
@@ -404,7 +403,7 @@ class Trainer:
         """`_train_chunk` as a host loop of jitted steps (`train.loop=steps`)."""
         steps = ((data, idx[i]) for i in range(idx.shape[0]))
         if guarded:
-            return self._step_loop(state, self._guarded_step_jit(), steps)
+            return self._step_loop(state, self._guarded_step_fn, steps)
 
         def unguarded(st, ok, *args):
             st, metrics = self._step(st, *args)
@@ -490,10 +489,10 @@ class Trainer:
             # the last good state even when a step diverged (`_guarded_step`), so the trainer
             # stays usable after TrainingDiverged.
             chunk_idx = idx[start : start + s]
-            backup = self._backup(self.state) if self.loop != "stream" else None
+            backup = None if self._guarded_chunk is None else self._backup(self.state)
             self.state, metrics = self._chunk(self.state, data, chunk_idx)
             metrics = jax.device_get(metrics)  # the one host sync per chunk
-            if backup is not None and not _finite(metrics):  # again from its start, guarded
+            if backup is not None and _first_nonfinite(metrics) is not None:  # again from its start, guarded
                 self.state, metrics = self._guarded_chunk(backup, data, chunk_idx)
                 metrics = jax.device_get(metrics)
             del backup
@@ -545,23 +544,26 @@ def _all_finite(*trees) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def _finite(metrics: dict) -> bool:
-    """Whether a chunk's host metrics have a finite loss and gradient norm at every step."""
-    values = metrics_lib.values({n: metrics[n] for n in ("loss", "grad_norm")})
-    return all(np.all(np.isfinite(np.asarray(v))) for v in values.values())
-
-
-def _guard_finite(metrics: dict, first_step: int, epoch: int) -> None:
+def _first_nonfinite(metrics: dict) -> tuple[str, int, float] | None:
+    """(metric, index in the chunk, value) of the first non-finite loss or gradient norm of a chunk's
+    host metrics, or None when every step's are finite."""
     for name in ("loss", "grad_norm"):
         values = np.asarray(metrics_lib.values({name: metrics[name]})[name])
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
-            step = first_step + int(bad[0])
-            raise TrainingDiverged(
-                f"{name} became {values[bad[0]]} at step {step} (epoch {epoch + 1}); stopped without saving "
-                f"that state (the trainer keeps the state before it). Try a lower train.learning_rate or "
-                f"train.grad_clip=1.0"
-            )
+            return name, int(bad[0]), float(values[bad[0]])
+    return None
+
+
+def _guard_finite(metrics: dict, first_step: int, epoch: int) -> None:
+    bad = _first_nonfinite(metrics)
+    if bad is not None:
+        name, index, value = bad
+        raise TrainingDiverged(
+            f"{name} became {value} at step {first_step + index} (epoch {epoch + 1}); stopped without saving "
+            f"that state (the trainer keeps the state before it). Try a lower train.learning_rate or "
+            f"train.grad_clip=1.0"
+        )
 
 
 def collapse_warning(kl_per_dim, active_units: int | None, latent_dim: int) -> str | None:
