@@ -177,6 +177,9 @@ class Splits:
         return f"Splits({sizes}, spec={self.spec}, binarize={self.binarize!r})"
 
 
+_BINARIZE_CHUNK = 1 << 18  # uniforms drawn per piece by binarize_fixed
+
+
 def binarize_fixed(x: np.ndarray, seed: int) -> np.ndarray:
     """Draw one Bernoulli sample of images whose pixels are probabilities.
 
@@ -198,8 +201,6 @@ def binarize_fixed(x: np.ndarray, seed: int) -> np.ndarray:
         np.less(u[:k], flat_x[start : start + k], out=flat_out[start : start + k])  # True/False -> 1.0/0.0
     return out
 
-
-_BINARIZE_CHUNK = 1 << 18
 
 
 def _binarize_splits(splits: dict[str, Split], mode: str, seed: int) -> dict[str, Split]:

@@ -18,6 +18,7 @@ from vaekit.nets.dense import DenseDecoder, DenseEncoder
 from vaekit.nets.mlp import MLP, MLPDecoder, MLPEncoder
 from vaekit.nets.resnet import ResNetDecoder, ResNetEncoder
 
+
 def _batch_normed(cfg, kw) -> bool:
     """Whether an MLP net is the batch-normalized one: a kind whose config has `batch_norm` set
     (model.kind=hvae). Those nets take no condition."""
