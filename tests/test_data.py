@@ -355,3 +355,72 @@ def test_mnist_is_the_default_without_path():
 
 def test_package_data_is_readable():
     assert (default_directory() / "README.md").read_text().startswith("# MNIST")
+
+
+def test_prefetch_hands_its_splits_or_its_error_to_the_next_load(tmp_path, monkeypatch):
+    """`vaekit train` loads the data in a thread while it imports: the load that follows gets exactly
+    those splits (or the loader's error, raised there), once; another config loads on its own."""
+    import threading
+
+    from vaekit.config import DataConfig
+    from vaekit.data import load_configured, prefetch
+
+    calls = []
+
+    def loader(path, **kw):
+        calls.append(threading.current_thread().name)
+        return DATA_SOURCES["arrays"](path, **kw)
+
+    monkeypatch.setitem(DATA_SOURCES, "counted", loader)
+    cfg = DataConfig(source="counted", path=write_npz(tmp_path, x=random_images(40)), binarize="static", seed=3)
+    direct = load_configured(cfg)
+    prefetch(cfg)
+    handed = load_configured(cfg)
+    assert calls == ["MainThread", "vaekit-data-prefetch"]  # loaded once more, in the thread
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(handed, name)["x"], getattr(direct, name)["x"])
+    prefetch(cfg)
+    other = load_configured(dataclasses.replace(cfg, seed=4))  # not what was prefetched: loaded here
+    assert calls[-1] == "MainThread" and not np.array_equal(other.train["x"], handed.train["x"])
+    load_configured(cfg)  # the pending prefetch of cfg is still taken
+    assert calls.count("vaekit-data-prefetch") == 2 and len(calls) == 4
+    prefetch(bad := dataclasses.replace(cfg, path=str(tmp_path / "missing.npz")))
+    with pytest.raises(VaekitError, match="missing.npz"):
+        load_configured(bad)
+    with pytest.raises(VaekitError, match="missing.npz"):  # taken once: the next call loads (and fails) itself
+        load_configured(bad)
+    assert calls[-2:] == ["vaekit-data-prefetch", "MainThread"]
+
+
+def test_library_made_arrays_are_aligned_read_only_and_the_trainer_uses_them_in_place():
+    """MNIST's pixels and binarized splits are new, 64-byte aligned and read-only, so the trainer
+    puts them on the CPU device without a copy; an array a caller may still write to is copied."""
+    import jax
+
+    from vaekit.data import _binarize_splits
+    from vaekit.data.memory import ALIGNMENT, empty_aligned
+    from vaekit.data.mnist import _to_float
+    from vaekit.trainer import Trainer
+    from conftest import synthetic_splits, tiny_config
+
+    raw = np.arange(3 * 28 * 28, dtype=np.int64).reshape(3, 28, 28).astype(np.uint8)
+    x = _to_float(raw)
+    np.testing.assert_array_equal(x, raw[..., None].astype(np.float32) / np.float32(255))
+    for odd in ((3,), (5, 7), (1, 2, 3)):
+        assert empty_aligned(odd, np.float32).ctypes.data % ALIGNMENT == 0
+    src = synthetic_splits(n=60)
+    binarized = _binarize_splits({"train": src.train, "val": src.val, "test": src.test}, "static", 0)
+    for name, split in binarized.items():
+        assert split["x"].ctypes.data % ALIGNMENT == 0 and not split["x"].flags.writeable
+        np.testing.assert_array_equal(split["x"], binarize_fixed(getattr(src, name)["x"], 0))
+    assert src.train["x"].flags.writeable  # the caller's arrays are left as they were
+    frozen = dataclasses.replace(src, train=binarized["train"])
+    on_device = Trainer(tiny_config(), frozen).train_data["x"]
+    if jax.default_backend() == "cpu":
+        assert on_device.unsafe_buffer_pointer() == frozen.train["x"].ctypes.data  # aliased, not copied
+    writable = empty_aligned(src.train["x"].shape, np.float32)  # aligned, but the caller may still write
+    writable[:] = src.train["x"]
+    copied = Trainer(tiny_config(), dataclasses.replace(src, train={**src.train, "x": writable})).train_data["x"]
+    before = np.asarray(copied).copy()
+    writable[:] = 0.5  # a caller writing to its own array afterwards changes nothing on the device
+    np.testing.assert_array_equal(np.asarray(copied), before)

@@ -28,14 +28,15 @@ def _console(stderr: bool = True):
 
 
 def cmd_train(args) -> None:
-    from vaekit import checkpoint as ck
     from vaekit import config as config_lib
     from vaekit import distributed
-    from vaekit.trainer import train
+    from vaekit.data import prefetch
 
     distributed.initialize()  # joins a multi-process run when VAEKIT_COORDINATOR etc. (or a cluster) say so
 
     if args.resume:
+        from vaekit import checkpoint as ck
+
         run_dir = ck.check_run_dir(args.resume)
         if args.preset or args.config:
             raise VaekitError("--resume continues a run with its own config; drop --preset/--config")
@@ -53,6 +54,14 @@ def cmd_train(args) -> None:
         layers = {"overrides": list(args.set)}
     else:
         cfg, layers = config_lib.resolve_layers(args.preset, args.config, args.set)
+    # The data loads in a background thread while the trainer, Orbax, TensorBoard's writer and
+    # matplotlib (the run's pictures) import here; `train` then takes the loaded splits.
+    prefetch(cfg.data)
+    import tensorboardX  # noqa: F401
+
+    from vaekit import checkpoint, plots  # noqa: F401
+    from vaekit.trainer import train
+
     path = train(
         cfg,
         runs_dir=args.runs_dir,

@@ -201,6 +201,15 @@ def state_from_items(items: dict, like: dict, model) -> dict:
 # --------------------------------------------------------------------------- trainer
 
 
+def _resident(x) -> jax.Array:
+    """A training array on the (one) device. A read-only numpy array is put there as it is, which on
+    the CPU backend aliases its memory when aligned (data.memory): nothing can change it under the
+    device array. Any other array is copied, as a caller may still write to it."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        return jax.device_put(x)
+    return jnp.asarray(x)
+
+
 def resolve_loop(loop: str, model: nnx.Module) -> str:
     """`train.loop` with "auto" decided: "steps" for a model with convolutions on CPU, else "scan".
 
@@ -275,7 +284,7 @@ class Trainer:
         jit_kw, self._batch_sharding = {}, None
         # Resident training data: uploaded once, straight from the host (replicated with a mesh).
         self.train_data = None if self.stream is not None else (
-            {k: jnp.asarray(v) for k, v in splits.train.items()} if self.mesh is None else self.replicate(splits.train))
+            {k: _resident(v) for k, v in splits.train.items()} if self.mesh is None else self.replicate(splits.train))
         if self.mesh is not None:
             rep = distributed.replicated(self.mesh)
             jit_kw = dict(in_shardings=rep, out_shardings=rep)

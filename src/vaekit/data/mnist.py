@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vaekit.data.memory import empty_aligned, frozen
 from vaekit.errors import VaekitError
 
 #: Expected SHA-256 of each decompressed IDX file, keyed by its name without ``.gz``.
@@ -150,10 +151,11 @@ def load_mnist_raw(directory: str | Path | None = None) -> dict[str, np.ndarray]
 
 
 def _to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, 28, 28) -> new float32 (N, 28, 28, 1) array in [0, 1]."""
-    out = images.astype(np.float32)
+    """uint8 (N, 28, 28) -> new float32 (N, 28, 28, 1) array in [0, 1], aligned for the device."""
+    out = empty_aligned((*images.shape, 1), np.float32)
+    np.copyto(out[..., 0], images)
     np.divide(out, 255.0, out=out)  # in place: one float32 copy, not two
-    return out[..., None]
+    return out
 
 
 def load_mnist_splits(
@@ -172,13 +174,15 @@ def load_mnist_splits(
 
     Returns:
         ``{"train": {"x", "y"}, "val": {...}, "test": {...}}`` with x float32
-        (N, 28, 28, 1) in [0, 1] and y int32 (N,).
+        (N, 28, 28, 1) in [0, 1] and y int32 (N,), all read-only.
     """
     del val_size, seed, limit  # fixed splits; accepted only to match the loader protocol
     raw = load_mnist_raw(path)
     train_x, train_y = raw["train_x"], raw["train_y"]
-    return {
+    splits = {
         "train": {"x": _to_float(train_x[:NUM_TRAIN]), "y": train_y[:NUM_TRAIN].astype(np.int32)},
         "val": {"x": _to_float(train_x[NUM_TRAIN:]), "y": train_y[NUM_TRAIN:].astype(np.int32)},
         "test": {"x": _to_float(raw["test_x"]), "y": raw["test_y"].astype(np.int32)},
     }
+    # New arrays that only these splits hold: read-only, so that the trainer uses them in place.
+    return {name: {k: frozen(v) for k, v in split.items()} for name, split in splits.items()}
