@@ -355,3 +355,24 @@ def test_step_curves_are_means_of_log_every_steps(tmp_path, monkeypatch, splits)
     sizes = np.array([3, 1, 3, 1, 2])
     epoch1 = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     np.testing.assert_allclose(np.sum(sizes * [v for _, v in points[:5]]) / 10, epoch1["train/loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", [{}, {"net": "conv", "conv_channels": (4, 8), "latent_dim": 3},
+                                   {"kind": "hvae"}])
+def test_init_state_in_one_jit_equals_the_eager_build(model, splits):
+    """The model and optimizer state are built inside one nnx.jit (a fixed cost of every run): the
+    same bits as building them op by op."""
+    from flax import nnx
+
+    from vaekit.trainer import _init_state, init_state
+
+    cfg = tiny_config(model=model)
+    jm, jitted = init_state(cfg, splits.spec, 10)
+    em, eager = _init_state(cfg, splits.spec, 10)
+    assert type(jm) is type(em)
+    paths = jax.tree_util.tree_flatten_with_path(eager)[0]
+    assert len(paths) == len(jax.tree.leaves(jitted)) > 8
+    for (path, a), b in zip(paths, jax.tree.leaves(jitted)):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=jax.tree_util.keystr(path))
+    for a, b in zip(jax.tree.leaves(nnx.state(em)), jax.tree.leaves(nnx.state(jm))):  # the returned models too
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
