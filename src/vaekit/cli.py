@@ -57,6 +57,7 @@ def cmd_train(args) -> None:
     # The data loads in a background thread while the trainer, Orbax, TensorBoard's writer and
     # matplotlib (the run's pictures) import here; `train` then takes the loaded splits.
     prefetch(cfg.data)
+    import orbax.checkpoint  # noqa: F401
     import tensorboardX  # noqa: F401
 
     from vaekit import checkpoint, plots  # noqa: F401
