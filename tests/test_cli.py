@@ -207,3 +207,28 @@ def test_a_run_from_vaekit_0_1_fails_in_one_line(capsys, run_dir, tmp_path):
     for item in (old / "checkpoints" / "best").glob("*/model"):  # 0.1 wrote one item, "default"
         item.rename(item.parent / "default")
     _err(capsys, ["sample", str(old), "--out", str(tmp_path / "s.png")], "written by vaekit 0.1", "retrain")
+
+
+def test_exit_now_skips_only_the_teardown(tmp_path):
+    """The `vaekit` command ends with `exit_now`: the status passes through, and what a normal exit
+    does first still happens (threads that are not daemons finish, an idle executor's worker is
+    woken, atexit handlers run, buffered output is flushed)."""
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import atexit, concurrent.futures, threading, time, pathlib
+        from vaekit.cli import exit_now
+        out = pathlib.Path({str(tmp_path)!r})
+        atexit.register(lambda: (out / "atexit").write_text("ran"))
+        threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()
+        pool = concurrent.futures.ThreadPoolExecutor(1)
+        pool.submit(lambda: None).result()  # its worker now waits for work, as an unclosed pool's does
+        print("buffered, no newline", end="")
+        exit_now(3)
+        (out / "after").write_text("never")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "buffered, no newline"
+    assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
+    assert not (tmp_path / "after").exists()
