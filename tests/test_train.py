@@ -89,6 +89,12 @@ def test_run_directory_contents_and_no_overwrite(tmp_path, monkeypatch, splits):
                  "curves.png", "kl_per_dim.png", "tensorboard", "checkpoints/best", "checkpoints/latest"):
         assert (run / name).exists(), name
     assert any((run / "tensorboard").iterdir())
+    # latest holds what resuming needs; best only the model that load_run restores
+    latest, best = (sorted((run / "checkpoints" / w).iterdir())[-1] for w in ("latest", "best"))
+    assert (latest / "model").is_dir() and (latest / "train").is_dir()
+    assert (best / "model").is_dir() and not (best / "train").exists()
+    loaded = ck.load_run(run)
+    assert loaded.checkpoint == "best" and loaded.model is not None
     with pytest.raises(VaekitError, match="already exists"):
         train(tiny_config(), runs_dir=tmp_path, name="r", progress=False)
 

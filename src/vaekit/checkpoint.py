@@ -258,11 +258,14 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
 class Checkpointer:
     """Periodic ("latest", keep N) and best-by-validation ("best", keep 1) Orbax checkpoints.
 
-    A checkpoint holds two items: "model" (the model's whole state: parameters of every group,
-    frozen parameters, BatchNorm statistics and other non-gradient state) and "train"
-    (optimizer states, step, epoch, RNG key, best validation value). `load_run` restores only
-    "model", so a change to the optimizer or the training state never breaks loading a finished
-    run. Steps of the Orbax managers are epochs.
+    A "latest" checkpoint holds two items: "model" (the model's whole state: parameters of every
+    group, frozen parameters, BatchNorm statistics and other non-gradient state) and "train"
+    (optimizer states, step, epoch, RNG key, best validation value), what resuming needs. The
+    trainer saves only "model" as "best": `load_run` restores only "model" (so a change to the
+    optimizer or the training state never breaks loading a finished run), and resuming reads
+    "latest". That also spares Adam's two moment copies of every parameter in each best save
+    (0.25 s of a 10-epoch mnist-mlp run, docs/benchmarks.md). Steps of the Orbax managers are
+    epochs.
     """
 
     def __init__(self, run_dir: Path, keep: int = 2, asynchronous: bool | None = None):

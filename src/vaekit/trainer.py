@@ -1024,7 +1024,7 @@ def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: lis
             if np.isnan(best) or sign * value > sign * best:
                 best = value
                 trainer.state["best"] = trainer.replicate(jnp.asarray(best, jnp.float32))
-                ckpt.save("best", epoch + 1, checkpoint_items(trainer.state))
+                ckpt.save("best", epoch + 1, {"model": checkpoint_items(trainer.state)["model"]})
             out_of_time = budget > 0 and time.perf_counter() - started >= budget
             if (epoch + 1) % cfg.train.checkpoint_every == 0 or record["step"] >= trainer.total_steps or out_of_time:
                 ckpt.save("latest", epoch + 1, checkpoint_items(trainer.state))
