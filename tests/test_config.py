@@ -83,3 +83,25 @@ def test_bad_config_file(tmp_path):
     bad.write_text("train: [unclosed\n")
     with pytest.raises(VaekitError, match="not valid YAML"):
         C.resolve(None, str(bad))
+
+
+def test_resolve_data_is_the_data_section_of_the_full_resolution(tmp_path):
+    """`vaekit train` starts loading the data from `resolve_data` before the model registry (and JAX)
+    import: it must give what `resolve_layers` gives, and None where that would fail."""
+    import subprocess
+    import sys
+
+    file = tmp_path / "c.yaml"
+    file.write_text("preset: mnist-beta\ndata: {binarize: static, seed: 4}\ntrain: {epochs: 3}\n")
+    cases = [(None, None, []), ("mnist-conv", None, ["data.limit=500"]), (None, str(file), ["data.seed=7"]),
+             ("mnist-mlp", str(file), []), (None, None, ["data.path=/some/x.npz", "data.val_size=9"])]
+    for preset, path, sets in cases:
+        data = C.resolve_data(preset, path, sets)
+        assert data is not None and data == C.resolve_layers(preset, path, sets)[0].data, (preset, path, sets)
+    assert C.resolve_data(None, str(file), ["data.seed=7"]).seed == 7
+    assert C.resolve_data(None, None, ["data.path=/some/x.npz"]).source == "arrays"
+    for bad in (("no-such-preset", None, []), (None, str(tmp_path / "missing.yaml"), []),
+                (None, None, ["data.nonsense=1"]), (None, None, ["data.seed"])):
+        assert C.resolve_data(*bad) is None
+    probe = "import sys, vaekit.config, vaekit.data; print('jax' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"

@@ -32,8 +32,16 @@ def _console(stderr: bool = True):
 
 def cmd_train(args) -> None:
     from vaekit import config as config_lib
+    from vaekit.data import JAX_FREE_SOURCES, prefetch
+
+    if not args.resume:
+        # The data starts loading in a background thread now, before JAX and the models import,
+        # when its source needs no JAX (which must wait for jax.distributed below).
+        data_cfg = config_lib.resolve_data(args.preset, args.config, args.set)
+        if data_cfg is not None and data_cfg.source in JAX_FREE_SOURCES:
+            prefetch(data_cfg)
+
     from vaekit import distributed
-    from vaekit.data import prefetch
 
     distributed.initialize()  # joins a multi-process run when VAEKIT_COORDINATOR etc. (or a cluster) say so
 
@@ -57,8 +65,9 @@ def cmd_train(args) -> None:
         layers = {"overrides": list(args.set)}
     else:
         cfg, layers = config_lib.resolve_layers(args.preset, args.config, args.set)
-    # The data loads in a background thread while the trainer, Orbax, TensorBoard's writer and
-    # matplotlib (the run's pictures) import here; `train` then takes the loaded splits.
+    # The data loads in a background thread (unless it already does, see above) while the trainer,
+    # Orbax, TensorBoard's writer and matplotlib (the run's pictures) import here; `train` then
+    # takes the loaded splits.
     prefetch(cfg.data)
     import orbax.checkpoint  # noqa: F401
     import tensorboardX  # noqa: F401

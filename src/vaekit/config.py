@@ -362,6 +362,48 @@ def read_yaml(path: str | Path) -> dict:
     return doc or {}
 
 
+def _config_file_and_preset(preset: str | None, config_file: str | None) -> tuple[dict, str, str]:
+    """(the config file's mapping, the preset's name, where the name came from: "flag" | "file" |
+    "default"): --preset, else the file's `preset:` key, else DEFAULT_PRESET."""
+    doc = read_yaml(config_file) if config_file is not None else {}
+    if not isinstance(doc, dict):
+        raise VaekitError(f"config file '{config_file}' must hold a mapping of sections, got {type(doc).__name__}")
+    file_preset = doc.get("preset")
+    if file_preset is not None and not isinstance(file_preset, str):
+        raise VaekitError(f"config file '{config_file}': preset must be a preset name, got {file_preset!r}")
+    if preset is not None:
+        return doc, preset, "flag"
+    if file_preset:
+        return doc, file_preset, "file"
+    return doc, DEFAULT_PRESET, "default"
+
+
+def _path_means_arrays(data: DataConfig) -> DataConfig:
+    """A data.path given with the default source (mnist) names an .npz: source "arrays"."""
+    return dataclasses.replace(data, source="arrays") if data.path is not None and data.source == "mnist" else data
+
+
+def resolve_data(preset: str | None = None, config_file: str | None = None,
+                 overrides: list[str] = ()) -> DataConfig | None:
+    """The data section alone, as `resolve_layers` resolves it, or None where that fails.
+
+    Only the layers' `data` keys are read, so neither the model registry nor JAX is imported:
+    `vaekit train` starts loading the data with this (`vaekit.data.prefetch`) while it imports
+    them. It is only a head start: the full resolution still checks everything and reports any
+    error, and data is used only when its config equals the full one's (`load_configured`).
+    """
+    try:
+        doc, name, _ = _config_file_and_preset(preset, config_file)
+        data = DataConfig()
+        for layer in (load_preset(name), doc, *(parse_override(text) for text in overrides)):
+            section = layer.get("data")
+            if section:
+                data = _apply_section(data, section, "data")
+        return _path_means_arrays(data)
+    except VaekitError:
+        return None
+
+
 def resolve(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
     """The preset, then the config file, then the overrides, validated (see `resolve_layers`)."""
     return resolve_layers(preset, config_file, overrides)[0]
@@ -378,20 +420,9 @@ def resolve_layers(preset: str | None = None, config_file: str | None = None,
     "overrides": [...]}, for run.json. An explicit train.epochs (file or override) on a preset that
     counts in train.steps clears train.steps; the user setting both is an error.
     """
-    doc = read_yaml(config_file) if config_file is not None else {}
-    if not isinstance(doc, dict):
-        raise VaekitError(f"config file '{config_file}' must hold a mapping of sections, got {type(doc).__name__}")
-    file_preset = doc.get("preset")
-    if file_preset is not None and not isinstance(file_preset, str):
-        raise VaekitError(f"config file '{config_file}': preset must be a preset name, got {file_preset!r}")
-    if preset is not None:
-        name, source = preset, "flag"
-        if file_preset and file_preset != preset:
-            log.warning("--preset %s takes precedence over 'preset: %s' in %s", preset, file_preset, config_file)
-    elif file_preset:
-        name, source = file_preset, "file"
-    else:
-        name, source = DEFAULT_PRESET, "default"
+    doc, name, source = _config_file_and_preset(preset, config_file)
+    if source == "flag" and doc.get("preset") and doc["preset"] != preset:
+        log.warning("--preset %s takes precedence over 'preset: %s' in %s", preset, doc["preset"], config_file)
     cfg = dataclasses.replace(merge(Config(), load_preset(name)), preset=name)
     preset_steps = cfg.train.steps
     explicit: set[str] = set()  # train keys the user set, in the file or with --set
@@ -410,8 +441,7 @@ def resolve_layers(preset: str | None = None, config_file: str | None = None,
         log.info("counting the run in train.epochs=%d (preset %s counted in train.steps=%s)",
                  cfg.train.epochs, name, preset_steps)
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=None))
-    if cfg.data.path is not None and cfg.data.source == "mnist":
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="arrays"))
+    cfg = dataclasses.replace(cfg, data=_path_means_arrays(cfg.data))
     validate(cfg)
     layers = {"preset": name, "preset_from": source, "file": None if config_file is None else str(config_file),
               "overrides": list(overrides)}

@@ -49,7 +49,6 @@ from vaekit.data.arrays import load_arrays_splits
 from vaekit.data.folder import load_folder_splits
 from vaekit.data.memory import empty_aligned, frozen
 from vaekit.data.mnist import load_mnist_splits
-from vaekit.data.shapes import load_shapes_source
 from vaekit.data.spec import DataSpec
 from vaekit.data.text import load_text_splits
 from vaekit.errors import VaekitError
@@ -61,6 +60,7 @@ __all__ = [
     "load_configured",
     "prefetch",
     "EVAL_BINARIZATION_SEED",
+    "JAX_FREE_SOURCES",
     "Splits",
     "binarize_fixed",
     "load_data",
@@ -80,14 +80,26 @@ BINARIZE_MODES = ("none", "dynamic", "static")
 Split = dict[str, np.ndarray]
 Loader = Callable[..., dict[str, Split]]
 
+def _load_shapes_source(*args, **kwargs) -> dict[str, Split]:
+    """data/shapes.py's loader, imported when it is used: the shapes grid renders with JAX, which
+    `import vaekit.data` (and so `vaekit.config`) leaves unloaded (see `JAX_FREE_SOURCES`)."""
+    from vaekit.data.shapes import load_shapes_source
+
+    return load_shapes_source(*args, **kwargs)
+
+
 #: Data sources by name. See the module docstring for the loader signature.
 DATA_SOURCES: dict[str, Loader] = {
     "mnist": load_mnist_splits,
     "arrays": load_arrays_splits,
-    "shapes": load_shapes_source,  # dSprites-style factor grid, generated (no file)
+    "shapes": _load_shapes_source,  # dSprites-style factor grid, generated (no file)
     "folder": load_folder_splits,  # a folder of PNG/JPEG images, class subfolders as labels (data/folder.py)
     "text": load_text_splits,  # one sentence per line (or the shipped demo corpus): token ids, masks, vocabulary
 }
+
+#: Sources whose loaders compute with numpy alone, never JAX: `vaekit train` starts loading them
+#: (`prefetch`) before JAX is imported or jax.distributed has started.
+JAX_FREE_SOURCES = frozenset({"mnist", "arrays", "folder", "text"})
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -270,7 +282,8 @@ def prefetch(data_cfg) -> None:
     imports about 0.7 s (docs/benchmarks.md). Nothing is written, so an error before the data
     is needed (a run directory that exists) costs only the thread's work.
     """
-    _PREFETCHED[:] = [_Prefetch(data_cfg)]
+    if not (_PREFETCHED and _PREFETCHED[0].data_cfg == data_cfg):  # already under way: nothing to start
+        _PREFETCHED[:] = [_Prefetch(data_cfg)]
 
 
 def load_configured(data_cfg, **overrides) -> "Splits":
