@@ -390,6 +390,13 @@ def test_prefetch_hands_its_splits_or_its_error_to_the_next_load(tmp_path, monke
     with pytest.raises(VaekitError, match="missing.npz"):  # taken once: the next call loads (and fails) itself
         load_configured(bad)
     assert calls[-2:] == ["vaekit-data-prefetch", "MainThread"]
+    from vaekit.data import drop_prefetched
+
+    prefetch(cfg)
+    drop_prefetched()  # what `vaekit train` does when it fails before the data is taken
+    here = calls.count("MainThread")
+    load_configured(cfg)  # loads here (the dropped thread may still append its own call)
+    assert calls.count("MainThread") == here + 1
 
 
 def test_library_made_arrays_are_aligned_read_only_and_the_trainer_uses_them_in_place():

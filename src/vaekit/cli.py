@@ -32,7 +32,7 @@ def _console(stderr: bool = True):
 
 def cmd_train(args) -> None:
     from vaekit import config as config_lib
-    from vaekit.data import JAX_FREE_SOURCES, prefetch
+    from vaekit.data import JAX_FREE_SOURCES, drop_prefetched, prefetch
 
     if not args.resume:
         # The data starts loading in a background thread now, before JAX and the models import,
@@ -40,7 +40,13 @@ def cmd_train(args) -> None:
         data_cfg = config_lib.resolve_data(args.preset, args.config, args.set)
         if data_cfg is not None and data_cfg.source in JAX_FREE_SOURCES:
             prefetch(data_cfg)
+    try:
+        _train_command(args, config_lib, prefetch)
+    finally:
+        drop_prefetched()  # data nobody took (the command failed first) is not kept in the process
 
+
+def _train_command(args, config_lib, prefetch) -> None:
     from vaekit import distributed
 
     distributed.initialize()  # joins a multi-process run when VAEKIT_COORDINATOR etc. (or a cluster) say so

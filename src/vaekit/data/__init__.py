@@ -61,6 +61,7 @@ __all__ = [
     "prefetch",
     "EVAL_BINARIZATION_SEED",
     "JAX_FREE_SOURCES",
+    "drop_prefetched",
     "Splits",
     "binarize_fixed",
     "load_data",
@@ -284,6 +285,11 @@ def prefetch(data_cfg) -> None:
     """
     if not (_PREFETCHED and _PREFETCHED[0].data_cfg == data_cfg):  # already under way: nothing to start
         _PREFETCHED[:] = [_Prefetch(data_cfg)]
+
+
+def drop_prefetched() -> None:
+    """Forget a `prefetch` that no `load_configured` took (its thread finishes on its own)."""
+    _PREFETCHED.clear()
 
 
 def load_configured(data_cfg, **overrides) -> "Splits":
