@@ -41,13 +41,15 @@ def cmd_train(args) -> None:
         if data_cfg is not None and data_cfg.source in JAX_FREE_SOURCES:
             prefetch(data_cfg)
     try:
-        _train_command(args, config_lib, prefetch)
+        _train_command(args)
     finally:
         drop_prefetched()  # data nobody took (the command failed first) is not kept in the process
 
 
-def _train_command(args, config_lib, prefetch) -> None:
+def _train_command(args) -> None:
+    from vaekit import config as config_lib
     from vaekit import distributed
+    from vaekit.data import prefetch
 
     distributed.initialize()  # joins a multi-process run when VAEKIT_COORDINATOR etc. (or a cluster) say so
 
@@ -697,8 +699,8 @@ def exit_now(code: int) -> None:
     """End the process with `code` without the interpreter's teardown.
 
     Python's own exit clears every module and collects every object before the process ends:
-    0.35-0.5 s once JAX, Flax, Orbax and matplotlib are loaded, a tenth of a warm 10-epoch
-    mnist-mlp run and more of a short one (docs/benchmarks.md). A command has closed what it wrote
+    0.35-0.5 s once JAX, Flax, Orbax and matplotlib are loaded: 4% of a warm 10-epoch mnist-mlp
+    run, 15% of a warm one-epoch run on 1,000 images (docs/benchmarks.md). A command has closed what it wrote
     by then (run files are written atomically; the trainer closes its checkpointer and TensorBoard
     writer), so this does what a normal exit does before the teardown: join the threads that are
     not daemons (after waking idle executor workers, as `threading` does at exit), run the atexit

@@ -166,7 +166,7 @@ def full_model_state(params: dict, rest) -> nnx.State:
 
 
 def init_state(cfg: Config, spec, steps_per_epoch: int):
-    """A fresh model and the training-state pytree (what a checkpoint holds, as two items).
+    """A fresh model and the training-state pytree (what a latest checkpoint holds, as two items).
 
     Built inside one `nnx.jit`: run eagerly, every initializer and optimizer-state op was its own
     small computation, each traced, lowered and looked up in the compilation cache (0.26-0.32 s

@@ -81,6 +81,7 @@ BINARIZE_MODES = ("none", "dynamic", "static")
 Split = dict[str, np.ndarray]
 Loader = Callable[..., dict[str, Split]]
 
+
 def _load_shapes_source(*args, **kwargs) -> dict[str, Split]:
     """data/shapes.py's loader, imported when it is used: the shapes grid renders with JAX, which
     `import vaekit.data` (and so `vaekit.config`) leaves unloaded (see `JAX_FREE_SOURCES`)."""
@@ -277,11 +278,12 @@ def prefetch(data_cfg) -> None:
 
     The next `load_configured` call for an equal config (and no overrides) takes the result, or
     raises the loader's error there, as if it had loaded the data itself. `vaekit train` calls
-    this as soon as its config is known, so that reading, converting and binarizing the data
-    (numpy, which releases the GIL for large arrays) overlaps the imports of the trainer,
-    Orbax and matplotlib: MNIST's splits take 0.3-1.1 s on the development machine, the
-    imports about 0.7 s (docs/benchmarks.md). Nothing is written, so an error before the data
-    is needed (a run directory that exists) costs only the thread's work.
+    this as soon as the data section of its config is known (`config.resolve_data`), so that
+    reading, converting and binarizing the data (numpy, which releases the GIL for large arrays)
+    overlaps the imports of JAX, Flax, the models, Orbax and matplotlib: MNIST's splits take
+    0.3-1.1 s on the development machine, the imports about 1 s (docs/benchmarks.md). Nothing is
+    written, so an error before the data is needed (a run directory that exists) costs only the
+    thread's work. Calling it again for the config under way starts nothing.
     """
     if not (_PREFETCHED and _PREFETCHED[0].data_cfg == data_cfg):  # already under way: nothing to start
         _PREFETCHED[:] = [_Prefetch(data_cfg)]
