@@ -39,6 +39,7 @@ runs, seeds and checkpoints.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import threading
 from collections.abc import Callable
@@ -249,28 +250,9 @@ def _num_classes(splits: dict[str, Split]) -> int | None:
     return None if top is None else top + 1
 
 
-class _Prefetch:
-    """`load_configured(data_cfg)` running in a daemon thread; `result()` returns or raises what it did."""
-
-    def __init__(self, data_cfg):
-        self.data_cfg, self._value, self._error = data_cfg, None, None
-        self._thread = threading.Thread(target=self._run, name="vaekit-data-prefetch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._value = _load_configured(self.data_cfg)
-        except BaseException as e:  # re-raised in the caller's thread by result()
-            self._error = e
-
-    def result(self) -> "Splits":
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-
-_PREFETCHED: list[_Prefetch] = []  # at most one: the data of the run `vaekit train` is about to start
+# At most one entry, {DataConfig: Future of its Splits}: the data of the run `vaekit train` is
+# about to start (see `prefetch`).
+_PREFETCHED: dict = {}
 
 
 def prefetch(data_cfg) -> None:
@@ -285,8 +267,21 @@ def prefetch(data_cfg) -> None:
     written, so an error before the data is needed (a run directory that exists) costs only the
     thread's work. Calling it again for the config under way starts nothing.
     """
-    if not (_PREFETCHED and _PREFETCHED[0].data_cfg == data_cfg):  # already under way: nothing to start
-        _PREFETCHED[:] = [_Prefetch(data_cfg)]
+    if data_cfg in _PREFETCHED:  # already under way: nothing to start
+        return
+    future = concurrent.futures.Future()
+
+    def load() -> None:
+        try:
+            future.set_result(_load_configured(data_cfg))
+        except BaseException as e:  # raised by result() in the thread that takes the data
+            future.set_exception(e)
+
+    _PREFETCHED.clear()
+    _PREFETCHED[data_cfg] = future
+    # A daemon thread (an executor's would be joined at exit): a command that fails before it
+    # takes the data does not wait for it.
+    threading.Thread(target=load, name="vaekit-data-prefetch", daemon=True).start()
 
 
 def drop_prefetched() -> None:
@@ -298,9 +293,8 @@ def load_configured(data_cfg, **overrides) -> "Splits":
     """`load_data` with the fields of a `vaekit.config.DataConfig` (keyword overrides win).
 
     A `prefetch` of an equal config, without overrides, is taken instead of loading again."""
-    if not overrides and _PREFETCHED and _PREFETCHED[0].data_cfg == data_cfg:
-        return _PREFETCHED.pop().result()
-    return _load_configured(data_cfg, **overrides)
+    future = None if overrides else _PREFETCHED.pop(data_cfg, None)
+    return _load_configured(data_cfg, **overrides) if future is None else future.result()
 
 
 def _load_configured(data_cfg, **overrides) -> "Splits":
