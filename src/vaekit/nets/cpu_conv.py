@@ -321,16 +321,6 @@ def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array, *, form: str | None =
 # * `add_bias` adds a bias in the row view, so that its gradient is a fast row sum.
 
 
-def _row_view(x: jax.Array) -> tuple[jax.Array, int]:
-    """(..., W, C) -> (rows, W * C) and W."""
-    w = x.shape[-2]
-    return x.reshape(-1, w * x.shape[-1]), w
-
-
-def _tile(v: jax.Array, w: int) -> jax.Array:
-    return jnp.tile(v, w)
-
-
 def channel_sums(x: jax.Array, dtype=None) -> jax.Array:
     """Sum of x (..., C) over everything but the last axis, in `dtype` (default x's).
 
@@ -355,8 +345,8 @@ def add_bias(x: jax.Array, bias: jax.Array | None) -> jax.Array:
         return x
     if x.ndim < 3:
         return x + bias
-    x2, w = _row_view(x)
-    return (x2 + _tile(bias, w)).reshape(x.shape)
+    w = x.shape[-2]  # the row view (N * H, W * C), the bias tiled W times along a row
+    return (x.reshape(-1, w * x.shape[-1]) + jnp.tile(bias, w)).reshape(x.shape)
 
 
 def batch_norm_applies(layer, x) -> bool:
