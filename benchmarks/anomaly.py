@@ -47,7 +47,7 @@ HOLD_OUT = 500  # training images of the class kept for validation and the typic
 
 def _train(args, cfg_overrides: list[str], runs_dir: Path, name: str, reuse: bool = False):
     from vaekit import config as config_lib
-    from vaekit.trainer import train
+    from vaekit.training.trainer import train
 
     done = runs_dir / name / "run.json"
     if reuse and done.exists() and json.loads(done.read_text()).get("status") == "complete":
@@ -70,7 +70,7 @@ def _scores(run, x, normal_label, y, samples, reference):
 def one_class(args, runs_dir: Path) -> dict:
     import numpy as np
 
-    from vaekit.checkpoint import load_run
+    from vaekit.runs.checkpoint import load_run
     from vaekit.data import EVAL_BINARIZATION_SEED, binarize_fixed
     from vaekit.data.mnist import load_mnist_raw
 
@@ -102,7 +102,7 @@ def ood(args, runs_dir: Path) -> dict:
     import numpy as np
     from PIL import Image
 
-    from vaekit.checkpoint import load_run
+    from vaekit.runs.checkpoint import load_run
     from vaekit.data import EVAL_BINARIZATION_SEED, binarize_fixed
     from vaekit.data.shapes import load_shapes_splits
 

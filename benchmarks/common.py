@@ -57,7 +57,7 @@ def trainer_step_timer(cfg, steps: int):
     import vaekit  # noqa: F401  (first: its XLA CPU settings must be in place before JAX starts)
     import jax
     from vaekit.data import load_configured
-    from vaekit.trainer import Trainer
+    from vaekit.training.trainer import Trainer
 
     tr = Trainer(cfg, load_configured(cfg.data))
     idx = tr.epoch_indices(0, steps)

@@ -41,10 +41,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# vaekit sets glibc malloc up on import (vaekit._xla.configure_malloc); --no-malloc measures without
+# vaekit sets glibc malloc up on import (vaekit.runtime.configure_malloc); --no-malloc measures without
 if "--no-malloc" in sys.argv:
     os.environ["VAEKIT_MALLOC"] = "0"
-from vaekit import _xla  # noqa: E402  (no JAX at import)
+from vaekit import runtime as _xla  # noqa: E402  (no JAX at import)
 
 MALLOC_CONFIGURED = os.environ.get("VAEKIT_MALLOC", "1") != "0" and _xla.configure_malloc()
 

@@ -71,7 +71,7 @@ def main() -> None:
     out["loader_images_per_s"] = args.steps * 64 / (time.perf_counter() - t0)
     print(f"loader alone (Grain, decode + resize to 64x64): {out['loader_images_per_s']:,.0f} images/s", flush=True)
 
-    from vaekit.trainer import Trainer
+    from vaekit.training.trainer import Trainer
 
     for mode in ("no", "yes"):
         cfg = vaekit.resolve("folder-conv64", None, [f"data.path={root}", f"data.stream={mode}"])

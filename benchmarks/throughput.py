@@ -40,7 +40,7 @@ from common import (  # noqa: E402
 def vaekit_throughput(epochs: int, seed: int = 0) -> dict:
     from vaekit import config as config_lib
     from vaekit.data import load_data
-    from vaekit.trainer import Trainer
+    from vaekit.training.trainer import Trainer
 
     cfg = config_lib.resolve("mnist-mlp", None, ["data.binarize=static", f"train.seed={seed}", f"train.epochs={epochs}"])
     splits = load_data("mnist", binarize="static", seed=seed)

@@ -4,11 +4,15 @@ import contextlib
 import dataclasses
 import signal
 
-import numpy as np
-import pytest
+from vaekit import runtime
 
-from vaekit import config as config_lib
-from vaekit.data import DataSpec, Splits
+runtime.configure()  # the CLI's CPU settings for the whole suite, before JAX is imported (as `vaekit` does)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from vaekit import config as config_lib  # noqa: E402
+from vaekit.data import DataSpec, Splits  # noqa: E402
 
 
 def tiny_config(**sections) -> config_lib.Config:
@@ -82,7 +86,7 @@ def step_loss(tr, idx):
     same keys and the training graph (`tr.graphdef`)."""
     import jax
 
-    from vaekit.trainer import merge_model, step_rngs
+    from vaekit.training.trainer import merge_model, step_rngs
 
     data_key, model_key = jax.random.split(jax.random.fold_in(tr.state["key"], tr.state["step"]))
     batch = tr.gather(tr.train_data, idx, data_key)

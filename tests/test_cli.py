@@ -217,7 +217,7 @@ def test_exit_now_skips_only_the_teardown(tmp_path):
 
     script = textwrap.dedent(f"""
         import atexit, concurrent.futures, threading, time, pathlib
-        from vaekit.cli import exit_now
+        from vaekit.cli.main import exit_now
         out = pathlib.Path({str(tmp_path)!r})
         atexit.register(lambda: (out / "atexit").write_text("ran"))
         threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()

@@ -15,11 +15,11 @@ from conftest import group_step_check, synthetic_splits, tiny_config
 from vaekit.config import ObjectiveConfig
 from vaekit.data import DataSpec
 from vaekit.errors import VaekitError
-from vaekit.metrics import values
+from vaekit.core.metrics import values
 from vaekit.models import build_model
 from vaekit.models.disentangle import (DIPVAEConfig, FactorVAEConfig, TCVAE, TCVAEConfig, dip_covariance,
                                        dip_penalties, log_importance_weights, permute_dims, tc_decomposition)
-from vaekit.trainer import Trainer, split_model
+from vaekit.training.trainer import Trainer, split_model
 
 # --------------------------------------------------------------------------- beta-TCVAE estimators
 

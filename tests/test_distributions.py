@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from vaekit.config import ModelConfig
-from vaekit.distributions import (
+from vaekit.core.distributions import (
     LIKELIHOODS,
     Bernoulli,
     Categorical256,

@@ -6,12 +6,12 @@ import pytest
 
 from conftest import trained_run_dir
 from vaekit.cli import main as run_cli
-from vaekit.embed import NpzReader, encode_all, examples, linear_probe
+from vaekit.evaluate.embed import NpzReader, encode_all, examples, linear_probe
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from vaekit.checkpoint import load_run
+    from vaekit.runs.checkpoint import load_run
 
     return load_run(trained_run_dir(tmp_path_factory))
 

@@ -11,8 +11,8 @@ from flax import nnx
 from scipy.special import logsumexp
 from scipy.stats import norm
 
-from vaekit.flows import IAF, IAFStep, planar_step, planar_transform
-from vaekit.priors import VampPrior
+from vaekit.core.flows import IAF, IAFStep, planar_step, planar_transform
+from vaekit.core.priors import VampPrior
 
 
 def _slogdet_jacobian(f, z):
@@ -137,8 +137,8 @@ def test_two_layer_linear_gaussian_nll_matches_the_closed_form():
 
 def test_two_layer_model_reports_kl_and_active_units_per_layer():
     from conftest import synthetic_splits, tiny_config
-    from vaekit import metrics as metrics_lib
-    from vaekit.trainer import Trainer
+    from vaekit.core import metrics as metrics_lib
+    from vaekit.training.trainer import Trainer
 
     splits = synthetic_splits(n=80)
     cfg = tiny_config(model={"kind": "hvae", "z1_dim": 4, "hidden2": [8], "latent_dim": 3})
@@ -162,7 +162,7 @@ def test_two_layer_kl_per_dimension_against_independent_monte_carlo():
     """kl_per_dim of the two-layer model, recomputed in float64 numpy from the same draws: the
     Gaussian log-densities of each dimension of q(z1|x), p(z1|z2), q(z2|z1) and N(0, 1)."""
     from conftest import synthetic_splits, tiny_config
-    from vaekit import metrics as metrics_lib
+    from vaekit.core import metrics as metrics_lib
     from vaekit.models import build_model
 
     splits = synthetic_splits(n=40)
@@ -189,7 +189,7 @@ def test_two_layer_kl_per_dimension_against_independent_monte_carlo():
 
 def test_two_layer_run_draws_its_layers_picture(tmp_path, monkeypatch):
     from conftest import synthetic_splits, tiny_config
-    from vaekit.trainer import train
+    from vaekit.training.trainer import train
 
     splits = synthetic_splits(n=80)
     monkeypatch.setattr("vaekit.data.load_data", lambda *a, **k: splits)
@@ -248,7 +248,7 @@ def test_batch_normalized_two_layer_model_moves_each_running_average_once_per_lo
 def test_batch_normalized_two_layer_model_trains_and_scores(tmp_path):
     from conftest import synthetic_splits, tiny_config
     from vaekit.errors import VaekitError
-    from vaekit.trainer import Trainer
+    from vaekit.training.trainer import Trainer
 
     build, splits = _hvae_bn()
     cfg = tiny_config(model={"kind": "hvae", "z1_dim": 4, "hidden2": [8], "latent_dim": 3, "batch_norm": True},
@@ -270,7 +270,7 @@ def test_planar_steps_start_in_the_linear_range_of_tanh(monkeypatch):
     from conftest import tiny_config
 
     from vaekit.data.spec import DataSpec
-    from vaekit.flows import planar_params
+    from vaekit.core.flows import planar_params
     from vaekit.models import build_model, vae
     from vaekit.nets import output_layer
 

@@ -11,10 +11,10 @@ from flax import nnx
 from scipy.stats import multivariate_normal, norm
 
 from conftest import synthetic_splits, tiny_config
-from vaekit import metrics as metrics_lib
+from vaekit.core import metrics as metrics_lib
 from vaekit.config import ObjectiveConfig
 from vaekit.data.spec import DataSpec
-from vaekit.distributions import DiagonalGaussian
+from vaekit.core.distributions import DiagonalGaussian
 from vaekit.errors import VaekitError
 from vaekit.models import build_model
 from vaekit.models.ladder import LadderConfig, LadderVAE, precision_weighted

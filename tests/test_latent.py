@@ -8,7 +8,7 @@ from flax import nnx
 from conftest import synthetic_splits, tiny_config, trained_run_dir
 from vaekit.cli import main as run_cli
 from vaekit.errors import VaekitError
-from vaekit.latent import attribute_vector, interpolate, latent_map, lerp, pca_2d, slerp
+from vaekit.evaluate.latent import attribute_vector, interpolate, latent_map, lerp, pca_2d, slerp
 
 
 def test_slerp_endpoints_and_norms():

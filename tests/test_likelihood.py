@@ -8,7 +8,7 @@ from flax import nnx
 from scipy import stats
 
 from vaekit.data.spec import DataSpec
-from vaekit.distributions import DiagonalGaussian, standard_normal_log_prob
+from vaekit.core.distributions import DiagonalGaussian, standard_normal_log_prob
 from vaekit.evaluate import log_likelihood
 from vaekit.evaluate.likelihood import evaluate
 from vaekit.models import build_model
@@ -103,7 +103,7 @@ def test_results_do_not_depend_on_batching():
 
 
 def test_evaluate_writes_json_through_the_run(tmp_path, monkeypatch):
-    from vaekit.trainer import train
+    from vaekit.training.trainer import train
 
     splits = synthetic_splits()
     monkeypatch.setattr("vaekit.data.load_data", lambda *a, **k: splits)

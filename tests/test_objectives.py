@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from vaekit.data.spec import DataSpec
-from vaekit import metrics as metrics_lib
-from vaekit import objectives
+from vaekit.core import metrics as metrics_lib
+from vaekit.core import objectives
 from vaekit.config import ObjectiveConfig
 from vaekit.models import build_model
 

@@ -18,11 +18,11 @@ import pytest
 import yaml
 from flax import nnx
 
-from vaekit import checkpoint as ck
+from vaekit.runs import checkpoint as ck
 from vaekit import config as C
 from vaekit.cli import build_parser, main
 from vaekit.errors import VaekitError
-from vaekit.trainer import Trainer, TrainingDiverged, train
+from vaekit.training.trainer import Trainer, TrainingDiverged, train
 
 from conftest import default_sigint, replace, synthetic_splits, tiny_config
 
@@ -276,7 +276,7 @@ def test_14_bits_per_dim_only_for_discrete_likelihoods(monkeypatch, splits):
 
 def test_15_write_pictures_restores_the_models_mode(tmp_path, splits):
     from vaekit.models import build_model
-    from vaekit.trainer import write_pictures
+    from vaekit.training.trainer import write_pictures
 
     cfg = tiny_config(model={"net": "conv", "conv_channels": (4, 8), "latent_dim": 3})
     model = build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))

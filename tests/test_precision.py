@@ -12,7 +12,7 @@ from vaekit import config as config_lib
 from vaekit import nets
 from vaekit.errors import VaekitError
 from vaekit.models import build_model
-from vaekit.trainer import Trainer
+from vaekit.training.trainer import Trainer
 
 
 @pytest.mark.parametrize("net, hidden_layers", [

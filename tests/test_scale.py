@@ -42,7 +42,7 @@ FOUR_DEVICES = textwrap.dedent("""
     from conftest import synthetic_splits, tiny_config
     from vaekit.cli import main
     from vaekit.errors import VaekitError
-    from vaekit.trainer import Trainer
+    from vaekit.training.trainer import Trainer
 
     assert jax.device_count() == 4
     out = {}
@@ -116,7 +116,7 @@ def test_two_processes_equal_one_process_and_resume(tmp_path):
     from flax import nnx
     import jax
 
-    from vaekit import checkpoint as ck
+    from vaekit.runs import checkpoint as ck
     from vaekit.cli import main
 
     runs = str(tmp_path / "runs")

@@ -9,16 +9,16 @@ import pytest
 from flax import nnx
 
 from conftest import synthetic_splits, tiny_config
-from vaekit import metrics as metrics_lib
-from vaekit import objectives
+from vaekit.core import metrics as metrics_lib
+from vaekit.core import objectives
 from vaekit.config import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
-from vaekit.distributions import DiagonalGaussian
-from vaekit.metrics import Accumulator, Mean, mean_of
+from vaekit.core.distributions import DiagonalGaussian
+from vaekit.core.metrics import Accumulator, Mean, mean_of
 from vaekit.models import MODELS, Capabilities, ParamGroup
 from vaekit.models.cvae import CVAE, CVAEConfig
-from vaekit.priors import KL, StandardNormal, kl_divergence
-from vaekit.trainer import Trainer
+from vaekit.core.priors import KL, StandardNormal, kl_divergence
+from vaekit.training.trainer import Trainer
 
 # --------------------------------------------------------------------------- parameter groups
 
@@ -236,7 +236,7 @@ def test_a_group_may_override_the_optimizer_settings():
     gradients match optax.adam with those betas and differ from the train config's."""
     import optax
 
-    from vaekit.trainer import group_optimizers
+    from vaekit.training.trainer import group_optimizers
 
     class Groups:
         def param_groups(self):

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from conftest import group_step_check, synthetic_splits, tiny_config
-from vaekit import image_losses
+from vaekit.core import image_losses
 from vaekit.errors import VaekitError
 from vaekit.models import build_model
 
@@ -98,7 +98,7 @@ def test_cli_small_images_exit_2(tmp_path, capsys):
 
 
 def test_sharp_model_has_no_likelihood_and_evaluate_says_so(tmp_path):
-    from vaekit.checkpoint import Run
+    from vaekit.runs.checkpoint import Run
     from vaekit.evaluate import evaluate
 
     splits = synthetic_splits(n=8, shape=(16, 16, 1))
@@ -136,7 +136,7 @@ def test_sharp_loss_is_the_weighted_image_loss_plus_kl():
 
 
 def test_perceptual_feature_net_is_in_no_group():
-    from vaekit.trainer import split_model
+    from vaekit.training.trainer import split_model
 
     splits = synthetic_splits(n=8, shape=(28, 28, 1))
     cfg = tiny_config(model={"kind": "sharp", "recon_loss": "perceptual"})
@@ -177,7 +177,7 @@ def test_vaegan_groups_change_only_their_own_parameters():
     differentiates through the images), and one Trainer step follows only that one: the
     discriminator's loss, from the same discriminator pass as the decoder's, also has a gradient in
     the decoder, which the step must not apply."""
-    from vaekit.trainer import Trainer
+    from vaekit.training.trainer import Trainer
 
     splits = synthetic_splits(n=16, shape=(8, 8, 1))
     cfg = tiny_config(model={"kind": "vaegan", "disc_channels": (4, 8), "stabilizer": "r1",
@@ -216,7 +216,7 @@ def test_vaegan_discriminator_loss_closed_form():
 
 
 def test_vaegan_trains_through_the_trainer():
-    from vaekit.trainer import Trainer
+    from vaekit.training.trainer import Trainer
 
     splits = synthetic_splits(n=60, shape=(8, 8, 1))
     cfg = tiny_config(model={"kind": "vaegan", "disc_channels": (4, 8)}, train={"epochs": 1, "batch_size": 20})

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vaekit.tracking import flatten_config, metrics_of
+from vaekit.training.tracking import flatten_config, metrics_of
 
 
 def test_flatten_config_and_metrics_of():
@@ -18,7 +18,7 @@ def test_mlflow_logger_file_store(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    from vaekit.tracking import MlflowLogger, log_run_artifacts
+    from vaekit.training.tracking import MlflowLogger, log_run_artifacts
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
@@ -47,7 +47,7 @@ def test_mlflow_logger_marks_a_failed_run(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    from vaekit.tracking import MlflowLogger
+    from vaekit.training.tracking import MlflowLogger
 
     uri = (tmp_path / "store").as_uri()
     with pytest.raises(RuntimeError):
@@ -62,7 +62,7 @@ def _mlflow_training(tmp_path, monkeypatch, epochs: int):
     from mlflow.tracking import MlflowClient
 
     from conftest import synthetic_splits, tiny_config
-    from vaekit.trainer import train
+    from vaekit.training.trainer import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     splits = synthetic_splits(n=80)
@@ -86,7 +86,7 @@ def test_resumed_training_continues_the_same_mlflow_run(tmp_path, monkeypatch):
     import dataclasses
     import json
 
-    from vaekit.trainer import train
+    from vaekit.training.trainer import train
 
     cfg, run_dir, client, runs = _mlflow_training(tmp_path, monkeypatch, epochs=1)
     first_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from vaekit import checkpoint as ck
+from vaekit.runs import checkpoint as ck
 from vaekit.errors import VaekitError
-from vaekit.trainer import Trainer, TrainingDiverged, collapse_warning, learning_rate_schedule, train
+from vaekit.training.trainer import Trainer, TrainingDiverged, collapse_warning, learning_rate_schedule, train
 
 from conftest import default_sigint, replace, synthetic_splits, tiny_config
 
@@ -121,7 +121,7 @@ def test_global_norm_and_its_clip_equal_numpy_and_optax():
     import jax.numpy as jnp
     import optax
 
-    from vaekit.trainer import clip_by_global_norm, global_norm
+    from vaekit.training.trainer import clip_by_global_norm, global_norm
 
     rng = np.random.default_rng(0)
     tree = {"w": rng.normal(size=(784, 200)), "b": rng.normal(size=200), "v": [rng.normal(size=(3, 4, 5))]}
@@ -225,7 +225,7 @@ def test_chunks_run_unguarded_and_rerun_guarded_only_when_a_step_diverges(splits
     idx = fast.epoch_indices(0, 4)
     s_fast, m_fast = fast._chunk(fast.state, fast.train_data, idx)
     s_guard, m_guard = guarded._guarded_chunk(guarded.state, guarded.train_data, idx)
-    from vaekit import metrics as metrics_lib
+    from vaekit.core import metrics as metrics_lib
 
     loss = lambda m: np.asarray(metrics_lib.values(m)["loss"])  # noqa: E731
     np.testing.assert_allclose(loss(m_fast), loss(m_guard), rtol=1e-5)
@@ -261,7 +261,7 @@ def test_a_ctrl_c_python_swallowed_still_stops_the_run(tmp_path, monkeypatch, sp
     import signal
     import sys
 
-    T = sys.modules["vaekit.trainer"]  # the module (the package's `train` attribute is the function)
+    T = sys.modules["vaekit.training.trainer"]  # the module (the package's `train` attribute is the function)
 
     _fake_data(monkeypatch, splits)
     guard = T._guard_finite
@@ -370,7 +370,7 @@ def test_init_state_in_one_jit_equals_the_eager_build(model, splits):
     same bits as building them op by op."""
     from flax import nnx
 
-    from vaekit.trainer import _init_state, init_state
+    from vaekit.training.trainer import _init_state, init_state
 
     cfg = tiny_config(model=model)
     jm, jitted = init_state(cfg, splits.spec, 10)

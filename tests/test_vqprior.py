@@ -13,13 +13,13 @@ from flax import nnx
 
 from conftest import synthetic_splits, tiny_config
 from test_vqvae import TRAIN, tiny_vq_run
-from vaekit import checkpoint as ck
-from vaekit.checkpoint import load_run
+from vaekit.runs import checkpoint as ck
+from vaekit.runs.checkpoint import load_run
 from vaekit.errors import VaekitError
-from vaekit.metrics import values
+from vaekit.core.metrics import values
 from vaekit.models import build_model
 from vaekit.nets.pixelcnn import GatedPixelCNN
-from vaekit.trainer import train
+from vaekit.training.trainer import train
 
 PRIOR = {"kind": "vqprior", "prior_channels": 8, "prior_layers": 1}
 

@@ -12,13 +12,13 @@ import pytest
 from flax import nnx
 
 from conftest import synthetic_splits, tiny_config
-from vaekit.checkpoint import load_run
+from vaekit.runs.checkpoint import load_run
 from vaekit.data import DataSpec
 from vaekit.errors import VaekitError
-from vaekit.metrics import values
+from vaekit.core.metrics import values
 from vaekit.models import build_model
 from vaekit.models.vqvae import Codebook, Quantized, batch_perplexity, code_statistics
-from vaekit.trainer import train
+from vaekit.training.trainer import train
 
 TINY = {"kind": "vqvae", "codebook_size": 8, "code_dim": 4, "channels": 8, "res_blocks": 1, "stages": 2}
 TRAIN = {"epochs": 1, "batch_size": 20, "chunk_steps": 3}

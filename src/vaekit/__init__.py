@@ -6,17 +6,13 @@
     x_hat = run.model.reconstruct(x)   # decoder mean at the posterior mean
 """
 
-from vaekit import _xla
-
-_xla.configure()  # before anything below can start JAX's backends
-_xla.configure_malloc()  # before JAX starts its threads
-_xla.configure_cache()  # JAX reads its cache settings from the environment when it is imported
-
+# Importing vaekit changes nothing in the process (environment, malloc, JAX's config, log levels):
+# the CPU speed settings are `vaekit.runtime.configure()`, which the `vaekit` command applies first.
 # Everything below is imported on first use (PEP 562), so that `import vaekit` and `vaekit --help`
 # do not import JAX, Flax, Optax or Orbax.
 _LAZY = {
-    "Run": "vaekit.checkpoint",
-    "load_run": "vaekit.checkpoint",
+    "Run": "vaekit.runs.checkpoint",
+    "load_run": "vaekit.runs.checkpoint",
     "Config": "vaekit.config",
     "DataConfig": "vaekit.config",
     "ModelConfig": "vaekit.config",
@@ -34,8 +30,8 @@ _LAZY = {
     "Capabilities": "vaekit.models",
     "ParamGroup": "vaekit.models",
     "build_model": "vaekit.models",
-    "Trainer": "vaekit.trainer",
-    "train": "vaekit.trainer",
+    "Trainer": "vaekit.training.trainer",
+    "train": "vaekit.training.trainer",
 }
 
 

@@ -43,7 +43,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from vaekit.files import atomic_write  # noqa: E402
+from vaekit.runs.layout import atomic_write  # noqa: E402
 
 #: Smallest size in pixels of a tile's longer side that integer upscaling aims for.
 MIN_TILE = 56

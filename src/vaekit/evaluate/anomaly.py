@@ -283,7 +283,7 @@ def score_run(run, *, data: str | Path | None = None, split: str | None = None, 
               batch_size: int = 100, seed: int = EVAL_SEED, progress: bool = False, write: bool = True) -> dict:
     """Score an .npz file (`data`) or a split of the run's data and, with labels, measure the scores.
 
-    The data is prepared as the run's evaluation data (`vaekit.embed.examples`: shape checked
+    The data is prepared as the run's evaluation data (`vaekit.evaluate.embed.examples`: shape checked
     against the run, binarized with the evaluation seed for a binarized model). A conditional
     model is scored under `normal_label` when given ("how well does x fit the normal class"),
     else by its class-marginal likelihood (the labels of anomaly data are flags, not classes).
@@ -292,8 +292,8 @@ def score_run(run, *, data: str | Path | None = None, split: str | None = None, 
     Returns {"scores": {name: (N,)}, "y": labels or None, "is_anomaly": (N,) bool or None,
     "metrics": {name: {"auroc", "auprc", ...}} (empty without labels), "summary": dict}.
     """
-    from vaekit.checkpoint import read_json, write_json_atomic
-    from vaekit.embed import examples
+    from vaekit.runs.checkpoint import read_json, write_json_atomic
+    from vaekit.evaluate.embed import examples
     from vaekit.progress import progress_bar
 
     arrays = examples(run, data=data, split=split, limit=limit)
@@ -339,7 +339,7 @@ def score_run(run, *, data: str | Path | None = None, split: str | None = None, 
 def write_scores(path: str | Path, scores: dict[str, np.ndarray], y=None, is_anomaly=None) -> Path:
     """Write per-example scores to .npz (one array per score, plus y and is_anomaly) or .csv (a
     header row, one row per example), atomically: nothing is left behind on an error."""
-    from vaekit.files import atomic_write
+    from vaekit.runs.layout import atomic_write
 
     path = Path(path)
     cols = {"index": np.arange(len(next(iter(scores.values()))))}

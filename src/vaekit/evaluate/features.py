@@ -111,7 +111,7 @@ def to_arrays(net: FeatureNet) -> dict[str, np.ndarray]:
 
 def save(path: str | Path, net: FeatureNet, meta: dict | None = None) -> str:
     """Write the net to PATH.npz and PATH.json ({"sha256", **meta}); returns the digest."""
-    from vaekit.files import atomic_write, write_text_atomic
+    from vaekit.runs.layout import atomic_write, write_text_atomic
 
     path = Path(path)
     arrays = to_arrays(net)

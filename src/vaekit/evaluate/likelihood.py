@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from vaekit.errors import VaekitError
-from vaekit.metrics import ACTIVE_UNIT_VARIANCE, active_unit_count, active_units_per_layer
+from vaekit.core.metrics import ACTIVE_UNIT_VARIANCE, active_unit_count, active_units_per_layer
 from vaekit.progress import progress_bar
 
 IWAE_BOUNDS = (1, 5, 50)
@@ -159,9 +159,9 @@ def token_summary(model: nnx.Module, data: dict, nll: np.ndarray, batch_size: in
 
     The token count: every word and the <eos> of every sentence, never padding;
     perplexity = exp(total NLL / tokens), the convention of Bowman et al. 2016."""
-    from vaekit import metrics as metrics_lib
+    from vaekit.core import metrics as metrics_lib
     from vaekit.data.text import sentence_lengths
-    from vaekit.trainer import step_rngs
+    from vaekit.training.trainer import step_rngs
 
     count = float(sentence_lengths(data["x"]).sum())
     out = {"tokens": int(count), "nll_per_token": float(nll.sum() / count),
@@ -197,7 +197,7 @@ def evaluate(
     Returns a summary dict: NLL (nats) with its standard error, ELBO, IWAE bounds, bits per
     dimension, active units, reconstruction error, examples and draws, wall time.
     """
-    from vaekit.checkpoint import Run, load_run, read_json, write_json_atomic
+    from vaekit.runs.checkpoint import Run, load_run, read_json, write_json_atomic
 
     if not isinstance(run, Run):
         run = load_run(run)
@@ -205,7 +205,7 @@ def evaluate(
         raise VaekitError(f"--split must be train, val or test, got '{split}'")
     if limit is not None and limit <= 0:
         raise VaekitError(f"--limit must be positive, got {limit}")
-    from vaekit.distributions import DISCRETE_LIKELIHOODS
+    from vaekit.core.distributions import DISCRETE_LIKELIHOODS
     from vaekit.models import require
 
     require(run.model, "likelihood_bound", "vaekit evaluate")

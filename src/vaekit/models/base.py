@@ -8,7 +8,7 @@ with these methods:
         The training objective, with everything the model's config asks for (beta, annealing,
         free bits, capacity, IWAE, a discriminator, codebook terms). `loss` is a scalar to
         minimize, or {group name: scalar} when the model has several parameter groups.
-        `metrics` maps names to `vaekit.metrics.Mean` (exact sums over denominators) or plain
+        `metrics` maps names to `vaekit.core.metrics.Mean` (exact sums over denominators) or plain
         scalars. `step` is a traced array; `rngs` has the streams "sample", "dropout", "noise".
         This is the only method the trainer needs.
     log_weights(batch, k, *, rngs) -> (B, k)            [capability likelihood_bound]

@@ -32,9 +32,9 @@ from flax import nnx
 
 from vaekit.config import ModelConfig, ObjectiveConfig, changed_objective
 from vaekit.data.spec import DataSpec
-from vaekit.distributions import LOG_2PI
+from vaekit.core.distributions import LOG_2PI
 from vaekit.errors import VaekitError
-from vaekit.metrics import mean_of
+from vaekit.core.metrics import mean_of
 from vaekit.models.base import ParamGroup
 from vaekit.models.vae import VAE, variational_objective
 

@@ -32,10 +32,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vaekit.config import ModelConfig
-from vaekit.distributions import (DiagonalGaussian, posterior_scale, standard_normal_log_prob,
+from vaekit.core.distributions import (DiagonalGaussian, posterior_scale, standard_normal_log_prob,
                                   standard_normal_log_prob_per_dim)
 from vaekit.errors import VaekitError
-from vaekit.metrics import mean_of
+from vaekit.core.metrics import mean_of
 from vaekit.models.base import Capabilities
 from vaekit.models.vae import VAE
 from vaekit.nets.dense import DenseBlock

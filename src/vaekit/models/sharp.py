@@ -3,7 +3,7 @@
     loss = recon_weight * (H W C) * R(x, x_hat) + beta * KL(q(z|x) || p(z))
 
 x_hat is the decoder's output (a sigmoid, in [0, 1]) at one posterior draw; R is a per-pixel-scale
-image loss chosen by `model.recon_loss` (`vaekit.image_losses`):
+image loss chosen by `model.recon_loss` (`vaekit.core.image_losses`):
 
     "l1"          mean |x - x_hat|  (recon_weight 10: a Laplace likelihood of scale 0.1, constants dropped)
     "ssim"        1 - SSIM
@@ -30,14 +30,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from vaekit import image_losses, objectives
+from vaekit.core import image_losses
+
+from vaekit.core import objectives
 from vaekit.config import ModelConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
-from vaekit.metrics import mean_of
+from vaekit.core.metrics import mean_of
 from vaekit.models.base import Capabilities, ParamGroup
 from vaekit.models.vae import VAE
-from vaekit.priors import kl_divergence
+from vaekit.core.priors import kl_divergence
 
 RECON_LOSSES = ("l1", "ssim", "msssim", "msssim_l1", "perceptual")
 

@@ -38,12 +38,12 @@ from flax import nnx
 from vaekit.config import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
 from vaekit.data.text import BOS, EOS, PAD, UNK
-from vaekit.distributions import DiagonalGaussian, posterior_scale
+from vaekit.core.distributions import DiagonalGaussian, posterior_scale
 from vaekit.errors import VaekitError
-from vaekit.metrics import mean_of
+from vaekit.core.metrics import mean_of
 from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup
 from vaekit.models.vae import variational_objective
-from vaekit.priors import StandardNormal
+from vaekit.core.priors import StandardNormal
 
 log = logging.getLogger("vaekit")
 

@@ -16,16 +16,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vaekit import objectives
+from vaekit.core import objectives
 from vaekit.config import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
-from vaekit.distributions import LIKELIHOODS, DiagonalGaussian, posterior_scale
+from vaekit.core.distributions import LIKELIHOODS, DiagonalGaussian, posterior_scale
 from vaekit.errors import VaekitError
-from vaekit.metrics import mean_of
+from vaekit.core.metrics import mean_of
 from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup
 from vaekit.nets import build_decoder, build_encoder, output_layer
-from vaekit.flows import IAF, FlowPosterior, planar_params, planar_transform
-from vaekit.priors import StandardNormal, VampPrior, kl_divergence
+from vaekit.core.flows import IAF, FlowPosterior, planar_params, planar_transform
+from vaekit.core.priors import StandardNormal, VampPrior, kl_divergence
 
 PLANAR_INIT_SCALE = 0.1  # the planar steps' parameter outputs start at this fraction of the default initial scale
 

@@ -33,7 +33,7 @@ from flax import nnx
 from vaekit.config import ModelConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
-from vaekit.metrics import mean_of
+from vaekit.core.metrics import mean_of
 from vaekit.models.base import Capabilities, ParamGroup
 from vaekit.models.sharp import ImageLossVAE
 from vaekit.nets.cpu_conv import conv

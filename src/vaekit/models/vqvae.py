@@ -33,9 +33,9 @@ from flax import nnx, struct
 
 from vaekit.config import ModelConfig, ObjectiveConfig, changed_objective
 from vaekit.data.spec import DataSpec
-from vaekit.distributions import LIKELIHOODS
+from vaekit.core.distributions import LIKELIHOODS
 from vaekit.errors import VaekitError
-from vaekit.metrics import mean_of
+from vaekit.core.metrics import mean_of
 from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup, apply_batched
 from vaekit.nets.cpu_conv import conv, conv_transpose
 

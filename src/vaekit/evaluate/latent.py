@@ -83,7 +83,7 @@ def attribute_vector(z: np.ndarray, y: np.ndarray, attribute: int) -> np.ndarray
 
 
 def _codes(run, split: str, limit: int | None):
-    from vaekit.embed import encode_all, examples
+    from vaekit.evaluate.embed import encode_all, examples
 
     data = examples(run, split=split, limit=limit)
     if "y" not in data:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vaekit.errors import VaekitError
-from vaekit.files import check_out, write_text_atomic
+from vaekit.runs.layout import check_out, write_text_atomic
 
 DECODE_METHODS = ("sample", "greedy", "topk", "beam")  # vaekit sample --decode: TextVAE.generate's, and beam_search
 TEXT_FLAGS = (("text", "--text"), ("between", "--between"), ("decode", "--decode"), ("beam", "--beam"),
@@ -19,7 +19,7 @@ TEXT_FLAGS = (("text", "--text"), ("between", "--between"), ("decode", "--decode
 
 def is_text_run(path) -> bool:
     """Whether the run directory at `path` was trained on token data (read from run.json, no model loaded)."""
-    from vaekit import checkpoint as ck
+    from vaekit.runs import checkpoint as ck
     from vaekit.data.spec import DataSpec
 
     run_dir = ck.check_run_dir(path)
@@ -132,7 +132,7 @@ def cmd_interpolate(args, load) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from vaekit.latent import interpolate
+    from vaekit.evaluate.latent import interpolate
     from vaekit.models import require
 
     _no_label(args)

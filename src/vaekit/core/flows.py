@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vaekit.distributions import DiagonalGaussian
+from vaekit.core.distributions import DiagonalGaussian
 
 # --------------------------------------------------------------------------- planar
 

@@ -47,7 +47,7 @@ import optax
 from flax import nnx
 
 from vaekit import distributed
-from vaekit import metrics as metrics_lib
+from vaekit.core import metrics as metrics_lib
 from vaekit import nets as nets_lib
 from vaekit.config import Config, TrainConfig
 from vaekit.errors import VaekitError
@@ -765,7 +765,7 @@ def _watch_sigint():
 
 
 def _train(cfg, runs_dir, name, overwrite, resume, progress, layers, main) -> Path:
-    from vaekit import checkpoint as ck
+    from vaekit.runs import checkpoint as ck
     from vaekit.config import default_run_name
     from vaekit.data import load_configured
 
@@ -805,7 +805,7 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
     """`train` once the run directory exists and is locked: restore, loop, pictures, status."""
     from tensorboardX import SummaryWriter
 
-    from vaekit import checkpoint as ck
+    from vaekit.runs import checkpoint as ck
 
     history: list[dict] = []
     info: dict = {}
@@ -860,7 +860,7 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
         on = "tensorboard" in cfg.train.loggers and main
         writer = SummaryWriter(str(run_dir / "tensorboard")) if on else _NoWriter()
         if "mlflow" in cfg.train.loggers and main:
-            from vaekit.tracking import MlflowLogger
+            from vaekit.training.tracking import MlflowLogger
 
             tracker = MlflowLogger(run_dir, run_id=info.get("mlflow_run_id") if resuming else None)
             tracker.log_params(cfg.to_dict())
@@ -888,7 +888,7 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
         if history:
             info["final"] = {k: v for k, v in history[-1].items() if not isinstance(v, list)}
         if tracker is not None:
-            from vaekit.tracking import log_run_artifacts
+            from vaekit.training.tracking import log_run_artifacts
 
             log_run_artifacts(tracker, run_dir)
             tracker.close("FINISHED")
@@ -935,7 +935,7 @@ def _parameter_count(params: dict) -> int:
 
 def _write_info(run_dir: Path, info: dict) -> None:
     """run.json, written by process 0 only (the one process of a single-process run)."""
-    from vaekit import checkpoint as ck
+    from vaekit.runs import checkpoint as ck
 
     if distributed.is_main():
         ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
@@ -961,7 +961,7 @@ class _PicturesFailed(Exception):
 def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: list, writer, ckpt, progress: bool,
           tracker=None):
     """The epoch loop: fit, validate, record, checkpoint, until the run's last step."""
-    from vaekit import checkpoint as ck
+    from vaekit.runs import checkpoint as ck
 
     bar = progress_bar(progress, "training", "steps")
     start_step = int(trainer.state["step"])

@@ -1,4 +1,9 @@
-"""XLA CPU settings vaekit applies before JAX starts its backends.
+"""Process-wide settings for speed on CPU: XLA flags, glibc malloc, JAX's compilation cache, log levels.
+
+`import vaekit` applies none of them: a library changes nothing in the process that imports it.
+The `vaekit` command applies them all first thing (`configure()`), before JAX is imported; a
+notebook, script or service that wants the same speed calls `vaekit.runtime.configure()` before
+its first JAX computation. Each setting is below, with the measurement that chose it.
 
 XLA's CPU backend in jaxlib 0.10 hands some fusions to the YNNPACK library
 (`--xla_cpu_experimental_ynn_fusion_type`). For vaekit's workloads that is slower: a profile of
@@ -8,11 +13,11 @@ fusions off, XLA's own emitters run the step at 2.7 ms (30,000 -> 36,400 trainin
 and the importance-sampled NLL 1.3x faster on the project's 2-core CPU; the `shapes-beta` conv
 step is the same within noise (docs/benchmarks.md).
 
-`configure()` turns them off by adding `--xla_cpu_experimental_ynn_fusion_type=` to XLA_FLAGS,
+`configure_xla()` turns them off by adding `--xla_cpu_experimental_ynn_fusion_type=` to XLA_FLAGS,
 unless the user's XLA_FLAGS already set that flag, `VAEKIT_XLA_DEFAULTS=0` opts out, or the
 installed jaxlib is outside the tested 0.10 series (an unknown flag would abort XLA). XLA reads
 XLA_FLAGS when the first computation starts its backends, so this takes effect when vaekit is
-imported before anything has run on JAX (the CLI always is); the flag concerns the CPU backend
+configured before anything has run on JAX (the CLI always is); the flag concerns the CPU backend
 only.
 
 `configure_cache()` turns on JAX's persistent compilation cache in a user cache directory
@@ -29,7 +34,10 @@ kernel time per step. With one arena, no mmap'd chunks and no trimming (what MAL
 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 would set, here through `mallopt`) the faults
 drop to ~0, and the step from 80 to 60 ms (docs/benchmarks.md). The price: the process keeps its
 peak heap until it exits. Linux/glibc only; off with `VAEKIT_MALLOC=0` or `VAEKIT_XLA_DEFAULTS=0`.
-It is applied on `import vaekit`, before JAX starts its threads when vaekit is imported first.
+`configure()` applies it before JAX starts its threads when it runs before JAX's import.
+
+`configure_logging()` lowers absl's log level to WARNING: Orbax logs every checkpoint save and
+restore at INFO through absl.
 """
 
 from __future__ import annotations
@@ -42,7 +50,17 @@ YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 TESTED_JAXLIB = "0.10."
 
 
-def configure() -> bool:
+def configure() -> dict[str, bool]:
+    """Apply every setting of this module (each one's own opt-out respected); {setting: applied}.
+
+    Call it before the process's first JAX computation (before importing JAX is best): XLA reads
+    XLA_FLAGS when its backends start, and malloc's settings apply to threads started after them.
+    """
+    return {"xla": configure_xla(), "malloc": configure_malloc(), "cache": configure_cache(),
+            "logging": configure_logging()}
+
+
+def configure_xla() -> bool:
     """Add vaekit's XLA CPU defaults to XLA_FLAGS. Returns whether XLA_FLAGS was changed."""
     if os.environ.get("VAEKIT_XLA_DEFAULTS", "1") == "0":
         return False
@@ -90,9 +108,22 @@ def configure_cache() -> bool:
     if os.environ.get("VAEKIT_COMPILATION_CACHE", "1") == "0" or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return False
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir())
+    if "jax" in sys.modules:  # imported already: it read its environment then, so tell its config too
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     # Cache every compilation (JAX's default caches those over 1 s only). The small ones add up: a
     # run compiles each primitive that builds the model and its optimizer state once, eagerly, and
     # a cache of them all took the warm `vaekit train --set train.epochs=1 --set data.limit=1000`
     # from 3.6-4.0 to 2.6-3.1 s (0.1 s threshold before; 752 against 476 KB of cache).
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    return True
+
+
+def configure_logging() -> bool:
+    """absl (Orbax's logger) at WARNING: no INFO line per checkpoint save. Returns True."""
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.WARNING)
     return True

@@ -60,7 +60,7 @@ def free_bits_kl(kl_per_dim: jax.Array, free_bits: float) -> jax.Array:
 def kl_term(kl, step: jax.Array, cfg: ObjectiveConfig, *, latent_dim: int = 1) -> tuple[jax.Array, dict]:
     """The KL part of the training loss (a batch mean) and the schedule values used.
 
-    kl: a `vaekit.priors.KL` (per-example totals (B,), and (B, D) per dimension when a closed
+    kl: a `vaekit.core.priors.KL` (per-example totals (B,), and (B, D) per dimension when a closed
     form gives them) or a (B, D) array of per-dimension KLs. With capacity control on
     (capacity_max > 0) the term is gamma * |KL - C(step)| (Burgess et al. 2018); otherwise
     beta(step) * KL, where KL uses free bits when free_bits > 0: per dimension where the

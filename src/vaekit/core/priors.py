@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from vaekit.distributions import LOG_2PI, DiagonalGaussian, posterior_scale, standard_normal_log_prob
+from vaekit.core.distributions import LOG_2PI, DiagonalGaussian, posterior_scale, standard_normal_log_prob
 
 
 @struct.dataclass

@@ -14,9 +14,9 @@ import sys
 import threading
 from pathlib import Path
 
-from vaekit import text_cli
+import vaekit.cli.text as text_cli
 from vaekit.errors import VaekitError
-from vaekit.files import check_out
+from vaekit.runs.layout import check_out
 
 EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -54,7 +54,7 @@ def _train_command(args) -> None:
     distributed.initialize()  # joins a multi-process run when VAEKIT_COORDINATOR etc. (or a cluster) say so
 
     if args.resume:
-        from vaekit import checkpoint as ck
+        from vaekit.runs import checkpoint as ck
 
         run_dir = ck.check_run_dir(args.resume)
         if args.preset or args.config:
@@ -80,8 +80,10 @@ def _train_command(args) -> None:
     import orbax.checkpoint  # noqa: F401
     import tensorboardX  # noqa: F401
 
-    from vaekit import checkpoint, plots  # noqa: F401
-    from vaekit.trainer import train
+    from vaekit import plots  # noqa: F401
+
+    from vaekit.runs import checkpoint
+    from vaekit.training.trainer import train
 
     path = train(
         cfg,
@@ -96,7 +98,7 @@ def _train_command(args) -> None:
 
 
 def _load(args):
-    from vaekit.checkpoint import load_run
+    from vaekit.runs.checkpoint import load_run
 
     return load_run(args.run, checkpoint=args.checkpoint)
 
@@ -107,7 +109,7 @@ def _save_array_or_grid(path: Path, images, ncols: int, title: str, row_labels=N
     from vaekit import plots
 
     if path.suffix.lower() == ".npy":
-        from vaekit.files import atomic_write
+        from vaekit.runs.layout import atomic_write
 
         def save(tmp):
             with open(tmp, "wb") as f:  # a file object: np.save would append .npy to the name
@@ -144,7 +146,7 @@ def cmd_sample(args) -> None:
     import jax.numpy as jnp
     from flax import nnx
 
-    from vaekit.trainer import sample_grid
+    from vaekit.training.trainer import sample_grid
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
@@ -248,7 +250,7 @@ def cmd_interpolate(args) -> None:
         x, y = x[:-1], None if y is None else y[:-1]
     y = _labels(run, y)
     mu = np.asarray(run.model.encode(jnp.asarray(x), y).mean)  # (2P, D)
-    from vaekit.latent import interpolate
+    from vaekit.evaluate.latent import interpolate
 
     z = interpolate(mu[0::2], mu[1::2], args.steps, args.method).astype(np.float32)  # (P, steps, D)
     yz = None if y is None else jnp.repeat(y[0::2], args.steps)
@@ -363,8 +365,8 @@ def _table(title: str, header=("field", "value")):
 
 
 def cmd_info(args) -> None:
-    from vaekit import checkpoint as ck
-    from vaekit.trainer import collapse_warning
+    from vaekit.runs import checkpoint as ck
+    from vaekit.training.trainer import collapse_warning
 
     run_dir = ck.check_run_dir(args.run)
     info = ck.read_json(run_dir / ck.RUN_FILE)
@@ -443,7 +445,7 @@ def cmd_info(args) -> None:
 
 def _show_results(console, run_dir: Path) -> None:
     """evaluation.json, disentanglement.json and quality.json of a run, where present."""
-    from vaekit import checkpoint as ck
+    from vaekit.runs import checkpoint as ck
 
     path = run_dir / "evaluation.json"
     if path.exists():
@@ -634,10 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ps = command("presets", "list the named recipes")
     ps.set_defaults(func=cmd_presets)
-    from vaekit import cli_tools  # report, anomaly, embed, arithmetic, latent-map
+    import vaekit.cli.tools as cli_tools  # report, anomaly, embed, arithmetic, latent-map
 
     cli_tools.register(command, run_arg)
-    from vaekit import cli_quality  # quality
+    import vaekit.cli.quality as cli_quality  # quality
 
     cli_quality.register(command, run_arg)
     return p
@@ -691,7 +693,11 @@ def _rich_handler():
 
 
 def entry() -> None:
-    """The `vaekit` command (and `python -m vaekit.cli`): `main`, then `exit_now` with its status."""
+    """The `vaekit` command (and `python -m vaekit.cli`): the process's CPU settings
+    (`vaekit.runtime.configure`, before JAX is imported), `main`, then `exit_now` with its status."""
+    from vaekit import runtime
+
+    runtime.configure()
     exit_now(main())
 
 
@@ -718,6 +724,3 @@ def exit_now(code: int) -> None:
             pass
     os._exit(code)
 
-
-if __name__ == "__main__":
-    entry()

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vaekit.errors import VaekitError
-from vaekit.files import atomic_write, check_out
+from vaekit.runs.layout import atomic_write, check_out
 
 EMBED_BATCH = 1024  # examples per encoded block
 

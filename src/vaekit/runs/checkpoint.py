@@ -41,7 +41,7 @@ from flax import nnx
 from vaekit import config as config_lib
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
-from vaekit.files import write_text_atomic
+from vaekit.runs.layout import write_text_atomic
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -50,9 +50,6 @@ CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = "lock"
 
 log = logging.getLogger("vaekit")
-
-# Orbax logs every save at INFO; a training log has no use for that.
-logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

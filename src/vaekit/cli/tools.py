@@ -2,7 +2,7 @@
 
 `register(command, run_arg)` adds them to the `vaekit` parser (cli.build_parser calls it); each
 cmd_* function is a few lines over the library (vaekit.report, vaekit.evaluate.anomaly,
-vaekit.embed, vaekit.latent). As everywhere in the CLI, a user's mistake is a one-line
+vaekit.evaluate.embed, vaekit.evaluate.latent). As everywhere in the CLI, a user's mistake is a one-line
 `VaekitError` (exit status 2), output paths are checked before any work, and outputs are
 written atomically: an error leaves no partial file behind.
 """
@@ -10,7 +10,7 @@ written atomically: an error leaves no partial file behind.
 from __future__ import annotations
 
 from vaekit.errors import VaekitError
-from vaekit.files import check_out
+from vaekit.runs.layout import check_out
 
 
 def _console(stderr: bool = False):
@@ -20,7 +20,7 @@ def _console(stderr: bool = False):
 
 
 def _load(args):
-    from vaekit.checkpoint import load_run
+    from vaekit.runs.checkpoint import load_run
 
     return load_run(args.run, checkpoint=args.checkpoint)
 
@@ -62,7 +62,7 @@ def cmd_anomaly(args) -> None:
 
 
 def cmd_embed(args) -> None:
-    from vaekit.embed import _out_kind, embed
+    from vaekit.evaluate.embed import _out_kind, embed
 
     out = check_out(args.out, (".npz", ".parquet"))
     _out_kind(out)  # pyarrow present for .parquet, before any work
@@ -75,7 +75,7 @@ def cmd_embed(args) -> None:
 
 
 def cmd_arithmetic(args) -> None:
-    from vaekit.latent import save_arithmetic
+    from vaekit.evaluate.latent import save_arithmetic
 
     out = check_out(args.out, (".png",))
     if args.n < 1:
@@ -86,7 +86,7 @@ def cmd_arithmetic(args) -> None:
 
 
 def cmd_latent_map(args) -> None:
-    from vaekit.latent import save_latent_map
+    from vaekit.evaluate.latent import save_latent_map
 
     out = check_out(args.out, (".png",))
     if not 2 <= args.n <= 64:
