@@ -70,7 +70,7 @@ def _scores(run, x, normal_label, y, samples, reference):
 def one_class(args, runs_dir: Path) -> dict:
     import numpy as np
 
-    from vaekit.runs.checkpoint import load_run
+    from vaekit.runs.run import load_run
     from vaekit.data import EVAL_BINARIZATION_SEED, binarize_fixed
     from vaekit.data.mnist import load_mnist_raw
 
@@ -102,7 +102,7 @@ def ood(args, runs_dir: Path) -> dict:
     import numpy as np
     from PIL import Image
 
-    from vaekit.runs.checkpoint import load_run
+    from vaekit.runs.run import load_run
     from vaekit.data import EVAL_BINARIZATION_SEED, binarize_fixed
     from vaekit.data.shapes import load_shapes_splits
 

@@ -43,7 +43,7 @@ def main() -> None:
     import vaekit  # noqa: F401  (first: its XLA settings)
     import jax
 
-    from vaekit.runs.checkpoint import load_run
+    from vaekit.runs.run import load_run
     from vaekit.evaluate.disentanglement import evaluate_run, headline
 
     runs = Path(args.runs_dir or tempfile.mkdtemp(prefix="vaekit-mig-curve-"))

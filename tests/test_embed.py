@@ -11,7 +11,7 @@ from vaekit.evaluate.embed import NpzReader, encode_all, examples, linear_probe
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from vaekit.runs.checkpoint import load_run
+    from vaekit.runs.run import load_run
 
     return load_run(trained_run_dir(tmp_path_factory))
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 from conftest import synthetic_splits, synthetic_token_splits, tiny_config
 from vaekit.core import metrics as metrics_lib
-from vaekit.runs.checkpoint import load_run
+from vaekit.runs.run import load_run
 from vaekit.models import MODELS, Capabilities, Model, build_model
 from vaekit.training.trainer import Trainer, train
 

@@ -18,10 +18,11 @@ import pytest
 import yaml
 from flax import nnx
 
-from vaekit.runs import checkpoint as ck
 from vaekit import config as C
 from vaekit.cli import build_parser, main
 from vaekit.errors import VaekitError
+from vaekit.runs import layout
+from vaekit.runs.run import Run
 from vaekit.training.trainer import Trainer, TrainingDiverged, train
 
 from conftest import default_sigint, replace, synthetic_splits, tiny_config
@@ -99,7 +100,7 @@ def test_1_config_file_starts_from_a_preset_and_every_layer_is_recorded(tmp_path
     assert "━" not in out  # item 16: no progress bar when stdout is not a terminal, and whole lines
     assert [line for line in out.splitlines() if line.startswith("epoch 1/1") and line.endswith("ex/s")], out
     assert "compiling the training step" in caplog.text  # item 17
-    assert not (run / ck.LOCK_FILE).exists()  # item 7: the lock is released on exit
+    assert not (run / layout.LOCK_FILE).exists()  # item 7: the lock is released on exit
 
 
 def test_2_explicit_epochs_win_over_a_presets_steps():
@@ -141,7 +142,7 @@ def test_6_ctrl_c_before_the_first_checkpoint_prints_the_path_and_resumes_from_s
     assert f"vaekit train --resume {run}" in err.strip().splitlines()[-1]
     assert not (run / "checkpoints" / "latest").exists() or not any((run / "checkpoints" / "latest").iterdir())
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
-    assert not (run / ck.LOCK_FILE).exists()
+    assert not (run / layout.LOCK_FILE).exists()
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # no checkpoint: trained from the start
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
     assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1]
@@ -154,13 +155,13 @@ def test_7_8_a_second_process_is_refused_and_a_dead_owner_reads_interrupted(tmp_
     run = runs / "x"
     try:
         _wait_for(lambda: _running(run), proc)
-        owner = json.loads((run / ck.LOCK_FILE).read_text())
+        owner = json.loads((run / layout.LOCK_FILE).read_text())
         assert owner["pid"] == proc.pid and owner["host"] == socket.gethostname()
         _err(capsys, ["train", "--resume", str(run), "--no-progress"], f"is in use by process {proc.pid}")
         _err(capsys, ["train", "--runs-dir", str(runs), "--name", "x", "--overwrite", *SMALL],
              f"is in use by process {proc.pid}")
         with pytest.raises(VaekitError, match="already exists"):  # two new runs racing: one line, not FileExistsError
-            ck.create_run_dir(run, overwrite=False)
+            layout.create_run_dir(run, overwrite=False)
         assert main(["info", str(run)]) == 0
         assert f"running (process {proc.pid}" in capsys.readouterr().out
     finally:
@@ -172,7 +173,7 @@ def test_7_8_a_second_process_is_refused_and_a_dead_owner_reads_interrupted(tmp_
     assert main(["train", "--resume", str(run), "--set", "train.epochs=1", "--no-progress"]) == 0
     assert "was interrupted" in capsys.readouterr().err
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
-    assert not (run / ck.LOCK_FILE).exists()
+    assert not (run / layout.LOCK_FILE).exists()
 
 
 # ------------------------------------------------------------------ 10, 11: damaged files
@@ -252,7 +253,7 @@ def test_9_a_failure_after_training_starts_marks_the_run_failed(tmp_path, monkey
         train(tiny_config(train={"epochs": 1}), runs_dir=tmp_path, name="r", progress=False)
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["status"] == "failed" and "cannot draw this" in info["error"]
-    assert not (tmp_path / "r" / ck.LOCK_FILE).exists()
+    assert not (tmp_path / "r" / layout.LOCK_FILE).exists()
 
 
 def test_13_iwae_rejects_kl_options():
@@ -269,7 +270,7 @@ def test_14_bits_per_dim_only_for_discrete_likelihoods(monkeypatch, splits):
     for likelihood, expected in (("gaussian", False), ("bernoulli", True)):
         cfg = tiny_config(model={"likelihood": likelihood})
         model = build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))
-        run = ck.Run(Path("unused"), cfg, model, {"data_spec": splits.spec.to_dict()}, [], "best")
+        run = Run(Path("unused"), cfg, model, {"data_spec": splits.spec.to_dict()}, [], "best")
         s = evaluate(run, samples=3, limit=8, progress=False, write=False)
         assert ("bits_per_dim" in s) is expected, likelihood
 
@@ -314,16 +315,16 @@ def test_19_info_status_and_results_first_config_last(tmp_path, capsys):
     run = tmp_path / "r"
     run.mkdir()
     cfg = C.resolve("shapes-beta", None, ["train.steps=8", "train.eval_every=4"])
-    ck.write_config(run, cfg)
-    ck.write_json_atomic(run / "run.json", {"status": "complete", "epoch": 2, "step": 8, "model_kind": "vae",
+    layout.write_config(run, cfg)
+    layout.write_json_atomic(run / "run.json", {"status": "complete", "epoch": 2, "step": 8, "model_kind": "vae",
                                             "num_train": 1000, "best_metric": "val/elbo", "best": -101.83456789})
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "step": 8, "val/elbo": -101.83456789,
                                                    "val/kl": 0.000123456, "train/examples_per_s": 21421.123}) + "\n")
-    ck.write_json_atomic(run / "evaluation.json", {"test-k50-n30": {"split": "test", "examples": 30, "samples": 50,
+    layout.write_json_atomic(run / "evaluation.json", {"test-k50-n30": {"split": "test", "examples": 30, "samples": 50,
                                                                     "nll": 99.87654321, "nll_stderr": 1.2345678,
                                                                     "elbo": -104.1234567, "active_units": 7}})
-    ck.write_json_atomic(run / "disentanglement.json", {"mig": {"mig": 0.123456789}, "dci": {"disentanglement": 0.5}})
-    ck.write_json_atomic(run / "quality.json", {"fid": 12.3456789})
+    layout.write_json_atomic(run / "disentanglement.json", {"mig": {"mig": 0.123456789}, "dci": {"disentanglement": 0.5}})
+    layout.write_json_atomic(run / "quality.json", {"fid": 12.3456789})
     assert main(["info", str(run)]) == 0
     out = capsys.readouterr().out
     order = [out.index(s) for s in ("complete", "8 of 8", "-101.8", "99.88", "MIG", "0.1235", "fid", "train.steps")]

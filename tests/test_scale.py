@@ -116,8 +116,9 @@ def test_two_processes_equal_one_process_and_resume(tmp_path):
     from flax import nnx
     import jax
 
-    from vaekit.runs import checkpoint as ck
     from vaekit.cli import main
+    from vaekit.runs import layout
+    from vaekit.runs.run import load_run
 
     runs = str(tmp_path / "runs")
     rng = np.random.default_rng(0)
@@ -128,17 +129,17 @@ def test_two_processes_equal_one_process_and_resume(tmp_path):
     assert codes == [0, 0], "\n".join(o[1][-2000:] for o in outs)
     assert "step 20" in outs[0][0] and "step 20" not in outs[1][0]  # process 0 alone prints the epoch lines
     assert main(["train", "--runs-dir", runs, "--name", "one", *TRAIN_ARGS, *data]) == 0
-    two, one = ck.load_run(Path(runs) / "two", checkpoint="latest"), ck.load_run(Path(runs) / "one", checkpoint="latest")
+    two, one = load_run(Path(runs) / "two", checkpoint="latest"), load_run(Path(runs) / "one", checkpoint="latest")
     for a, b in zip(jax.tree.leaves(nnx.state(one.model)), jax.tree.leaves(nnx.state(two.model))):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)
-    assert len(ck.read_metrics(Path(runs) / "two")) == 1  # one writer: no record twice
-    np.testing.assert_allclose(ck.read_metrics(Path(runs) / "two")[0]["val/elbo"],
-                               ck.read_metrics(Path(runs) / "one")[0]["val/elbo"], rtol=1e-5)
+    assert len(layout.read_metrics(Path(runs) / "two")) == 1  # one writer: no record twice
+    np.testing.assert_allclose(layout.read_metrics(Path(runs) / "two")[0]["val/elbo"],
+                               layout.read_metrics(Path(runs) / "one")[0]["val/elbo"], rtol=1e-5)
     # Resume with both processes (Orbax restores the replicated state on each).
     codes, outs = _launch(["train", "--resume", str(Path(runs) / "two"), "--set", "train.steps=30", "--no-progress"],
                           _free_port())
     assert codes == [0, 0], "\n".join(o[1][-2000:] for o in outs)
-    records = ck.read_metrics(Path(runs) / "two")
+    records = layout.read_metrics(Path(runs) / "two")
     assert [r["step"] for r in records] == [20, 30]
     assert json.loads((Path(runs) / "two" / "run.json").read_text())["status"] == "complete"
 

@@ -98,7 +98,7 @@ def test_cli_small_images_exit_2(tmp_path, capsys):
 
 
 def test_sharp_model_has_no_likelihood_and_evaluate_says_so(tmp_path):
-    from vaekit.runs.checkpoint import Run
+    from vaekit.runs.run import Run
     from vaekit.evaluate import evaluate
 
     splits = synthetic_splits(n=8, shape=(16, 16, 1))

@@ -202,7 +202,7 @@ def text_run(tmp_path_factory):
 
 
 def test_vocabulary_round_trips_through_the_run_directory(text_run):
-    from vaekit.runs.checkpoint import load_run
+    from vaekit.runs.run import load_run
 
     run_dir, corpus = text_run
     run = load_run(run_dir)
@@ -220,7 +220,7 @@ def test_vocabulary_round_trips_through_the_run_directory(text_run):
 
 
 def test_evaluate_reports_per_word_perplexity(text_run):
-    from vaekit.runs.checkpoint import load_run
+    from vaekit.runs.run import load_run
     from vaekit.evaluate import evaluate
 
     run = load_run(text_run[0])

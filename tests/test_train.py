@@ -6,8 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from vaekit.runs import checkpoint as ck
 from vaekit.errors import VaekitError
+from vaekit.runs import checkpoint, layout
+from vaekit.runs.run import load_run
 from vaekit.training.trainer import Trainer, TrainingDiverged, collapse_warning, learning_rate_schedule, train
 
 from conftest import default_sigint, replace, synthetic_splits, tiny_config
@@ -56,8 +57,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, splits):
     full = train(cfg, runs_dir=tmp_path, name="full", progress=False)
     part = train(replace(cfg, "train", epochs=1), runs_dir=tmp_path, name="part", progress=False)
     resumed = train(cfg, resume=part, progress=False)
-    a = ck.load_run(full, checkpoint="latest").model
-    b = ck.load_run(resumed, checkpoint="latest").model
+    a = load_run(full, checkpoint="latest").model
+    b = load_run(resumed, checkpoint="latest").model
     from flax import nnx
 
     for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
@@ -79,7 +80,7 @@ def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path, monkeypat
         train(bad, resume=run, progress=False)
     assert sorted(p.name for p in (run / "checkpoints" / "latest").iterdir()) == saved
     assert json.loads((run / "run.json").read_text())["status"] == "diverged"
-    assert ck.load_run(run, checkpoint="latest").model is not None  # the good checkpoint still loads
+    assert load_run(run, checkpoint="latest").model is not None  # the good checkpoint still loads
 
 
 def test_run_directory_contents_and_no_overwrite(tmp_path, monkeypatch, splits):
@@ -93,7 +94,7 @@ def test_run_directory_contents_and_no_overwrite(tmp_path, monkeypatch, splits):
     latest, best = (sorted((run / "checkpoints" / w).iterdir())[-1] for w in ("latest", "best"))
     assert (latest / "model").is_dir() and (latest / "train").is_dir()
     assert (best / "model").is_dir() and not (best / "train").exists()
-    loaded = ck.load_run(run)
+    loaded = load_run(run)
     assert loaded.checkpoint == "best" and loaded.model is not None
     with pytest.raises(VaekitError, match="already exists"):
         train(tiny_config(), runs_dir=tmp_path, name="r", progress=False)
@@ -106,7 +107,7 @@ def test_corrupted_checkpoint_gives_clear_error(tmp_path, monkeypatch, splits):
         if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(VaekitError, match="corrupted or incomplete"):
-        ck.load_run(run)
+        load_run(run)
 
 
 def test_iwae_learning_rate_schedule_stages():
@@ -169,8 +170,8 @@ def test_steps_mode_counts_steps_validates_every_n_and_resumes_exactly(tmp_path,
     resumed = train(cfg, resume=part, progress=False)
     hist = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in hist] == [3, 6, 7, 9, 10]
-    a = ck.load_run(full, checkpoint="latest").model
-    b = ck.load_run(resumed, checkpoint="latest").model
+    a = load_run(full, checkpoint="latest").model
+    b = load_run(resumed, checkpoint="latest").model
     from flax import nnx
 
     for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
@@ -286,17 +287,17 @@ def test_max_minutes_stops_after_an_epoch_and_resume_finishes(tmp_path, monkeypa
     _fake_data(monkeypatch, splits)
     cfg = tiny_config(train={"epochs": 3, "max_minutes": 1e-6, "checkpoint_every": 5})
     run = train(cfg, runs_dir=tmp_path, name="budget", progress=False)
-    info = json.loads((run / ck.RUN_FILE).read_text())
+    info = json.loads((run / layout.RUN_FILE).read_text())
     assert info["status"] == "stopped" and info["stopped_by"] == "train.max_minutes=1e-06"
-    assert info["epoch"] == 1 and len(ck.read_metrics(run)) == 1
-    assert ck.Checkpointer(run).latest_epoch() == 1  # saved although checkpoint_every would not have
+    assert info["epoch"] == 1 and len(layout.read_metrics(run)) == 1
+    assert checkpoint.Checkpointer(run).latest_epoch() == 1  # saved although checkpoint_every would not have
     # Resuming with the budget lifted trains the remaining epochs to the same model as one run.
     resumed = train(replace(cfg, "train", max_minutes=0.0), resume=run, progress=False)
-    info = json.loads((resumed / ck.RUN_FILE).read_text())
+    info = json.loads((resumed / layout.RUN_FILE).read_text())
     assert info["status"] == "complete" and "stopped_by" not in info and info["epoch"] == 3
     full = train(replace(cfg, "train", max_minutes=0.0), runs_dir=tmp_path, name="full", progress=False)
-    a = ck.load_run(full, checkpoint="latest").model
-    b = ck.load_run(resumed, checkpoint="latest").model
+    a = load_run(full, checkpoint="latest").model
+    b = load_run(resumed, checkpoint="latest").model
     from flax import nnx
 
     for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
@@ -317,7 +318,7 @@ def test_asynchronous_save_writes_the_state_as_it_was_when_saved(tmp_path):
 
     step = jax.jit(lambda s: jax.tree.map(lambda v: v * 3.0 + 1.0, s), donate_argnums=0)
     for asynchronous in (True, False):
-        ckpt = ck.Checkpointer(tmp_path / str(asynchronous), asynchronous=asynchronous)
+        ckpt = checkpoint.Checkpointer(tmp_path / str(asynchronous), asynchronous=asynchronous)
         assert ckpt.asynchronous is asynchronous
         state = {"w": jnp.arange(200_000, dtype=jnp.float32) / 7.0, "n": jnp.asarray(3, jnp.int32) * 0}
         saved = jax.tree.map(np.array, state)

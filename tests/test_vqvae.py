@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from conftest import synthetic_splits, tiny_config
-from vaekit.runs.checkpoint import load_run
+from vaekit.runs.run import load_run
 from vaekit.data import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import values

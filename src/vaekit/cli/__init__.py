@@ -1,5 +1,5 @@
 """The `vaekit` command line (`vaekit.cli.main`)."""
 
-from vaekit.cli.main import entry, main
+from vaekit.cli.main import build_parser, entry, main
 
-__all__ = ["entry", "main"]
+__all__ = ["build_parser", "entry", "main"]

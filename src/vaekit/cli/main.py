@@ -54,7 +54,7 @@ def _train_command(args) -> None:
     distributed.initialize()  # joins a multi-process run when VAEKIT_COORDINATOR etc. (or a cluster) say so
 
     if args.resume:
-        from vaekit.runs import checkpoint as ck
+        from vaekit.runs import layout as ck
 
         run_dir = ck.check_run_dir(args.resume)
         if args.preset or args.config:
@@ -98,7 +98,7 @@ def _train_command(args) -> None:
 
 
 def _load(args):
-    from vaekit.runs.checkpoint import load_run
+    from vaekit.runs.run import load_run
 
     return load_run(args.run, checkpoint=args.checkpoint)
 
@@ -365,7 +365,7 @@ def _table(title: str, header=("field", "value")):
 
 
 def cmd_info(args) -> None:
-    from vaekit.runs import checkpoint as ck
+    from vaekit.runs import layout as ck
     from vaekit.training.trainer import collapse_warning
 
     run_dir = ck.check_run_dir(args.run)
@@ -445,7 +445,7 @@ def cmd_info(args) -> None:
 
 def _show_results(console, run_dir: Path) -> None:
     """evaluation.json, disentanglement.json and quality.json of a run, where present."""
-    from vaekit.runs import checkpoint as ck
+    from vaekit.runs import layout as ck
 
     path = run_dir / "evaluation.json"
     if path.exists():

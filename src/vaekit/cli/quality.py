@@ -11,7 +11,7 @@ def cmd_quality(args) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from vaekit.runs.checkpoint import load_run
+    from vaekit.runs.run import load_run
     from vaekit.evaluate.quality import QUALITY_FILE, quality
 
     run = load_run(args.run, checkpoint=args.checkpoint)

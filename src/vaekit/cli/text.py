@@ -19,7 +19,7 @@ TEXT_FLAGS = (("text", "--text"), ("between", "--between"), ("decode", "--decode
 
 def is_text_run(path) -> bool:
     """Whether the run directory at `path` was trained on token data (read from run.json, no model loaded)."""
-    from vaekit.runs import checkpoint as ck
+    from vaekit.runs import layout as ck
     from vaekit.data.spec import DataSpec
 
     run_dir = ck.check_run_dir(path)

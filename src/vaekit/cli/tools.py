@@ -20,7 +20,7 @@ def _console(stderr: bool = False):
 
 
 def _load(args):
-    from vaekit.runs.checkpoint import load_run
+    from vaekit.runs.run import load_run
 
     return load_run(args.run, checkpoint=args.checkpoint)
 

@@ -292,7 +292,7 @@ def score_run(run, *, data: str | Path | None = None, split: str | None = None, 
     Returns {"scores": {name: (N,)}, "y": labels or None, "is_anomaly": (N,) bool or None,
     "metrics": {name: {"auroc", "auprc", ...}} (empty without labels), "summary": dict}.
     """
-    from vaekit.runs.checkpoint import read_json, write_json_atomic
+    from vaekit.runs.layout import read_json, write_json_atomic
     from vaekit.evaluate.embed import examples
     from vaekit.progress import progress_bar
 

@@ -625,7 +625,7 @@ def headline(result: dict) -> dict[str, float]:
 
 def evaluate_run(run, *, num_train: int = 10_000, num_test: int = 5_000, seed: int = 0, n_jobs: int = 2,
                  write: bool = True, on_phase: Callable[[str], None] | None = None) -> dict:
-    """:func:`compute_all` for a trained ``shapes`` run (a :class:`vaekit.runs.checkpoint.Run`).
+    """:func:`compute_all` for a trained ``shapes`` run (a :class:`vaekit.runs.run.Run`).
 
     Codes are the posterior means of ``run.model`` on images rendered from the whole factor
     grid. With ``write``, the result goes to ``disentanglement.json`` in the run directory
@@ -636,7 +636,7 @@ def evaluate_run(run, *, num_train: int = 10_000, num_test: int = 5_000, seed: i
     """
     import json
 
-    from vaekit.runs.checkpoint import write_json_atomic
+    from vaekit.runs.layout import write_json_atomic
     from vaekit.data.shapes import ShapesData
     from vaekit.evaluate.likelihood import posterior_mean_fn
 

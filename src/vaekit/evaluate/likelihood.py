@@ -197,7 +197,8 @@ def evaluate(
     Returns a summary dict: NLL (nats) with its standard error, ELBO, IWAE bounds, bits per
     dimension, active units, reconstruction error, examples and draws, wall time.
     """
-    from vaekit.runs.checkpoint import Run, load_run, read_json, write_json_atomic
+    from vaekit.runs.run import Run, load_run
+    from vaekit.runs.layout import read_json, write_json_atomic
 
     if not isinstance(run, Run):
         run = load_run(run)

@@ -178,7 +178,7 @@ def quality(run, *, samples: int = 10_000, split: str = "test", reference: int |
     `samples` prior samples against the `split` images (the first `reference` of them; None: all),
     and label accuracy for a conditional model. Writes RUN/quality.json (atomically) and returns
     its contents."""
-    from vaekit.runs.checkpoint import write_json_atomic
+    from vaekit.runs.layout import write_json_atomic
     from vaekit.evaluate.features import for_run
     from vaekit.training.trainer import eval_mode
 

@@ -40,7 +40,7 @@ from vaekit.nets.pixelcnn import GatedPixelCNN
 def parent_checksum(run_dir: str | Path) -> str:
     """SHA-256 over a stage-1 run's config.yaml and every file of its best checkpoint (relative
     path and contents, in sorted order): what a prior trained on it depends on."""
-    from vaekit.runs.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, check_run_dir
+    from vaekit.runs.layout import CHECKPOINT_DIR, CONFIG_FILE, check_run_dir
 
     run_dir = check_run_dir(run_dir)
     best = run_dir / CHECKPOINT_DIR / "best"
@@ -92,7 +92,8 @@ def load_parent(cfg: VQPriorConfig, *, rngs: nnx.Rngs | None = None) -> VQVAE:
     vqvae run and unchanged. With `rngs` inside a shape-only trace (`abstract_model`, which
     `load_run` restores into) only its structure is built: the weights come from the prior's own
     checkpoint, which holds the frozen parent too."""
-    from vaekit.runs.checkpoint import RUN_FILE, load_run, read_config, read_json
+    from vaekit.runs.layout import RUN_FILE, read_config, read_json
+    from vaekit.runs.run import load_run
 
     cfg.check()
     parent_cfg = read_config(cfg.parent)

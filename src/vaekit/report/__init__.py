@@ -172,7 +172,7 @@ def _kl_heatmap_uri(history: list[dict]) -> str | None:
 
 def _results(run_dir: Path) -> list[dict]:
     """Tables of the result JSON files that exist: [{"title", "file", "groups": [(name, rows)]}]."""
-    from vaekit.runs.checkpoint import read_json
+    from vaekit.runs.layout import read_json
 
     out = []
     for name, title in RESULT_FILES.items():
@@ -197,7 +197,7 @@ def _model_pictures(run_dir: Path) -> dict:
     from vaekit import plots
 
     from vaekit.evaluate import latent
-    from vaekit.runs.checkpoint import load_run
+    from vaekit.runs.run import load_run
     from vaekit.evaluate.embed import encode_all, linear_probe
     from vaekit.evaluate.disentanglement import latent_traversal
 
@@ -251,7 +251,7 @@ def _model_pictures(run_dir: Path) -> dict:
 
 def run_contents(run_dir: str | Path, *, model: bool = True) -> dict:
     """Everything the template shows of one run (a dict of strings, tables and data URIs)."""
-    from vaekit.runs import checkpoint as ck
+    from vaekit.runs import layout as ck
 
     run_dir = ck.check_run_dir(run_dir)
     cfg = ck.read_config(run_dir)
@@ -362,7 +362,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None, *, m
     """Write the report (one run: default <run>/report.html; several: default compare.html) and
     return its path. The HTML is rendered whole before anything is written, then written to a
     temporary file that is renamed into place: an error leaves no partial report."""
-    from vaekit.runs import checkpoint as ck
+    from vaekit.runs import layout as ck
 
     if not run_dirs:
         raise VaekitError("vaekit report needs at least one run directory")

@@ -52,6 +52,7 @@ from vaekit import nets as nets_lib
 from vaekit.config import Config, TrainConfig
 from vaekit.errors import VaekitError
 from vaekit.models import MODELS, build_model
+from vaekit.runs import checkpoint, layout
 from vaekit.progress import bar_shown, progress_bar
 
 log = logging.getLogger("vaekit")
@@ -765,30 +766,29 @@ def _watch_sigint():
 
 
 def _train(cfg, runs_dir, name, overwrite, resume, progress, layers, main) -> Path:
-    from vaekit.runs import checkpoint as ck
     from vaekit.config import default_run_name
     from vaekit.data import load_configured
 
     lock = None
     try:
         if resume is not None:
-            run_dir = ck.check_run_dir(resume)
+            run_dir = layout.check_run_dir(resume)
             if main:
-                lock = ck.RunLock(run_dir).acquire()  # first: another live process may be training it
+                lock = layout.RunLock(run_dir).acquire()  # first: another live process may be training it
                 if lock.stale is not None:
                     log.warning("run %s was interrupted (its process %s on %s died); resuming it", run_dir,
                                 lock.stale.get("pid"), lock.stale.get("host"))
         else:
             stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(distributed.agreed_time()))
             name = name or f"{default_run_name(cfg)}-{stamp}"
-            run_dir = ck.prepare_run_dir(runs_dir, name, overwrite)
+            run_dir = layout.prepare_run_dir(runs_dir, name, overwrite)
         splits = load_configured(cfg.data)
         trainer = Trainer(cfg, splits)
         if resume is None:
             distributed.barrier("vaekit-run-dir-checked")  # every process checked it before process 0 makes it
             if main:
-                ck.create_run_dir(run_dir, overwrite)
-                lock = ck.RunLock(run_dir).acquire()
+                layout.create_run_dir(run_dir, overwrite)
+                lock = layout.RunLock(run_dir).acquire()
             distributed.barrier("vaekit-run-dir-created")
         return _train_run(cfg, run_dir, trainer, splits, resume is not None, progress, layers)
     except KeyboardInterrupt as e:
@@ -805,20 +805,18 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
     """`train` once the run directory exists and is locked: restore, loop, pictures, status."""
     from tensorboardX import SummaryWriter
 
-    from vaekit.runs import checkpoint as ck
-
     history: list[dict] = []
     info: dict = {}
     main = distributed.is_main()
     if resuming:
-        info = ck.read_json(run_dir / ck.RUN_FILE)
+        info = layout.read_json(run_dir / layout.RUN_FILE)
         if info.get("num_train", splits.num_train) != splits.num_train:
             raise VaekitError(f"run '{run_dir}' was trained on {info['num_train']:,} examples but its data now "
                               f"has {splits.num_train:,}; it cannot be resumed")
     info_written = False
     writer = ckpt = tracker = None
     try:
-        ckpt = ck.Checkpointer(run_dir, keep=cfg.train.keep_checkpoints)
+        ckpt = checkpoint.Checkpointer(run_dir, keep=cfg.train.keep_checkpoints)
         if resuming:
             if ckpt.latest_epoch() is None:  # stopped before its first checkpoint: nothing to lose
                 log.info("run %s has no checkpoint yet; training it from the start", run_dir)
@@ -827,9 +825,9 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
                 trainer.state = state_from_items(items, trainer.state, trainer.model)
             done = int(trainer.state["epoch"])
             # Epoch records written after the restored checkpoint are retraced, so drop them.
-            history = [r for r in ck.read_metrics(run_dir) if r.get("epoch", 0) <= done]
+            history = [r for r in layout.read_metrics(run_dir) if r.get("epoch", 0) <= done]
             if main:
-                ck.write_text_atomic(run_dir / ck.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
+                layout.write_text_atomic(run_dir / layout.METRICS_FILE, "".join(json.dumps(r) + "\n" for r in history))
             if done:
                 log.info("resuming %s after epoch %d, step %d/%d", run_dir, done, int(trainer.state["step"]),
                          trainer.total_steps)
@@ -838,9 +836,9 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
         elif layers is not None:
             info["config_layers"] = layers
         if main:
-            ck.write_config(run_dir, cfg)
+            layout.write_config(run_dir, cfg)
             for name, text in splits.run_files.items():  # what the data contributes (a vocabulary)
-                ck.write_text_atomic(run_dir / name, text)
+                layout.write_text_atomic(run_dir / name, text)
         info |= {
             "vaekit_version": _version(),
             "data_spec": splits.spec.to_dict(),
@@ -935,10 +933,9 @@ def _parameter_count(params: dict) -> int:
 
 def _write_info(run_dir: Path, info: dict) -> None:
     """run.json, written by process 0 only (the one process of a single-process run)."""
-    from vaekit.runs import checkpoint as ck
 
     if distributed.is_main():
-        ck.write_json_atomic(run_dir / ck.RUN_FILE, info)
+        layout.write_json_atomic(run_dir / layout.RUN_FILE, info)
 
 
 class _NoWriter:
@@ -961,7 +958,6 @@ class _PicturesFailed(Exception):
 def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: list, writer, ckpt, progress: bool,
           tracker=None):
     """The epoch loop: fit, validate, record, checkpoint, until the run's last step."""
-    from vaekit.runs import checkpoint as ck
 
     bar = progress_bar(progress, "training", "steps")
     start_step = int(trainer.state["step"])
@@ -999,7 +995,7 @@ def _loop(cfg: Config, run_dir: Path, trainer: Trainer, info: dict, history: lis
             record["step"] = int(trainer.state["step"])
             record = jsonable(record)
             if distributed.is_main():
-                with open(run_dir / ck.METRICS_FILE, "a") as f:
+                with open(run_dir / layout.METRICS_FILE, "a") as f:
                     f.write(json.dumps(record) + "\n")
             x_axis = record["step"] if counted_in_steps else epoch + 1
             for k, v in record.items():
