@@ -258,13 +258,13 @@ def model_config_class(kind: str) -> type:
 
     if kind not in MODELS:
         raise VaekitError(f"unknown model.kind '{kind}'{_closest(kind, MODELS)}")
-    return getattr(MODELS[kind], "config_class", ModelConfig)
+    return MODELS[kind].config_class
 
 
 def _unknown_model_key(key: str, kind: str, names: list[str]) -> VaekitError:
     from vaekit.models import MODELS
 
-    owners = [k for k, m in MODELS.items() if key in {f.name for f in dataclasses.fields(getattr(m, "config_class", ModelConfig))}]
+    owners = [k for k, m in MODELS.items() if key in {f.name for f in dataclasses.fields(m.config_class)}]
     if owners:
         return VaekitError(f"config key 'model.{key}' belongs to model.kind {' / '.join(owners)}, not '{kind}' "
                            f"(valid keys for '{kind}': {', '.join(names)})")

@@ -258,7 +258,7 @@ def evaluate(
     if model.capabilities.latent_vector:
         codes = posterior_means(model, x, y)
         summary["active_units"] = active_unit_count(codes)
-        layers = active_units_per_layer(codes, getattr(model, "latent_layers", {}))  # per stochastic layer
+        layers = active_units_per_layer(codes, model.latent_layers)  # per stochastic layer
         summary |= {f"active_units_{layer}": count for layer, count in layers.items()}
     if write:
         path = Path(run.path) / "evaluation.json"

@@ -29,11 +29,13 @@ told so in one line by `vaekit evaluate`, never met with an AttributeError.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
 from flax import nnx
 
+from vaekit.config import ModelConfig
 from vaekit.errors import VaekitError
 
 
@@ -95,6 +97,36 @@ class Model(Protocol):
     def param_groups(self) -> dict[str, ParamGroup]: ...
 
 
+class ModelBase(nnx.Module):
+    """The base of every registered kind: each optional member of the interface, with its default.
+
+    Code outside a model reads these members directly: a kind that has more (several stochastic
+    layers, pictures of its own, a parent run) overrides the default here, so no caller needs a
+    `getattr(model, name, default)` for a member the interface does not declare.
+    """
+
+    kind: ClassVar[str]
+    #: The kind's config dataclass: `ModelConfig` or a subclass with the kind's own keys.
+    config_class: ClassVar[type] = ModelConfig
+    #: A kind built on a trained run (`model.parent`, e.g. vqprior's stage-1 VQ-VAE).
+    needs_parent_run: ClassVar[bool] = False
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: Width of the whole code (all layers of a hierarchical model); 0 for a model without one.
+    latent_dim: int = 0
+    #: Widths of the code's stochastic layers [z1, ..., zL], bottom to top; () for a one-layer model.
+    layer_dims: tuple[int, ...] = ()
+
+    @property
+    def latent_layers(self) -> dict[str, tuple[int, int]]:
+        """Named slices of the code, one per stochastic layer: {"z1": (0, d1), "z2": (d1, d1 + d2), ...}
+        from `layer_dims`; validation and evaluate report active units per layer. Empty for one layer."""
+        bounds = [0, *itertools.accumulate(self.layer_dims)]
+        return {f"z{i + 1}": (bounds[i], bounds[i + 1]) for i in range(len(self.layer_dims))}
+
+    def extra_pictures(self, run_dir, splits, key: jax.Array) -> None:
+        """Pictures of the kind's own, drawn after samples.png and reconstructions.png (none by default)."""
+
+
 CAPABILITY_NEEDS = {
     "likelihood_bound": "a likelihood bound (log_weights)",
     "latent_vector": "a continuous latent vector",
@@ -126,4 +158,4 @@ def require(model, capability: str, command: str) -> None:
                           f"has none")
 
 
-__all__ = ["CAPABILITY_NEEDS", "Capabilities", "DEFAULT_GROUPS", "Model", "ParamGroup", "apply_batched", "require"]
+__all__ = ["CAPABILITY_NEEDS", "Capabilities", "DEFAULT_GROUPS", "Model", "ModelBase", "ParamGroup", "apply_batched", "require"]

@@ -41,7 +41,7 @@ from vaekit.data.text import BOS, EOS, PAD, UNK
 from vaekit.core.distributions import DiagonalGaussian, posterior_scale
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
-from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup
+from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ModelBase, ParamGroup
 from vaekit.models.vae import variational_objective
 from vaekit.core.priors import StandardNormal
 
@@ -123,7 +123,7 @@ class SentenceLikelihood:
         return self.model.generate(self.z, method="sample", key=key, temperature=temperature)
 
 
-class TextVAE(nnx.Module):
+class TextVAE(ModelBase):
     """Sentence VAE (see the module docstring)."""
 
     kind = "textvae"

@@ -10,7 +10,6 @@ A variant that swaps the posterior (a flow), the prior (a VampPrior) or adds a c
 
 from __future__ import annotations
 
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ from vaekit.data.spec import DataSpec
 from vaekit.core.distributions import LIKELIHOODS, DiagonalGaussian, posterior_scale
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
-from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup
+from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ModelBase, ParamGroup
 from vaekit.nets import build_decoder, build_encoder, output_layer
 from vaekit.core.flows import IAF, FlowPosterior, planar_params, planar_transform
 from vaekit.core.priors import StandardNormal, VampPrior, kl_divergence
@@ -56,7 +55,7 @@ def variational_objective(cfg: ObjectiveConfig, step, q, prior, z, log_qz, log_p
     return loss, metrics
 
 
-class VAE(nnx.Module):
+class VAE(ModelBase):
     """Variational autoencoder with a diagonal-Gaussian posterior and an N(0, I) prior."""
 
     kind = "vae"
@@ -179,16 +178,6 @@ class VAE(nnx.Module):
                                               self.latent_dim)
         metrics.update(self.layer_kls(q, z, log_qz))
         return loss, metrics
-
-    #: Widths of the code's stochastic layers [z1, ..., zL], bottom to top; () for a one-layer model.
-    layer_dims: tuple[int, ...] = ()
-
-    @property
-    def latent_layers(self) -> dict:
-        """Named slices of the code, one per stochastic layer: {"z1": (0, d1), "z2": (d1, d1 + d2), ...}
-        from `layer_dims`; validation and evaluate report active units per layer. Empty for one layer."""
-        bounds = [0, *itertools.accumulate(self.layer_dims)]
-        return {f"z{i + 1}": (bounds[i], bounds[i + 1]) for i in range(len(self.layer_dims))}
 
     def layer_kls(self, q, z: jax.Array, log_qz: jax.Array) -> dict:
         """Per-layer KL metrics ({"kl/<layer>": Mean}) from the loss's own draws; none for one layer."""

@@ -32,7 +32,7 @@ from vaekit.config import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
-from vaekit.models.base import Capabilities, ParamGroup
+from vaekit.models.base import Capabilities, ModelBase, ParamGroup
 from vaekit.models.vqvae import VQVAE, batch_perplexity, check_objective, save_code_pictures, validation_codes
 from vaekit.nets.pixelcnn import GatedPixelCNN
 
@@ -111,7 +111,7 @@ def load_parent(cfg: VQPriorConfig, *, rngs: nnx.Rngs | None = None) -> VQVAE:
     return load_run(cfg.parent, checkpoint="best").model
 
 
-class VQPrior(nnx.Module):
+class VQPrior(ModelBase):
     """A PixelCNN prior over a frozen VQ-VAE's codes; the pair is the generative model."""
 
     kind = "vqprior"

@@ -36,7 +36,7 @@ from vaekit.data.spec import DataSpec
 from vaekit.core.distributions import LIKELIHOODS
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
-from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ParamGroup, apply_batched
+from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ModelBase, ParamGroup, apply_batched
 from vaekit.nets.cpu_conv import conv, conv_transpose
 
 log = logging.getLogger("vaekit")
@@ -331,7 +331,7 @@ def save_code_pictures(run_dir, codes: np.ndarray, k: int) -> None:
 # --------------------------------------------------------------------------- the model
 
 
-class VQVAE(nnx.Module):
+class VQVAE(ModelBase):
     """Vector-quantized autoencoder with a uniform code prior (stage 1 of the VQ-VAE recipe)."""
 
     kind = "vqvae"

@@ -176,7 +176,7 @@ def init_state(cfg: Config, spec, steps_per_epoch: int):
     it reads that run's weights while it is built) is built eagerly.
     """
     make = functools.partial(_init_state, cfg, spec, steps_per_epoch)
-    if getattr(MODELS.get(cfg.model.kind), "needs_parent_run", False):
+    if MODELS[cfg.model.kind].needs_parent_run:
         return make()
     return nnx.jit(make)()
 
@@ -551,7 +551,7 @@ class Trainer:
         if means:
             codes = np.concatenate(means)
             out[f"{prefix}/active_units"] = metrics_lib.active_unit_count(codes)
-            layers = metrics_lib.active_units_per_layer(codes, getattr(self.model, "latent_layers", {}))
+            layers = metrics_lib.active_units_per_layer(codes, self.model.latent_layers)
             out |= {f"{prefix}/active_units/{layer}": count for layer, count in layers.items()}
         return out
 
@@ -705,9 +705,7 @@ def write_pictures(run_dir: Path, model, splits, seed: int, n: int = 64) -> None
         y = splits.val.get("y")
         x_hat = np.asarray(_reconstruct(model, jnp.asarray(x), None if y is None else jnp.asarray(y[:32])))
         plots.save_reconstructions(run_dir / "reconstructions.png", x, x_hat)
-        extra = getattr(model, "extra_pictures", None)  # a model's own pictures, e.g. its codebook's use
-        if extra is not None:
-            extra(run_dir, splits, key)
+        model.extra_pictures(run_dir, splits, key)  # a model's own pictures, e.g. its codebook's use
 
 
 def train(
@@ -844,7 +842,7 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
             "data_spec": splits.spec.to_dict(),
             "model_kind": cfg.model.kind,
             "parameters": _parameter_count(trainer.state["params"]),
-            "code_width": getattr(trainer.model, "latent_dim", None),  # the whole code ([z1..zL] for several layers)
+            "code_width": trainer.model.latent_dim,  # the whole code ([z1..zL] for several layers)
             "capabilities": dataclasses.asdict(trainer.capabilities),
             "num_train": splits.num_train,
             "steps_per_epoch": trainer.steps_per_epoch,
@@ -880,7 +878,7 @@ def _train_run(cfg: Config, run_dir: Path, trainer: Trainer, splits, resuming: b
             if history and main:
                 plots.save_curves(run_dir / "curves.png", history)
                 plots.save_kl_heatmap(run_dir / "kl_per_dim.png", history)
-                plots.save_kl_heatmap(run_dir / "layers.png", history, layers=getattr(model, "latent_layers", {}))
+                plots.save_kl_heatmap(run_dir / "layers.png", history, layers=model.latent_layers)
         except Exception as e:  # the checkpoints are saved; say what failed instead of leaving "running"
             raise _PicturesFailed(f"writing pictures: {type(e).__name__}: {e}") from e
         if history:
