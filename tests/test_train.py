@@ -9,13 +9,13 @@ import pytest
 from vaekit.errors import VaekitError
 from vaekit.runs import checkpoint, layout
 from vaekit.runs.run import load_run
-from vaekit.training.trainer import Trainer, TrainingDiverged, collapse_warning, learning_rate_schedule, train
+from vaekit.runs.train import RunInterrupted, train
+from vaekit.training.loop import Trainer
+from vaekit.training.optim import learning_rate_schedule
+from vaekit.training.sinks import collapse_warning
+from vaekit.training.step import TrainingDiverged
 
 from conftest import default_sigint, replace, synthetic_splits, tiny_config
-
-
-def _fake_data(monkeypatch, splits):
-    monkeypatch.setattr("vaekit.data.load_data", lambda *a, **k: splits)
 
 
 def test_validation_elbo_improves(splits):
@@ -40,9 +40,9 @@ def test_dynamic_binarization_draws_fresh_batches(splits):
 def test_conv_model_with_batchnorm_trains(splits):
     cfg = tiny_config(model={"net": "conv", "conv_channels": (4, 8), "latent_dim": 3})
     tr = Trainer(cfg, splits)
-    before = jax.tree.leaves(tr.state["rest"])[0].copy()
+    before = jax.tree.leaves(tr.state.rest)[0].copy()
     tr.fit_epoch()
-    assert not np.allclose(jax.tree.leaves(tr.state["rest"])[0], before)  # running stats updated
+    assert not np.allclose(jax.tree.leaves(tr.state.rest)[0], before)  # running stats updated
     assert np.isfinite(tr.validate()["val/elbo"])
 
 
@@ -51,12 +51,11 @@ def test_batch_larger_than_dataset_is_rejected(splits):
         Trainer(tiny_config(train={"batch_size": 1000}), splits)
 
 
-def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, splits):
-    _fake_data(monkeypatch, splits)
+def test_resume_reproduces_uninterrupted_run(tmp_path, splits):
     cfg = tiny_config(train={"epochs": 3})
-    full = train(cfg, runs_dir=tmp_path, name="full", progress=False)
-    part = train(replace(cfg, "train", epochs=1), runs_dir=tmp_path, name="part", progress=False)
-    resumed = train(cfg, resume=part, progress=False)
+    full = train(cfg, data=splits, runs_dir=tmp_path, name="full", progress=False)
+    part = train(replace(cfg, "train", epochs=1), data=splits, runs_dir=tmp_path, name="part", progress=False)
+    resumed = train(cfg, data=splits, resume=part, progress=False)
     a = load_run(full, checkpoint="latest").model
     b = load_run(resumed, checkpoint="latest").model
     from flax import nnx
@@ -68,24 +67,22 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, monkeypatch, splits):
     assert json.loads((resumed / "run.json").read_text())["status"] == "complete"
 
 
-def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, splits):
-    _fake_data(monkeypatch, splits)
+def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path, splits):
     cfg = tiny_config(train={"epochs": 1})
-    run = train(cfg, runs_dir=tmp_path, name="r", progress=False)
+    run = train(cfg, data=splits, runs_dir=tmp_path, name="r", progress=False)
     saved = (run / "checkpoints" / "latest").iterdir()
     saved = sorted(p.name for p in saved)
     # a learning rate so large that the parameters overflow within a few steps
     bad = replace(cfg, "train", epochs=3, learning_rate=1e30)
     with pytest.raises(TrainingDiverged, match=r"became (nan|inf|-inf) at step \d+"):
-        train(bad, resume=run, progress=False)
+        train(bad, data=splits, resume=run, progress=False)
     assert sorted(p.name for p in (run / "checkpoints" / "latest").iterdir()) == saved
     assert json.loads((run / "run.json").read_text())["status"] == "diverged"
     assert load_run(run, checkpoint="latest").model is not None  # the good checkpoint still loads
 
 
-def test_run_directory_contents_and_no_overwrite(tmp_path, monkeypatch, splits):
-    _fake_data(monkeypatch, splits)
-    run = train(tiny_config(), runs_dir=tmp_path, name="r", progress=False)
+def test_run_directory_contents_and_no_overwrite(tmp_path, splits):
+    run = train(tiny_config(), data=splits, runs_dir=tmp_path, name="r", progress=False)
     for name in ("config.yaml", "run.json", "metrics.jsonl", "samples.png", "reconstructions.png",
                  "curves.png", "kl_per_dim.png", "tensorboard", "checkpoints/best", "checkpoints/latest"):
         assert (run / name).exists(), name
@@ -97,12 +94,11 @@ def test_run_directory_contents_and_no_overwrite(tmp_path, monkeypatch, splits):
     loaded = load_run(run)
     assert loaded.checkpoint == "best" and loaded.model is not None
     with pytest.raises(VaekitError, match="already exists"):
-        train(tiny_config(), runs_dir=tmp_path, name="r", progress=False)
+        train(tiny_config(), data=splits, runs_dir=tmp_path, name="r", progress=False)
 
 
-def test_corrupted_checkpoint_gives_clear_error(tmp_path, monkeypatch, splits):
-    _fake_data(monkeypatch, splits)
-    run = train(tiny_config(train={"epochs": 1}), runs_dir=tmp_path, name="r", progress=False)
+def test_corrupted_checkpoint_gives_clear_error(tmp_path, splits):
+    run = train(tiny_config(train={"epochs": 1}), data=splits, runs_dir=tmp_path, name="r", progress=False)
     for f in (run / "checkpoints" / "best").rglob("*"):
         if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
@@ -122,7 +118,7 @@ def test_global_norm_and_its_clip_equal_numpy_and_optax():
     import jax.numpy as jnp
     import optax
 
-    from vaekit.training.trainer import clip_by_global_norm, global_norm
+    from vaekit.training.optim import clip_by_global_norm, global_norm
 
     rng = np.random.default_rng(0)
     tree = {"w": rng.normal(size=(784, 200)), "b": rng.normal(size=200), "v": [rng.normal(size=(3, 4, 5))]}
@@ -158,16 +154,15 @@ def test_collapse_is_detected_on_a_model_forced_to_collapse():
     assert collapse_warning(h["val/kl_per_dim"], h["val/active_units"], 4) is None
 
 
-def test_steps_mode_counts_steps_validates_every_n_and_resumes_exactly(tmp_path, monkeypatch, splits):
-    _fake_data(monkeypatch, splits)
+def test_steps_mode_counts_steps_validates_every_n_and_resumes_exactly(tmp_path, splits):
     cfg = tiny_config(train={"steps": 10, "eval_every": 3})
-    full = train(cfg, runs_dir=tmp_path, name="full", progress=False)
+    full = train(cfg, data=splits, runs_dir=tmp_path, name="full", progress=False)
     hist = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in hist] == [3, 6, 9, 10] and [r["epoch"] for r in hist] == [1, 2, 3, 4]
     # A shorter run ends off the eval_every grid (step 7); resumed with more steps, it gets back
     # on the grid and trains on the very batches of the uninterrupted run (keyed by the step).
-    part = train(replace(cfg, "train", steps=7), runs_dir=tmp_path, name="part", progress=False)
-    resumed = train(cfg, resume=part, progress=False)
+    part = train(replace(cfg, "train", steps=7), data=splits, runs_dir=tmp_path, name="part", progress=False)
+    resumed = train(cfg, data=splits, resume=part, progress=False)
     hist = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in hist] == [3, 6, 7, 9, 10]
     a = load_run(full, checkpoint="latest").model
@@ -190,7 +185,7 @@ def test_steps_mode_draws_batches_with_replacement(splits):
     # A step's batch depends on its global step only, not on where its epoch starts.
     np.testing.assert_array_equal(np.asarray(tr.epoch_indices(5, 15, first_step=30))[10:], later[:5])
     assert tr.num_epochs == 2 and tr.fit_epoch()["train/examples_per_s"] > 0
-    assert tr.fit_epoch() and int(tr.state["step"]) == 50  # the last epoch is cut short at train.steps
+    assert tr.fit_epoch() and int(tr.state.step) == 50  # the last epoch is cut short at train.steps
 
 
 def test_scan_and_step_loops_train_the_same_model(splits):
@@ -209,10 +204,10 @@ def test_scan_and_step_loops_train_the_same_model(splits):
             tr.fit_epoch()
             runs.append((tr.state, losses))
         (a, la), (b, lb) = runs
-        assert len(la) == len(lb) == 10 and int(a["step"]) == int(b["step"]) == 10
+        assert len(la) == len(lb) == 10 and int(a.step) == int(b.step) == 10
         np.testing.assert_allclose(la, lb, rtol=1e-4)
         if compare_params:
-            for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+            for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
                 np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
@@ -224,8 +219,8 @@ def test_chunks_run_unguarded_and_rerun_guarded_only_when_a_step_diverges(splits
     cfg = tiny_config(train={"loop": loop})
     fast, guarded = Trainer(cfg, splits), Trainer(cfg, splits)
     idx = fast.epoch_indices(0, 4)
-    s_fast, m_fast = fast._chunk(fast.state, fast.train_data, idx)
-    s_guard, m_guard = guarded._guarded_chunk(guarded.state, guarded.train_data, idx)
+    s_fast, m_fast = fast.run_chunk(fast.state, fast.train_data, idx)
+    s_guard, m_guard = guarded.run_guarded_chunk(guarded.state, guarded.train_data, idx)
     from vaekit.core import metrics as metrics_lib
 
     loss = lambda m: np.asarray(metrics_lib.values(m)["loss"])  # noqa: E731
@@ -235,24 +230,22 @@ def test_chunks_run_unguarded_and_rerun_guarded_only_when_a_step_diverges(splits
 
     bad = tiny_config(train={"loop": loop, "learning_rate": 1e30})
     a, b = Trainer(bad, splits), Trainer(bad, splits)
-    reruns, rerun = [], a._guarded_chunk
-    a._guarded_chunk = lambda *args: reruns.append(1) or rerun(*args)
+    reruns, rerun = [], a.run_guarded_chunk
+    a.run_guarded_chunk = lambda *args: reruns.append(1) or rerun(*args)
     with pytest.raises(TrainingDiverged):
         a.fit_epoch()
     assert reruns == [1]
     first = b.epoch_indices(0)[: bad.train.chunk_steps]
-    expected, _ = b._guarded_chunk(b.state, b.train_data, first)
+    expected, _ = b.run_guarded_chunk(b.state, b.train_data, first)
     for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def test_resume_refuses_data_of_another_size(tmp_path, monkeypatch, splits):
-    _fake_data(monkeypatch, splits)
+def test_resume_refuses_data_of_another_size(tmp_path, splits):
     cfg = tiny_config(train={"epochs": 2})
-    part = train(replace(cfg, "train", epochs=1), runs_dir=tmp_path, name="part", progress=False)
-    _fake_data(monkeypatch, synthetic_splits(n=120))
+    part = train(replace(cfg, "train", epochs=1), data=splits, runs_dir=tmp_path, name="part", progress=False)
     with pytest.raises(VaekitError, match="cannot be resumed"):
-        train(cfg, resume=part, progress=False)
+        train(cfg, data=synthetic_splits(n=120), resume=part, progress=False)
     assert json.loads((part / "run.json").read_text())["status"] == "complete"  # untouched
 
 
@@ -260,12 +253,10 @@ def test_a_ctrl_c_python_swallowed_still_stops_the_run(tmp_path, monkeypatch, sp
     """A KeyboardInterrupt raised inside a gc callback is printed and ignored by Python; the SIGINT
     handler's flag makes the trainer stop after the chunk anyway, and the run is marked interrupted."""
     import signal
-    import sys
 
-    T = sys.modules["vaekit.training.trainer"]  # the module (the package's `train` attribute is the function)
+    from vaekit.training import loop
 
-    _fake_data(monkeypatch, splits)
-    guard = T._guard_finite
+    guard = loop.guard_finite
 
     def swallowed_ctrl_c(*args):
         guard(*args)
@@ -274,28 +265,27 @@ def test_a_ctrl_c_python_swallowed_still_stops_the_run(tmp_path, monkeypatch, sp
         except KeyboardInterrupt:
             pass  # what a gc callback does with it
 
-    monkeypatch.setattr(T, "_guard_finite", swallowed_ctrl_c)
+    monkeypatch.setattr(loop, "guard_finite", swallowed_ctrl_c)
     with default_sigint():  # Python's own handler, as in a terminal
-        with pytest.raises(T.RunInterrupted):
-            train(tiny_config(train={"epochs": 2}), runs_dir=tmp_path, name="x", progress=False)
+        with pytest.raises(RunInterrupted):
+            train(tiny_config(train={"epochs": 2}), data=splits, runs_dir=tmp_path, name="x", progress=False)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     assert json.loads((tmp_path / "x" / "run.json").read_text())["status"] == "interrupted"
 
 
-def test_max_minutes_stops_after_an_epoch_and_resume_finishes(tmp_path, monkeypatch, splits):
+def test_max_minutes_stops_after_an_epoch_and_resume_finishes(tmp_path, splits):
     """A time budget stops the run at an epoch boundary, checkpointed and marked; --resume completes it."""
-    _fake_data(monkeypatch, splits)
     cfg = tiny_config(train={"epochs": 3, "max_minutes": 1e-6, "checkpoint_every": 5})
-    run = train(cfg, runs_dir=tmp_path, name="budget", progress=False)
+    run = train(cfg, data=splits, runs_dir=tmp_path, name="budget", progress=False)
     info = json.loads((run / layout.RUN_FILE).read_text())
     assert info["status"] == "stopped" and info["stopped_by"] == "train.max_minutes=1e-06"
     assert info["epoch"] == 1 and len(layout.read_metrics(run)) == 1
     assert checkpoint.Checkpointer(run).latest_epoch() == 1  # saved although checkpoint_every would not have
     # Resuming with the budget lifted trains the remaining epochs to the same model as one run.
-    resumed = train(replace(cfg, "train", max_minutes=0.0), resume=run, progress=False)
+    resumed = train(replace(cfg, "train", max_minutes=0.0), data=splits, resume=run, progress=False)
     info = json.loads((resumed / layout.RUN_FILE).read_text())
     assert info["status"] == "complete" and "stopped_by" not in info and info["epoch"] == 3
-    full = train(replace(cfg, "train", max_minutes=0.0), runs_dir=tmp_path, name="full", progress=False)
+    full = train(replace(cfg, "train", max_minutes=0.0), data=splits, runs_dir=tmp_path, name="full", progress=False)
     a = load_run(full, checkpoint="latest").model
     b = load_run(resumed, checkpoint="latest").model
     from flax import nnx
@@ -353,10 +343,9 @@ def _tensorboard_scalars(run_dir, tag: str) -> list[tuple[int, float]]:
     return points
 
 
-def test_step_curves_are_means_of_log_every_steps(tmp_path, monkeypatch, splits):
-    _fake_data(monkeypatch, splits)
+def test_step_curves_are_means_of_log_every_steps(tmp_path, splits):
     # 10 steps an epoch in chunks of 4, 4, 2: groups of 3 within each chunk end at steps 3, 4, 7, 8, 10
-    run = train(tiny_config(train={"log_every": 3}), runs_dir=tmp_path, name="r", progress=False)
+    run = train(tiny_config(train={"log_every": 3}), data=splits, runs_dir=tmp_path, name="r", progress=False)
     points = _tensorboard_scalars(run, "step/loss")
     assert [s for s, _ in points] == [3, 4, 7, 8, 10, 13, 14, 17, 18, 20]
     sizes = np.array([3, 1, 3, 1, 2])
@@ -371,11 +360,11 @@ def test_init_state_in_one_jit_equals_the_eager_build(model, splits):
     same bits as building them op by op."""
     from flax import nnx
 
-    from vaekit.training.trainer import _init_state, init_state
+    from vaekit.training.state import build_state, init_state
 
     cfg = tiny_config(model=model)
     jm, jitted = init_state(cfg, splits.spec, 10)
-    em, eager = _init_state(cfg, splits.spec, 10)
+    em, eager = build_state(cfg, splits.spec, 10)
     assert type(jm) is type(em)
     paths = jax.tree_util.tree_flatten_with_path(eager)[0]
     assert len(paths) == len(jax.tree.leaves(jitted)) > 8
@@ -383,3 +372,59 @@ def test_init_state_in_one_jit_equals_the_eager_build(model, splits):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=jax.tree_util.keystr(path))
     for a, b in zip(jax.tree.leaves(nnx.state(em)), jax.tree.leaves(nnx.state(jm))):  # the returned models too
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+
+
+def test_train_from_python_arrays_saves_loads_and_resumes_with_them(tmp_path, splits):
+    """train(cfg, data={...}, out=...): the arrays are read as an .npz file's; run.json says where
+    the data came from, so neither Run.data() nor a resume without the data loads cfg.data instead."""
+    arrays = {"x": (splits.train["x"][..., 0] * 255).astype(np.uint8), "x_val": splits.val["x"]}
+    cfg = tiny_config(train={"epochs": 1}, data={"binarize": "static"})
+    run = train(cfg, data=arrays, out=tmp_path / "mine", progress=False)
+    assert run == tmp_path / "mine"
+    info = json.loads((run / layout.RUN_FILE).read_text())
+    # 200 examples in x: the test split is carved off its end (a tenth), validation is x_val
+    assert info["status"] == "complete" and info["data_origin"] == "python" and info["num_train"] == 180
+    loaded = load_run(run)
+    assert loaded.model is not None and loaded.spec.shape == (8, 8, 1)
+    with pytest.raises(VaekitError, match="arrays given in Python") as e:
+        loaded.data()
+    assert "\n" not in str(e.value)
+    with pytest.raises(VaekitError, match="resume it from Python"):
+        train(replace(cfg, "train", epochs=2), resume=run, progress=False)
+    resumed = train(replace(cfg, "train", epochs=2), data=arrays, resume=run, progress=False)
+    assert [r["epoch"] for r in layout.read_metrics(resumed)] == [1, 2]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"x_val": np.zeros((5, 4), np.float32)}, "has no array 'x'"),
+    ({"x": np.zeros((50,), np.float32)}, r"array 'x' has shape \(50,\) \(ndim 1\)"),
+    ({"x": np.zeros((50, 8, 8), np.float32), "x_val": np.zeros((5, 4, 4), np.float32)}, "'x_val' images have shape"),
+    ({"x": np.zeros((50, 4), np.float32), "y": np.zeros(7, np.int32)}, r"array 'y' has shape \(7,\)"),
+    ({"x": np.zeros((50, 4), np.float32), "xval": np.zeros((5, 4), np.float32)}, "unknown keys 'xval'"),
+    ([np.zeros((50, 4))], "data must be a vaekit.data.Splits or a dict of arrays"),
+])
+def test_bad_data_is_one_line_before_any_directory_is_made(tmp_path, data, message):
+    with pytest.raises(VaekitError, match=message) as e:
+        train(tiny_config(), data=data, out=tmp_path / "r", progress=False)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_compilation_cache_setting_is_the_runs_and_the_callers_after(tmp_path, splits):
+    """train.compilation_cache holds while the trainer compiles and runs; JAX's setting is the
+    caller's again afterwards (a library does not change the process)."""
+    flag = "jax_enable_compilation_cache"
+    before = jax.config.jax_enable_compilation_cache
+    try:
+        jax.config.update(flag, True)
+        seen = []
+        tr = Trainer(tiny_config(train={"compilation_cache": False}), splits,
+                     chunk_callback=lambda *_: seen.append(jax.config.jax_enable_compilation_cache))
+        assert jax.config.jax_enable_compilation_cache is True
+        tr.fit_epoch()
+        assert seen and not any(seen) and jax.config.jax_enable_compilation_cache is True
+        train(tiny_config(train={"compilation_cache": False, "epochs": 1}), data=splits, out=tmp_path / "r",
+              progress=False)
+        assert jax.config.jax_enable_compilation_cache is True
+    finally:
+        jax.config.update(flag, before)

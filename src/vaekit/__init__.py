@@ -30,8 +30,8 @@ _LAZY = {
     "Capabilities": "vaekit.models",
     "ParamGroup": "vaekit.models",
     "build_model": "vaekit.models",
-    "Trainer": "vaekit.training.trainer",
-    "train": "vaekit.training.trainer",
+    "Trainer": "vaekit.training.loop",
+    "train": "vaekit.runs.train",
 }
 
 

@@ -83,7 +83,7 @@ def _train_command(args) -> None:
     from vaekit import plots  # noqa: F401
 
     from vaekit.runs import checkpoint
-    from vaekit.training.trainer import train
+    from vaekit.runs.train import train
 
     path = train(
         cfg,
@@ -146,7 +146,7 @@ def cmd_sample(args) -> None:
     import jax.numpy as jnp
     from flax import nnx
 
-    from vaekit.training.trainer import sample_grid
+    from vaekit.training.pictures import sample_grid
 
     if args.n <= 0:
         raise VaekitError(f"-n must be positive, got {args.n}")
@@ -366,7 +366,7 @@ def _table(title: str, header=("field", "value")):
 
 def cmd_info(args) -> None:
     from vaekit.runs import layout as ck
-    from vaekit.training.trainer import collapse_warning
+    from vaekit.training.sinks import collapse_warning
 
     run_dir = ck.check_run_dir(args.run)
     info = ck.read_json(run_dir / ck.RUN_FILE)
@@ -396,7 +396,7 @@ def cmd_info(args) -> None:
         run.add_row("model", f"{info.get('model_kind', cfg.model.kind)} ({cfg.model.net}, {cfg.model.latent_dim} latents, "
                              f"{cfg.model.likelihood} likelihood)")
     spec = info.get("data_spec") or {}
-    data = cfg.data.path or cfg.data.source
+    data = "arrays given in Python" if info.get("data_origin") == "python" else cfg.data.path or cfg.data.source
     run.add_row("data", f"{data}: {info.get('num_train', '?'):,} training examples" if isinstance(info.get("num_train"), int)
                 else str(data))
     if spec:

@@ -1,6 +1,8 @@
-"""User data from an ``.npz`` file.
+"""User data from an ``.npz`` file, or the same arrays as a dict from Python
+(``vaekit.train(cfg, data={"x": ..., "x_val": ...})``).
 
-Arrays read (other keys are ignored):
+Arrays read (other keys are ignored in a file; a dict with other keys is refused, as they are
+most likely misspelt):
 
 * ``x``: the training data, one of
     - images (N, H, W) (greyscale, returned as (N, H, W, 1)) or (N, H, W, C);
@@ -42,6 +44,7 @@ import os
 import shlex
 import zipfile
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -77,6 +80,32 @@ def _directory_message(path: str) -> str:
         f"e.g. convert a folder of same-size PNGs with `{convert_command(path, out)}` "
         f"(or np.savez({out!r}, x=array of shape (N, H, W[, C]) uint8)) and use {out}"
     )
+
+
+def _origin(path: str | None) -> str:
+    """How messages name where the arrays came from: the file, or the dict handed from Python (None)."""
+    return "the data dict" if path is None else f"data file {path}"
+
+
+def _dict_arrays(data: Mapping) -> dict[str, np.ndarray]:
+    """The known arrays of a dict handed from Python, as numpy arrays (checked as a file's are)."""
+    unknown = [k for k in data if k not in KNOWN_KEYS]
+    if unknown:
+        raise VaekitError(f"the data dict has unknown keys {', '.join(repr(k) for k in unknown)}; "
+                          f"valid keys: {', '.join(KNOWN_KEYS)}")
+    if "x" not in data:
+        found = ", ".join(repr(k) for k in data) or "none"
+        raise VaekitError(f"the data dict has no array 'x' (keys found: {found}); give the training examples as "
+                          f"data={{'x': array of shape (N, ...)}}")
+    out = {}
+    for key, value in data.items():
+        try:
+            out[key] = np.asarray(value)
+        except ValueError as exc:  # ragged nested lists
+            raise VaekitError(f"the data dict: '{key}' is not an array ({exc})") from None
+        if out[key].dtype == object:
+            raise VaekitError(f"the data dict: array '{key}' has a non-numeric (object) dtype")
+    return out
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
@@ -124,7 +153,7 @@ def validate_images(x: np.ndarray, key: str, path: str) -> np.ndarray:
         x: the array as stored; (N, H, W) gets a trailing channel axis; (N, D) is a set
             of D-dimensional vectors (floats: any finite values).
         key: its name in the archive, used in error messages.
-        path: the file, used in error messages.
+        path: the file, used in error messages (None: the dict handed from Python).
 
     Raises:
         VaekitError: wrong ndim, empty, non-numeric dtype, NaN/Inf, values outside
@@ -132,7 +161,7 @@ def validate_images(x: np.ndarray, key: str, path: str) -> np.ndarray:
             float32; other integer dtypes are refused because 0/1 data and 0..255 data
             cannot be told apart safely.
     """
-    where = f"data file {path}: array '{key}'"
+    where = f"{_origin(path)}: array '{key}'"
     if x.ndim not in (2, 3, 4):
         raise VaekitError(
             f"{where} has shape {x.shape} (ndim {x.ndim}); expected vectors (N, D) or images (N, H, W) or (N, H, W, C)"
@@ -179,7 +208,7 @@ def validate_labels(y: np.ndarray, n: int, key: str, path: str) -> np.ndarray:
     Raises:
         VaekitError: not 1-D of length ``n``, not an integer dtype, or negative.
     """
-    where = f"data file {path}: array '{key}'"
+    where = f"{_origin(path)}: array '{key}'"
     if y.ndim != 1 or y.shape[0] != n:
         raise VaekitError(f"{where} has shape {y.shape}; expected ({n},), one label per example")
     if not np.issubdtype(y.dtype, np.integer):
@@ -193,7 +222,7 @@ def validate_labels(y: np.ndarray, n: int, key: str, path: str) -> np.ndarray:
 
 
 def load_arrays_splits(
-    path: str | None = None, *, val_size: int = 10_000, seed: int = 0, limit: int | None = None,
+    path: str | Mapping | None = None, *, val_size: int = 10_000, seed: int = 0, limit: int | None = None,
     data_config=None,  # the run's DataConfig: this source has no options of its own
 ) -> dict[str, dict[str, np.ndarray]]:
     """Data-source loader for ``"arrays"`` (see ``vaekit.data.DATA_SOURCES``).
@@ -204,7 +233,7 @@ def load_arrays_splits(
     three splits never share examples. Carved splits are views of ``x`` (no copy).
 
     Args:
-        path: the ``.npz`` file (required).
+        path: the ``.npz`` file (required), or a dict of the same arrays handed from Python.
         val_size: largest number of examples to carve for validation (and for test).
         seed, limit: unused (the carve is deterministic and ``load_data`` applies
             ``limit`` after it); part of the loader signature.
@@ -222,14 +251,22 @@ def load_arrays_splits(
     del seed, limit
     if path is None:
         raise VaekitError("data source 'arrays' needs a path to an .npz file")
-    path = os.fspath(path)
     if val_size < 1:
         raise VaekitError(f"val_size must be at least 1, got {val_size}")
-    arrays = _read_npz(path)
+    if isinstance(path, Mapping):
+        return split_arrays(_dict_arrays(path), val_size=val_size)
+    path = os.fspath(path)
+    return split_arrays(_read_npz(path), val_size=val_size, path=path)
 
+
+def split_arrays(arrays: dict[str, np.ndarray], *, val_size: int, path: str | None = None) -> dict[str, dict]:
+    """The splits of `load_arrays_splits` from the arrays themselves ({"x", ...} as in the file;
+    `path`: the file they came from, for messages, None for a dict handed from Python)."""
+    where = _origin(path)
+    arrays = dict(arrays)
     for x_key, y_key in (("x_val", "y_val"), ("x_test", "y_test")):
         if y_key in arrays and x_key not in arrays:
-            raise VaekitError(f"data file {path} has '{y_key}' but no '{x_key}'")
+            raise VaekitError(f"{where} has '{y_key}' but no '{x_key}'")
     # Labels for every split in the file or for none (the label key of each x present).
     label_keys = ["y"] + [y for x, y in (("x_val", "y_val"), ("x_test", "y_test")) if x in arrays]
     given = [k for k in label_keys if k in arrays]
@@ -237,7 +274,7 @@ def load_arrays_splits(
     if given and missing:
         names = lambda keys: ", ".join(f"'{k}'" for k in keys)  # noqa: E731
         raise VaekitError(
-            f"data file {path} has {names(given)} but no {names(missing)}: give labels for every split "
+            f"{where} has {names(given)} but no {names(missing)}: give labels for every split "
             f"({', '.join(label_keys)}) or for none"
         )
 
@@ -259,7 +296,7 @@ def load_arrays_splits(
         if part is not None and part["x"].shape[1:] != shape:
             kind = "examples" if len(shape) == 1 else "images"
             raise VaekitError(
-                f"data file {path}: '{name}' {kind} have shape {part['x'].shape[1:]} but 'x' {kind} have {shape}"
+                f"{where}: '{name}' {kind} have shape {part['x'].shape[1:]} but 'x' {kind} have {shape}"
             )
 
     n = train["x"].shape[0]
@@ -280,6 +317,6 @@ def load_arrays_splits(
     if end < 2:
         detail = f" after carving {' and '.join(carved)} from the {n} in 'x'" if carved else ""
         hint = " (give x_val/x_test in the file, or more examples in 'x')" if carved else ""
-        raise VaekitError(f"data file {path} leaves {max(end, 0)} training examples{detail}; at least 2 are needed{hint}")
+        raise VaekitError(f"{where} leaves {max(end, 0)} training examples{detail}; at least 2 are needed{hint}")
     train = {k: v[:end] for k, v in train.items()}
     return {"train": train, "val": val, "test": test}

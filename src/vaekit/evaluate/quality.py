@@ -180,7 +180,7 @@ def quality(run, *, samples: int = 10_000, split: str = "test", reference: int |
     its contents."""
     from vaekit.runs.layout import write_json_atomic
     from vaekit.evaluate.features import for_run
-    from vaekit.training.trainer import eval_mode
+    from vaekit.training.pictures import eval_mode
 
     if samples <= k:
         raise VaekitError(f"--samples must be more than k = {k}, got {samples}")

@@ -350,7 +350,7 @@ def render(run_dirs: list[str | Path], *, model: bool = True) -> str:
         columns, score_rows = _scores_table(runs)
         compare = {"diff": config_diff({r["name"]: r["config"] for r in runs}), "columns": columns,
                    "curves": None if fig is None else figure_uri(fig), "scores": score_rows}
-    from vaekit.training.trainer import _version
+    from vaekit.runs.train import vaekit_version as _version
 
     return _environment().get_template("report.html.j2").render(
         runs=runs, compare=compare, title=("vaekit report: " + runs[0]["name"]) if len(runs) == 1 else

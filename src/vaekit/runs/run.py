@@ -34,6 +34,9 @@ class Run:
         encoded as in training: one line then."""
         from vaekit.data import load_configured
 
+        if self.info.get("data_origin") == "python":
+            raise VaekitError(f"run '{self.path}' was trained on arrays given in Python (vaekit.train(data=...)), "
+                              f"which the run directory does not hold; load them as you did for training")
         splits = load_configured(self.config.data, **overrides)
         for name, text in splits.run_files.items():
             saved = Path(self.path) / name
