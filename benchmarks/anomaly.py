@@ -47,7 +47,7 @@ HOLD_OUT = 500  # training images of the class kept for validation and the typic
 
 def _train(args, cfg_overrides: list[str], runs_dir: Path, name: str, reuse: bool = False):
     from vaekit import config as config_lib
-    from vaekit.training.trainer import train
+    from vaekit.runs.train import train
 
     done = runs_dir / name / "run.json"
     if reuse and done.exists() and json.loads(done.read_text()).get("status") == "complete":

@@ -57,14 +57,14 @@ def trainer_step_timer(cfg, steps: int):
     import vaekit  # noqa: F401  (first: its XLA CPU settings must be in place before JAX starts)
     import jax
     from vaekit.data import load_configured
-    from vaekit.training.trainer import Trainer
+    from vaekit.training.loop import Trainer
 
     tr = Trainer(cfg, load_configured(cfg.data))
     idx = tr.epoch_indices(0, steps)
     box = {"state": tr.state}
 
     def run_chunk():
-        box["state"], metrics = tr._chunk(box["state"], tr.train_data, idx)
+        box["state"], metrics = tr.run_chunk(box["state"], tr.train_data, idx)
         jax.device_get(metrics)
 
     run_chunk()

@@ -71,7 +71,7 @@ def main() -> None:
     out["loader_images_per_s"] = args.steps * 64 / (time.perf_counter() - t0)
     print(f"loader alone (Grain, decode + resize to 64x64): {out['loader_images_per_s']:,.0f} images/s", flush=True)
 
-    from vaekit.training.trainer import Trainer
+    from vaekit.training.loop import Trainer
 
     for mode in ("no", "yes"):
         cfg = vaekit.resolve("folder-conv64", None, [f"data.path={root}", f"data.stream={mode}"])
@@ -82,7 +82,7 @@ def main() -> None:
         out[key] = rate
         what = "training, images in memory" if mode == "no" else "training fed by the stream"
         print(f"{what}: {rate:,.0f} images/s ({64e3 / rate:.0f} ms/step; one epoch of "
-              f"{trainer.steps_per_epoch} steps after a compiling one)", flush=True)
+              f"{trainer.epoch_steps} steps after a compiling one)", flush=True)
     bottleneck = "the loader" if out["loader_images_per_s"] < out["step_resident_images_per_s"] else "the step"
     print(f"\nbottleneck on this machine: {bottleneck}")
     out["bottleneck"] = bottleneck

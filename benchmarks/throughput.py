@@ -40,7 +40,7 @@ from common import (  # noqa: E402
 def vaekit_throughput(epochs: int, seed: int = 0) -> dict:
     from vaekit import config as config_lib
     from vaekit.data import load_data
-    from vaekit.training.trainer import Trainer
+    from vaekit.training.loop import Trainer
 
     cfg = config_lib.resolve("mnist-mlp", None, ["data.binarize=static", f"train.seed={seed}", f"train.epochs={epochs}"])
     splits = load_data("mnist", binarize="static", seed=seed)
@@ -54,7 +54,7 @@ def vaekit_throughput(epochs: int, seed: int = 0) -> dict:
     timed = per_epoch[1:] if epochs > 1 else per_epoch
     train_s = sum(t for t, _, _, _ in timed) / len(timed)
     val_s = sum(v for _, v, _, _ in timed) / len(timed)
-    n = trainer.steps_per_epoch * cfg.train.batch_size
+    n = trainer.epoch_steps * cfg.train.batch_size
     return {
         "examples_per_s": n / train_s,
         "epoch_examples_per_s": (n + len(splits.val["x"])) / (train_s + val_s),

@@ -82,18 +82,19 @@ def synthetic_token_splits(n=200, seq_len=8, vocab_size=12, seed=0) -> Splits:
 
 def step_loss(tr, idx):
     """params -> the model's loss (its first return: an array, or a dict per group) on the batch
-    of examples `idx` that `Trainer._train_step` builds at the trainer's current step, with the
+    of examples `idx` that `Trainer.train_step` builds at the trainer's current step, with the
     same keys and the training graph (`tr.graphdef`)."""
     import jax
 
-    from vaekit.training.trainer import merge_model, step_rngs
+    from vaekit.training.state import merge_model
+    from vaekit.training.rngs import step_rngs
 
-    data_key, model_key = jax.random.split(jax.random.fold_in(tr.state["key"], tr.state["step"]))
+    data_key, model_key = jax.random.split(jax.random.fold_in(tr.state.key, tr.state.step))
     batch = tr.gather(tr.train_data, idx, data_key)
 
     def loss(params: dict):
-        model = merge_model(tr.graphdef, params, tr.state["rest"], copy=True)
-        return model.loss(batch, rngs=step_rngs(model_key), step=tr.state["step"])[0]
+        model = merge_model(tr.graphdef, params, tr.state.rest, copy=True)
+        return model.loss(batch, rngs=step_rngs(model_key), step=tr.state.step)[0]
 
     return loss
 
@@ -106,7 +107,7 @@ def group_step_check(tr, batch_size: int, lrs: dict) -> dict:
     import jax
     import jax.numpy as jnp
 
-    params = tr.state["params"]
+    params = tr.state.params
     before = jax.tree.map(np.asarray, params)
     idx = jnp.arange(batch_size)
     loss = step_loss(tr, idx)
@@ -115,11 +116,11 @@ def group_step_check(tr, batch_size: int, lrs: dict) -> dict:
         return jax.jit(jax.grad(lambda p: loss(dict(params, **{param_group: p}))[loss_group]))(params[param_group])
 
     grads = {(g, h): grad(g, h) for g in params for h in params}
-    new, _ = jax.jit(tr._train_step)(tr.state, tr.train_data, idx)
+    new, _ = jax.jit(tr.train_step)(tr.state, tr.train_data, idx)
     for g, lr in lrs.items():
         expected = jax.tree.map(lambda p, d: p - lr * np.asarray(d) / (np.abs(np.asarray(d)) + 1e-8), before[g],
                                 grads[g, g])
-        for got, want in zip(jax.tree.leaves(new["params"][g]), jax.tree.leaves(expected)):
+        for got, want in zip(jax.tree.leaves(new.params[g]), jax.tree.leaves(expected)):
             np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
     return grads
 

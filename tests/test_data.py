@@ -407,7 +407,7 @@ def test_library_made_arrays_are_aligned_read_only_and_the_trainer_uses_them_in_
     from vaekit.data import _binarize_splits
     from vaekit.data.memory import ALIGNMENT, empty_aligned
     from vaekit.data.mnist import _to_float
-    from vaekit.training.trainer import Trainer
+    from vaekit.training.loop import Trainer
     from conftest import synthetic_splits, tiny_config
 
     raw = np.arange(3 * 28 * 28, dtype=np.int64).reshape(3, 28, 28).astype(np.uint8)

@@ -19,7 +19,8 @@ from vaekit.core.metrics import values
 from vaekit.models import build_model
 from vaekit.models.disentangle import (DIPVAEConfig, FactorVAEConfig, TCVAE, TCVAEConfig, dip_covariance,
                                        dip_penalties, log_importance_weights, permute_dims, tc_decomposition)
-from vaekit.training.trainer import Trainer, split_model
+from vaekit.training.loop import Trainer
+from vaekit.training.state import split_model
 
 # --------------------------------------------------------------------------- beta-TCVAE estimators
 
@@ -220,10 +221,10 @@ def test_discriminator_group_changes_only_its_own_parameters():
                              "discriminator_lr": 3e-3, "gamma": 5.0},
                       train={"batch_size": 20, "learning_rate": 1e-3})
     tr = Trainer(cfg, splits)
-    assert set(tr.state["params"]) == {"vae", "discriminator"}
-    disc_paths = {p for p, _ in nnx.to_flat_state(tr.state["params"]["discriminator"])}
+    assert set(tr.state.params) == {"vae", "discriminator"}
+    disc_paths = {p for p, _ in nnx.to_flat_state(tr.state.params["discriminator"])}
     assert disc_paths and all(p[0] == "discriminator" for p in disc_paths)
-    assert not any(p[0] == "discriminator" for p, _ in nnx.to_flat_state(tr.state["params"]["vae"]))
+    assert not any(p[0] == "discriminator" for p, _ in nnx.to_flat_state(tr.state.params["vae"]))
     grads = group_step_check(tr, 20, {"vae": 1e-3, "discriminator": 3e-3})
     cross = grads["discriminator", "vae"]  # the discriminator's loss on the VAE's parameters
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(cross))  # exists, and the step ignored it

@@ -138,7 +138,7 @@ def test_two_layer_linear_gaussian_nll_matches_the_closed_form():
 def test_two_layer_model_reports_kl_and_active_units_per_layer():
     from conftest import synthetic_splits, tiny_config
     from vaekit.core import metrics as metrics_lib
-    from vaekit.training.trainer import Trainer
+    from vaekit.training.loop import Trainer
 
     splits = synthetic_splits(n=80)
     cfg = tiny_config(model={"kind": "hvae", "z1_dim": 4, "hidden2": [8], "latent_dim": 3})
@@ -189,7 +189,7 @@ def test_two_layer_kl_per_dimension_against_independent_monte_carlo():
 
 def test_two_layer_run_draws_its_layers_picture(tmp_path, monkeypatch):
     from conftest import synthetic_splits, tiny_config
-    from vaekit.training.trainer import train
+    from vaekit.runs.train import train
 
     splits = synthetic_splits(n=80)
     monkeypatch.setattr("vaekit.data.load_data", lambda *a, **k: splits)
@@ -248,7 +248,7 @@ def test_batch_normalized_two_layer_model_moves_each_running_average_once_per_lo
 def test_batch_normalized_two_layer_model_trains_and_scores(tmp_path):
     from conftest import synthetic_splits, tiny_config
     from vaekit.errors import VaekitError
-    from vaekit.training.trainer import Trainer
+    from vaekit.training.loop import Trainer
 
     build, splits = _hvae_bn()
     cfg = tiny_config(model={"kind": "hvae", "z1_dim": 4, "hidden2": [8], "latent_dim": 3, "batch_norm": True},

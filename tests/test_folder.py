@@ -198,7 +198,7 @@ def test_streamed_split_refuses_static_binarization(tmp_path):
 @pytest.mark.parametrize("budget", [{"epochs": 2}, {"steps": 8, "eval_every": 4}])  # a permutation / with replacement
 def test_streamed_training_equals_resident_training_on_the_same_batches(tmp_path, budget):
     from conftest import tiny_config
-    from vaekit.training.trainer import Trainer
+    from vaekit.training.loop import Trainer
 
     root = _numbered_folder(tmp_path / "imgs", 30)
     common = dict(image_size=4, color="grey", val_size=3)
@@ -211,5 +211,5 @@ def test_streamed_training_equals_resident_training_on_the_same_batches(tmp_path
         ma, mb = a.fit_epoch(), b.fit_epoch()
         np.testing.assert_allclose(ma["train/loss"], mb["train/loss"], rtol=1e-5)
     assert a.loop == "stream"
-    for x, y in zip(jax.tree.leaves(a.state["params"]), jax.tree.leaves(b.state["params"])):
+    for x, y in zip(jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

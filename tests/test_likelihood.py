@@ -103,7 +103,7 @@ def test_results_do_not_depend_on_batching():
 
 
 def test_evaluate_writes_json_through_the_run(tmp_path, monkeypatch):
-    from vaekit.training.trainer import train
+    from vaekit.runs.train import train
 
     splits = synthetic_splits()
     monkeypatch.setattr("vaekit.data.load_data", lambda *a, **k: splits)

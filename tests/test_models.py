@@ -13,7 +13,8 @@ from conftest import synthetic_splits, synthetic_token_splits, tiny_config
 from vaekit.core import metrics as metrics_lib
 from vaekit.runs.run import load_run
 from vaekit.models import MODELS, Capabilities, Model, build_model
-from vaekit.training.trainer import Trainer, train
+from vaekit.runs.train import train
+from vaekit.training.loop import Trainer
 
 # Every registered kind, and the VAE with each posterior and prior option (the options every
 # Gaussian-latent kind accepts). A kind built on a trained run (`needs_parent_run`, e.g. vqprior)
@@ -152,9 +153,9 @@ def test_trains_saves_and_loads_identically(kind, splits, tmp_path, monkeypatch)
     run = load_run(run_dir, checkpoint="latest")
     assert run.info["model_kind"] == kind[0] and run.spec == splits.spec
     # The loaded model equals the one training ended with (retraced here from the same seed).
-    from vaekit.training.trainer import merge_model
+    from vaekit.training.state import merge_model
 
-    trained = merge_model(trainer.graphdef_eval, trainer.state["params"], trainer.state["rest"])
+    trained = merge_model(trainer.graphdef_eval, trainer.state.params, trainer.state.rest)
     batch = _batch(splits)
     y = _y(run.model, batch)
     np.testing.assert_array_equal(np.asarray(run.model.reconstruct(batch["x"], y)),

@@ -23,7 +23,9 @@ from vaekit.cli import build_parser, main
 from vaekit.errors import VaekitError
 from vaekit.runs import layout
 from vaekit.runs.run import Run
-from vaekit.training.trainer import Trainer, TrainingDiverged, train
+from vaekit.runs.train import train
+from vaekit.training.loop import Trainer
+from vaekit.training.step import TrainingDiverged
 
 from conftest import default_sigint, replace, synthetic_splits, tiny_config
 
@@ -224,8 +226,8 @@ def test_12_trainer_keeps_the_last_good_state_after_divergence(splits):
         with pytest.raises(TrainingDiverged, match=r"at step (\d+)") as e:
             tr.fit_epoch()
         bad_step = int(e.value.args[0].split("at step ")[1].split()[0])
-        assert int(tr.state["step"]) == bad_step  # the state before the first bad step
-        for leaf in jax.tree.leaves(tr.state["params"]):
+        assert int(tr.state.step) == bad_step  # the state before the first bad step
+        for leaf in jax.tree.leaves(tr.state.params):
             assert np.all(np.isfinite(np.asarray(leaf)))
         assert "val/elbo" in tr.validate()  # usable from Python: no deleted (donated) buffers
 
@@ -277,7 +279,7 @@ def test_14_bits_per_dim_only_for_discrete_likelihoods(monkeypatch, splits):
 
 def test_15_write_pictures_restores_the_models_mode(tmp_path, splits):
     from vaekit.models import build_model
-    from vaekit.training.trainer import write_pictures
+    from vaekit.training.pictures import write_pictures
 
     cfg = tiny_config(model={"net": "conv", "conv_channels": (4, 8), "latent_dim": 3})
     model = build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))

@@ -12,7 +12,7 @@ from vaekit import config as config_lib
 from vaekit import nets
 from vaekit.errors import VaekitError
 from vaekit.models import build_model
-from vaekit.training.trainer import Trainer
+from vaekit.training.loop import Trainer
 
 
 @pytest.mark.parametrize("net, hidden_layers", [
@@ -45,14 +45,14 @@ def _trainers(model_cfg):
 def test_a_bf16_step_is_the_fp32_step_up_to_rounding(model_cfg):
     fp32, bf16 = _trainers(model_cfg)
     idx = jnp.arange(32)
-    hlo = {name: jax.jit(tr._train_step).lower(tr.state, tr.train_data, idx).as_text()
+    hlo = {name: jax.jit(tr.train_step).lower(tr.state, tr.train_data, idx).as_text()
            for name, tr in (("fp32", fp32), ("bf16", bf16))}
     assert "bf16" in hlo["bf16"] and "bf16" not in hlo["fp32"]  # the option reaches the compiled step
-    for a, b in zip(jax.tree.leaves(fp32.state["params"]), jax.tree.leaves(bf16.state["params"])):
+    for a, b in zip(jax.tree.leaves(fp32.state.params), jax.tree.leaves(bf16.state.params)):
         np.testing.assert_array_equal(a, b)  # the same initial parameters
 
     def loss_and_grad(tr):
-        return jax.jit(jax.value_and_grad(step_loss(tr, idx)))(tr.state["params"])
+        return jax.jit(jax.value_and_grad(step_loss(tr, idx)))(tr.state.params)
 
     (l32, g32), (l16, g16) = loss_and_grad(fp32), loss_and_grad(bf16)
     assert float(l16) != float(l32) and abs(float(l16) - float(l32)) < 1e-2 * abs(float(l32))
@@ -64,7 +64,7 @@ def test_a_bf16_step_is_the_fp32_step_up_to_rounding(model_cfg):
     # validation runs the float32 graph (the same state validates the same in both trainers).
     for tr in (fp32, bf16):
         tr.fit_epoch()
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((bf16.state["params"], bf16.state["opt_state"]))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((bf16.state.params, bf16.state.opt_state))
                if jnp.issubdtype(x.dtype, jnp.floating))
     fp32.state = jax.tree.map(jnp.copy, bf16.state)
     a, b = fp32.validate(), bf16.validate()

@@ -91,8 +91,8 @@ def test_import_vaekit_and_the_cli_leave_jax_unimported():
     code = ("import sys, vaekit, vaekit.cli\n"
             "heavy = [m for m in ('jax', 'flax', 'optax', 'orbax', 'matplotlib', 'tensorboardX') if m in sys.modules]\n"
             "print(heavy)\n"
-            "import vaekit.training.trainer\n"  # the module named trainer leaves the package's train() function in place
-            "print(callable(vaekit.train) and vaekit.train.__module__ == 'vaekit.training.trainer', vaekit.Trainer.__name__)")
+            "import vaekit.runs.train\n"  # the module named train leaves the package's train() function in place
+            "print(callable(vaekit.train) and vaekit.train.__module__ == 'vaekit.runs.train', vaekit.Trainer.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["[]", "True Trainer"]
@@ -146,7 +146,7 @@ def snapshot():
     return {"env": dict(os.environ), "levels": levels, "jax": {k: repr(v) for k, v in jax.config.values.items()},
             "mmapped": mmapped_regions()}
 before = snapshot()
-import vaekit, vaekit.cli, vaekit.runs.checkpoint, vaekit.training.trainer, vaekit.models, vaekit.evaluate, vaekit.plots
+import vaekit, vaekit.cli, vaekit.runs.checkpoint, vaekit.runs.train, vaekit.models, vaekit.evaluate, vaekit.plots
 vaekit.load_run, vaekit.train, vaekit.resolve
 after = snapshot()
 print(json.dumps({k: [x for x in before[k] if before[k][x] != after[k].get(x)] + [x for x in after[k] if x not in before[k]]

@@ -42,7 +42,7 @@ FOUR_DEVICES = textwrap.dedent("""
     from conftest import synthetic_splits, tiny_config
     from vaekit.cli import main
     from vaekit.errors import VaekitError
-    from vaekit.training.trainer import Trainer
+    from vaekit.training.loop import Trainer
 
     assert jax.device_count() == 4
     out = {}
@@ -52,8 +52,8 @@ FOUR_DEVICES = textwrap.dedent("""
         tr = Trainer(cfg, synthetic_splits(n=200))
         m = tr.fit_epoch()
         out[devices] = {"loss": float(m["train/loss"]), "val": float(tr.validate()["val/elbo"]),
-                        "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(tr.state["params"])],
-                        "sharding": str(jax.tree.leaves(tr.state["params"])[0].sharding)}
+                        "params": [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(tr.state.params)],
+                        "sharding": str(jax.tree.leaves(tr.state.params)[0].sharding)}
     try:
         Trainer(tiny_config(train={"devices": "4", "batch_size": 30}), synthetic_splits(n=200))
     except VaekitError as e:

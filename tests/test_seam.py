@@ -16,14 +16,15 @@ from vaekit.data.spec import DataSpec
 from vaekit.core.distributions import DiagonalGaussian
 from vaekit.core.metrics import Accumulator, Mean, mean_of
 from vaekit.models import MODELS, Capabilities, ParamGroup
+from vaekit.models.base import ModelBase
 from vaekit.models.cvae import CVAE, CVAEConfig
 from vaekit.core.priors import KL, StandardNormal, kl_divergence
-from vaekit.training.trainer import Trainer
+from vaekit.training.loop import Trainer
 
 # --------------------------------------------------------------------------- parameter groups
 
 
-class TwoGroups(nnx.Module):
+class TwoGroups(ModelBase):
     """Two parameter groups with their own losses, and a parameter in neither (frozen)."""
 
     kind = "two-groups"
@@ -83,11 +84,11 @@ def test_parameter_groups_follow_hand_computed_adam(update, monkeypatch):
         else:  # b's gradient at the a that a's update left
             a = opt_a.step(a, _losses(a, b)[0])
             b = opt_b.step(b, _losses(a, b)[1])
-    params = trainer.state["params"]
+    params = trainer.state.params
     np.testing.assert_allclose(np.asarray(params["a"]["a"][...]), a, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(params["b"]["b"][...]), b, rtol=1e-5)
-    np.testing.assert_array_equal(np.asarray(trainer.state["rest"]["frozen"][...]), [3.0])  # in no group: frozen
-    assert set(trainer.state["opt_state"]) == {"a", "b"}
+    np.testing.assert_array_equal(np.asarray(trainer.state.rest["frozen"][...]), [3.0])  # in no group: frozen
+    assert set(trainer.state.opt_state) == {"a", "b"}
 
 
 # --------------------------------------------------------------------------- KL
@@ -236,7 +237,7 @@ def test_a_group_may_override_the_optimizer_settings():
     gradients match optax.adam with those betas and differ from the train config's."""
     import optax
 
-    from vaekit.training.trainer import group_optimizers
+    from vaekit.training.optim import group_optimizers
 
     class Groups:
         def param_groups(self):
@@ -244,7 +245,7 @@ def test_a_group_may_override_the_optimizer_settings():
                                                                 train_overrides={"adam_b1": 0.5, "adam_b2": 0.9})}
 
     t = tiny_config(train={"lr_schedule": "constant", "grad_clip": 0.0, "warmup_steps": 0}).train
-    opts = group_optimizers(Groups(), t, steps_per_epoch=10)
+    opts = group_optimizers(Groups(), t, data_pass_steps=10)
     grads = [jnp.asarray([1.0, -2.0]), jnp.asarray([0.3, 4.0])]
 
     def run(tx):

@@ -136,7 +136,7 @@ def test_sharp_loss_is_the_weighted_image_loss_plus_kl():
 
 
 def test_perceptual_feature_net_is_in_no_group():
-    from vaekit.training.trainer import split_model
+    from vaekit.training.state import split_model
 
     splits = synthetic_splits(n=8, shape=(28, 28, 1))
     cfg = tiny_config(model={"kind": "sharp", "recon_loss": "perceptual"})
@@ -177,13 +177,13 @@ def test_vaegan_groups_change_only_their_own_parameters():
     differentiates through the images), and one Trainer step follows only that one: the
     discriminator's loss, from the same discriminator pass as the decoder's, also has a gradient in
     the decoder, which the step must not apply."""
-    from vaekit.training.trainer import Trainer
+    from vaekit.training.loop import Trainer
 
     splits = synthetic_splits(n=16, shape=(8, 8, 1))
     cfg = tiny_config(model={"kind": "vaegan", "disc_channels": (4, 8), "stabilizer": "r1",
                              "disc_learning_rate": 5e-4}, train={"batch_size": 8, "learning_rate": 1e-3})
     tr = Trainer(cfg, splits)
-    params = tr.state["params"]
+    params = tr.state.params
     assert set(params) == {"encoder", "decoder", "discriminator"}
     assert tr.model.param_groups()["discriminator"].learning_rate == 5e-4
     paths = {g: [p for p, _ in nnx.to_flat_state(s)] for g, s in params.items()}
@@ -216,15 +216,15 @@ def test_vaegan_discriminator_loss_closed_form():
 
 
 def test_vaegan_trains_through_the_trainer():
-    from vaekit.training.trainer import Trainer
+    from vaekit.training.loop import Trainer
 
     splits = synthetic_splits(n=60, shape=(8, 8, 1))
     cfg = tiny_config(model={"kind": "vaegan", "disc_channels": (4, 8)}, train={"epochs": 1, "batch_size": 20})
     trainer = Trainer(cfg, splits)
-    before = jax.tree.map(np.asarray, trainer.state["params"])
+    before = jax.tree.map(np.asarray, trainer.state.params)
     out = trainer.fit_epoch()
     assert np.isfinite(out["train/loss"])
-    after = trainer.state["params"]
+    after = trainer.state.params
     for g in before:  # every group moved
         assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(before[g]),
                                                                            jax.tree.leaves(after[g])))

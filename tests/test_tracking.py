@@ -57,24 +57,23 @@ def test_mlflow_logger_marks_a_failed_run(tmp_path):
 
 
 def _mlflow_training(tmp_path, monkeypatch, epochs: int):
-    """A tiny run logged to MLflow's file store beside it: (cfg, run_dir, client, runs of the experiment)."""
+    """A tiny run logged to MLflow's file store beside it: (cfg, run_dir, client, its data, runs of the experiment)."""
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
     from conftest import synthetic_splits, tiny_config
-    from vaekit.training.trainer import train
+    from vaekit.runs.train import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     splits = synthetic_splits(n=80)
-    monkeypatch.setattr("vaekit.data.load_configured", lambda data_cfg, **kw: splits)
     cfg = tiny_config(train={"loggers": ("mlflow",), "epochs": epochs})
-    run_dir = train(cfg, runs_dir=tmp_path, name="tracked", progress=False)
+    run_dir = train(cfg, data=splits, runs_dir=tmp_path, name="tracked", progress=False)
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
-    return cfg, run_dir, client, lambda: client.search_runs([client.get_experiment_by_name("vaekit").experiment_id])
+    return cfg, run_dir, client, splits, lambda: client.search_runs([client.get_experiment_by_name("vaekit").experiment_id])
 
 
 def test_training_logs_to_mlflow_when_asked(tmp_path, monkeypatch):
-    _, run_dir, client, runs = _mlflow_training(tmp_path, monkeypatch, epochs=2)
+    _, run_dir, client, _, runs = _mlflow_training(tmp_path, monkeypatch, epochs=2)
     assert not (run_dir / "tensorboard").exists()  # only the loggers asked for
     (run,) = runs()
     assert run.info.status == "FINISHED" and run.data.params["train.epochs"] == "2"
@@ -86,12 +85,12 @@ def test_resumed_training_continues_the_same_mlflow_run(tmp_path, monkeypatch):
     import dataclasses
     import json
 
-    from vaekit.training.trainer import train
+    from vaekit.runs.train import train
 
-    cfg, run_dir, client, runs = _mlflow_training(tmp_path, monkeypatch, epochs=1)
+    cfg, run_dir, client, splits, runs = _mlflow_training(tmp_path, monkeypatch, epochs=1)
     first_id = json.loads((run_dir / "run.json").read_text())["mlflow_run_id"]
     longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
-    train(longer, resume=run_dir, progress=False)
+    train(longer, data=splits, resume=run_dir, progress=False)
     (run,) = runs()
     assert run.info.run_id == first_id and run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(first_id, "val/elbo")] == [1, 2]  # both parts, one run

@@ -108,7 +108,7 @@ def test_corrupted_checkpoint_gives_clear_error(tmp_path, splits):
 
 def test_iwae_learning_rate_schedule_stages():
     cfg = tiny_config(train={"lr_schedule": "iwae", "learning_rate": 1e-3})
-    sched = learning_rate_schedule(cfg.train, steps_per_epoch=10)
+    sched = learning_rate_schedule(cfg.train, data_pass_steps=10)
     # stage i starts at epoch sum_{j<i} 3^j = 0, 1, 4, 13, ... and runs at 1e-3 * 10^(-i/7)
     for epoch, stage in [(0, 0), (1, 1), (3, 1), (4, 2), (12, 2), (13, 3), (40, 4), (1093, 7)]:
         assert float(sched(epoch * 10)) == pytest.approx(1e-3 * 10 ** (-stage / 7), rel=1e-5)

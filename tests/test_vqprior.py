@@ -19,7 +19,7 @@ from vaekit.errors import VaekitError
 from vaekit.core.metrics import values
 from vaekit.models import build_model
 from vaekit.nets.pixelcnn import GatedPixelCNN
-from vaekit.training.trainer import train
+from vaekit.runs.train import train
 
 PRIOR = {"kind": "vqprior", "prior_channels": 8, "prior_layers": 1}
 

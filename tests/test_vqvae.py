@@ -18,7 +18,7 @@ from vaekit.errors import VaekitError
 from vaekit.core.metrics import values
 from vaekit.models import build_model
 from vaekit.models.vqvae import Codebook, Quantized, batch_perplexity, code_statistics
-from vaekit.training.trainer import train
+from vaekit.runs.train import train
 
 TINY = {"kind": "vqvae", "codebook_size": 8, "code_dim": 4, "channels": 8, "res_blocks": 1, "stages": 2}
 TRAIN = {"epochs": 1, "batch_size": 20, "chunk_steps": 3}

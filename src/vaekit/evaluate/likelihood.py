@@ -161,7 +161,7 @@ def token_summary(model: nnx.Module, data: dict, nll: np.ndarray, batch_size: in
     perplexity = exp(total NLL / tokens), the convention of Bowman et al. 2016."""
     from vaekit.core import metrics as metrics_lib
     from vaekit.data.text import sentence_lengths
-    from vaekit.training.step import step_rngs
+    from vaekit.training.rngs import step_rngs
 
     count = float(sentence_lengths(data["x"]).sum())
     out = {"tokens": int(count), "nll_per_token": float(nll.sum() / count),

@@ -21,12 +21,12 @@ def total_steps(t: TrainConfig, data_pass_steps: int) -> int:
     return t.steps if t.steps is not None else t.epochs * data_pass_steps
 
 
-def learning_rate_schedule(t: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(t: TrainConfig, data_pass_steps: int) -> optax.Schedule:
     """The configured schedule, with optional linear warm-up, as a function of the step.
 
-    steps_per_epoch: steps of one pass over the training data (the "iwae" stages count these).
+    data_pass_steps: steps of one pass over the training data (the "iwae" stages count these).
     """
-    lr, total = t.learning_rate, max(1, total_steps(t, steps_per_epoch))
+    lr, total = t.learning_rate, max(1, total_steps(t, data_pass_steps))
     schedules = {
         "constant": lambda: optax.constant_schedule(lr),
         "cosine": lambda: optax.cosine_decay_schedule(lr, total),
@@ -34,7 +34,7 @@ def learning_rate_schedule(t: TrainConfig, steps_per_epoch: int) -> optax.Schedu
         "step": lambda: optax.exponential_decay(lr, t.decay_steps, t.decay_rate, staircase=True),
         # Burda et al. 2015: stage i = 0..7 lasts 3^i epochs at lr * 10^(-i/7).
         "iwae": lambda: optax.piecewise_constant_schedule(
-            lr, {sum(3**j for j in range(i)) * steps_per_epoch: 10 ** (-1 / 7) for i in range(1, 8)}
+            lr, {sum(3**j for j in range(i)) * data_pass_steps: 10 ** (-1 / 7) for i in range(1, 8)}
         ),
     }
     base = schedules[t.lr_schedule]()
@@ -63,9 +63,9 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.stateless(clip)
 
 
-def make_optimizer(t: TrainConfig, steps_per_epoch: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(t: TrainConfig, data_pass_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(Adam or AdamW on the configured schedule, clipped when train.grad_clip > 0; the schedule)."""
-    schedule = learning_rate_schedule(t, steps_per_epoch)
+    schedule = learning_rate_schedule(t, data_pass_steps)
     if t.optimizer == "adamw":
         opt = optax.adamw(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps, weight_decay=t.weight_decay)
     else:
@@ -75,10 +75,10 @@ def make_optimizer(t: TrainConfig, steps_per_epoch: int) -> tuple[optax.Gradient
     return opt, schedule
 
 
-def group_optimizers(model, t: TrainConfig, steps_per_epoch: int) -> dict[str, tuple]:
+def group_optimizers(model, t: TrainConfig, data_pass_steps: int) -> dict[str, tuple]:
     """{group name: (optax transform, learning-rate schedule)} for the model's parameter groups.
 
-    steps_per_epoch: steps of one pass over the training data (see `learning_rate_schedule`).
+    data_pass_steps: steps of one pass over the training data (see `learning_rate_schedule`).
     """
     out = {}
     for name, group in model.param_groups().items():
@@ -86,7 +86,7 @@ def group_optimizers(model, t: TrainConfig, steps_per_epoch: int) -> dict[str, t
         if group.learning_rate is not None:
             changes["learning_rate"] = group.learning_rate
         cfg = dataclasses.replace(t, **changes) if changes else t
-        out[name] = make_optimizer(cfg, steps_per_epoch)
+        out[name] = make_optimizer(cfg, data_pass_steps)
     return out
 
 

@@ -35,9 +35,8 @@ from flax import nnx
 from vaekit.core import metrics as metrics_lib
 from vaekit.errors import VaekitError
 from vaekit.training.optim import global_norm
+from vaekit.training.rngs import step_rngs
 from vaekit.training.state import TrainState, merge_model, split_model
-
-RNG_STREAMS = ("sample", "dropout", "noise")  # the streams a model's loss receives
 
 
 class TrainingDiverged(VaekitError):
@@ -64,11 +63,6 @@ class StepProgram:
     latent_vector: bool
     transform: Callable
     batch_sharding: jax.sharding.Sharding | None = None
-
-
-def step_rngs(key: jax.Array) -> nnx.Rngs:
-    """The model's RNG streams for one step or batch, split from one key."""
-    return nnx.Rngs(**dict(zip(RNG_STREAMS, jax.random.split(key, len(RNG_STREAMS)))))
 
 
 def shard_batch(program: StepProgram, tree):
@@ -212,6 +206,6 @@ def guard_finite(metrics: dict, first_step: int, epoch: int) -> None:
         )
 
 
-__all__ = ["RNG_STREAMS", "StepProgram", "TrainingDiverged", "all_finite", "eval_step", "fed_train_step",
+__all__ = ["StepProgram", "TrainingDiverged", "all_finite", "eval_step", "fed_train_step",
            "first_nonfinite", "gather", "guard_finite", "guarded_fed_step", "guarded_step", "keep_if_finite",
-           "shard_batch", "step_rngs", "train_step", "update"]
+           "shard_batch", "train_step", "update"]
