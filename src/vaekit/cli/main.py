@@ -706,7 +706,7 @@ def exit_now(code: int) -> None:
 
     Python's own exit clears every module and collects every object before the process ends:
     0.35-0.5 s once JAX, Flax, Orbax and matplotlib are loaded: 4% of a warm 10-epoch mnist-mlp
-    run, 15% of a warm one-epoch run on 1,000 images (docs/benchmarks.md). A command has closed what it wrote
+    run, 15% of a warm one-epoch run on 1,000 images (docs/results.md). A command has closed what it wrote
     by then (run files are written atomically; the trainer closes its checkpointer and TensorBoard
     writer), so this does what a normal exit does before the teardown: join the threads that are
     not daemons (after waking idle executor workers, as `threading` does at exit), run the atexit

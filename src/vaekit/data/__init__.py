@@ -263,7 +263,7 @@ def prefetch(data_cfg) -> None:
     this as soon as the data section of its config is known (`config.resolve_data`), so that
     reading, converting and binarizing the data (numpy, which releases the GIL for large arrays)
     overlaps the imports of JAX, Flax, the models, Orbax and matplotlib: MNIST's splits take
-    0.3-1.1 s on the development machine, the imports about 1 s (docs/benchmarks.md). Nothing is
+    0.3-1.1 s on the development machine, the imports about 1 s (docs/results.md). Nothing is
     written, so an error before the data is needed (a run directory that exists) costs only the
     thread's work. Calling it again for the config under way starts nothing.
     """

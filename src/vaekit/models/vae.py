@@ -75,7 +75,7 @@ class VAE(ModelBase):
             # The planar steps' u, w, b outputs start at a tenth of the default initial scale, b at 0,
             # so each step's tanh(w.z + b) starts in its linear range. At the default scale 16
             # amortized steps start as saturated folds and trained 1.4 nats worse (90.39 against
-            # 88.95 after 135 epochs; docs/benchmarks.md).
+            # 88.95 after 135 epochs; docs/results.md).
             head = output_layer(self.encoder)
             head.kernel[...] = head.kernel[...].at[..., 2 * d :].multiply(PLANAR_INIT_SCALE)
             head.bias[...] = head.bias[...].at[2 * d :].set(0.0)

@@ -317,7 +317,7 @@ def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array, *, form: str | None =
 #   does not fuse its operand's producer, so the elementwise work stays in the channels-last shape,
 #   where XLA vectorizes it (a reduction in the (N*H, W*C) row view is faster alone, but pulled the
 #   transposes of the stride-1 conv forms into row-shaped fusions that ran 3-5x slower). The
-#   shapes-beta step: 55 -> 45 ms on two cores, 93 -> 80 ms on one (docs/benchmarks.md).
+#   shapes-beta step: 55 -> 45 ms on two cores, 93 -> 80 ms on one (docs/results.md).
 # * `add_bias` adds a bias in the row view, so that its gradient is a fast row sum.
 
 

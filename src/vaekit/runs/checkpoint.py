@@ -30,7 +30,7 @@ class Checkpointer:
     trainer saves only "model" as "best": `load_run` restores only "model" (so a change to the
     optimizer or the training state never breaks loading a finished run), and resuming reads
     "latest". That also spares Adam's two moment copies of every parameter in each best save
-    (0.25 s of a 10-epoch mnist-mlp run, docs/benchmarks.md). Steps of the Orbax managers are
+    (0.25 s of a 10-epoch mnist-mlp run, docs/results.md). Steps of the Orbax managers are
     epochs.
     """
 

@@ -312,7 +312,7 @@ class Trainer:
         # from that copy with the guard (`_guarded_chunk`; jit compiles it on that first call),
         # which returns the last good state. The guard's select of old or new state after every
         # step held each step's optimizer update back until the whole gradient was checked:
-        # mnist-mlp 1.28-1.31 against 1.59-1.68 ms a step on two cores (docs/benchmarks.md). A
+        # mnist-mlp 1.28-1.31 against 1.59-1.68 ms a step on two cores (docs/results.md). A
         # streamed source guards every step (its batches are read once): no rerun, no copy.
         self._backup = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), **jit_kw)
         if self.loop == "stream":
