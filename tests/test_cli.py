@@ -210,25 +210,62 @@ def test_a_run_from_vaekit_0_1_fails_in_one_line(capsys, run_dir, tmp_path):
 
 
 def test_exit_now_skips_only_the_teardown(tmp_path):
-    """The `vaekit` command ends with `exit_now`: the status passes through, and what a normal exit
-    does first still happens (threads that are not daemons finish, an idle executor's worker is
-    woken, atexit handlers run, buffered output is flushed)."""
+    """The `vaekit` command ends with `exit_now` after `skip_teardown`: the status passes through,
+    what a normal exit does first still happens (threads that are not daemons finish, an idle
+    executor's worker is woken, atexit handlers registered later, as JAX's are, run, buffered output
+    is flushed), and the interpreter's teardown does not (an object's finalizer that the teardown
+    calls, as the same script without `skip_teardown` shows)."""
     import textwrap
 
     script = textwrap.dedent(f"""
-        import atexit, concurrent.futures, threading, time, pathlib
-        from vaekit.cli.main import exit_now
-        out = pathlib.Path({str(tmp_path)!r})
+        import atexit, concurrent.futures, sys, threading, time, pathlib
+        from vaekit.cli.parser import exit_now, skip_teardown
+        if sys.argv[1] == "fast":
+            skip_teardown()
+        out = pathlib.Path(sys.argv[2])
         atexit.register(lambda: (out / "atexit").write_text("ran"))
         threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()
         pool = concurrent.futures.ThreadPoolExecutor(1)
         pool.submit(lambda: None).result()  # its worker now waits for work, as an unclosed pool's does
+
+        class Teardown:
+            def __del__(self, path=out / "teardown"):
+                path.write_text("ran")
+
+        kept = Teardown()  # a module global: only the teardown collects it
         print("buffered, no newline", end="")
         exit_now(3)
         (out / "after").write_text("never")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 3, done.stderr
-    assert done.stdout == "buffered, no newline"
-    assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
-    assert not (tmp_path / "after").exists()
+    for mode in ("fast", "full"):
+        out = tmp_path / mode
+        out.mkdir()
+        done = subprocess.run([sys.executable, "-c", script, mode, str(out)], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 3, done.stderr
+        assert done.stdout == "buffered, no newline"
+        assert (out / "atexit").read_text() == "ran" and (out / "thread").read_text() == "done"
+        assert not (out / "after").exists()
+        assert (out / "teardown").exists() == (mode == "full")
+
+
+def test_every_command_has_a_handler_and_text_runs_are_dispatched_in_one_place():
+    """Each command of the parser has a handler; the text handlers are one table keyed by command,
+    and only the parser's dispatch asks whether a run is a text run (no command branches on it);
+    one function loads runs."""
+    import argparse
+    from pathlib import Path
+
+    import vaekit.cli
+    from vaekit.cli import text
+    from vaekit.cli.parser import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        assert callable(sub.get_default("func")), name
+    for name in text.HANDLERS:
+        assert "run" in {a.dest for a in commands[name]._actions}, name  # the dispatch reads the run's data kind
+    sources = {p.name: p.read_text() for p in Path(vaekit.cli.__file__).parent.glob("*.py")}
+    assert {name for name, src in sources.items() if "is_text_run(" in src} == {"parser.py", "text.py"}
+    assert {name for name, src in sources.items() if "load_run" in src} == {"common.py"}

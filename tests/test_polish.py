@@ -20,7 +20,8 @@ from flax import nnx
 
 from vaekit.runs import checkpoint as ck
 from vaekit import config as C
-from vaekit.cli import build_parser, main
+from vaekit.cli import main
+from vaekit.cli.parser import build_parser
 from vaekit.errors import VaekitError
 from vaekit.training.trainer import Trainer, TrainingDiverged, train
 
@@ -304,6 +305,7 @@ def test_18_every_option_has_help_with_its_default_and_version(capsys):
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
             if action.default not in (None, False, [], argparse.SUPPRESS):
                 assert f"(default: {action.default})" in " ".join(text.split()), (name, action.dest)
+                assert "(default" not in action.help, (name, action.dest)  # said once, by the formatter
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0
