@@ -21,6 +21,19 @@ def _table(title: str, header: str):
     return table
 
 
+def _show(table, run, file_name: str) -> None:
+    """The results on stdout, then the file they were written to, last."""
+    console().print(table)
+    print(Path(run.path) / file_name)
+
+
+def _scored(args, score, label: str, **options):
+    """The command's run, and `score(run, **options)` with its phases as lines on stderr."""
+    run = load(args)
+    err = console(stderr=True)
+    return run, score(run, on_phase=lambda text: err.print(f"{label}: {text}", soft_wrap=True), **options)
+
+
 def cmd_evaluate(args) -> None:
     from vaekit.evaluate import evaluate
 
@@ -48,17 +61,14 @@ def cmd_evaluate(args) -> None:
     if "reconstruction_mse" in s:
         table.add_row("reconstruction MSE per pixel", f"{s['reconstruction_mse']:.5f}")
     table.add_row("wall time (s)", f"{s['seconds']:.1f}")
-    console().print(table)
-    print(Path(run.path) / "evaluation.json")
+    _show(table, run, "evaluation.json")
 
 
 def cmd_disentanglement(args) -> None:
     from vaekit.evaluate.disentanglement import evaluate_run
 
-    run = load(args)
-    err = console(stderr=True)
-    result = evaluate_run(run, num_train=args.num_train, num_test=args.num_test, seed=args.seed, n_jobs=args.n_jobs,
-                          on_phase=lambda text: err.print(f"disentanglement: {text}", soft_wrap=True))
+    run, result = _scored(args, evaluate_run, "disentanglement", num_train=args.num_train, num_test=args.num_test,
+                          seed=args.seed, n_jobs=args.n_jobs)
     table = _table(f"disentanglement of {run.path} ({args.num_train} train / {args.num_test} test codes)", "score")
     table.add_row("MIG", f"{result['mig']['mig']:.3f}")
     table.add_row("SAP", f"{result['sap']['sap']:.3f}")
@@ -71,17 +81,14 @@ def cmd_disentanglement(args) -> None:
         table.add_row(f"{'FactorVAE' if name == 'factorvae' else 'beta-VAE'} score (eval acc.)",
                       f"{r['eval_accuracy']:.3f}")
     table.add_row("compute time (s)", f"{sum(result['seconds'].values()):.1f}")
-    console().print(table)
-    print(Path(run.path) / "disentanglement.json")
+    _show(table, run, "disentanglement.json")
 
 
 def cmd_quality(args) -> None:
     from vaekit.evaluate.quality import QUALITY_FILE, quality
 
-    run = load(args)
-    err = console(stderr=True)
-    r = quality(run, samples=args.samples, split=args.split, reference=args.reference, features_path=args.features,
-                k=args.k, on_phase=lambda text: err.print(f"quality: {text}", soft_wrap=True))
+    run, r = _scored(args, quality, "quality", samples=args.samples, split=args.split, reference=args.reference,
+                     features_path=args.features, k=args.k)
     table = _table(f"sample quality of {run.path}", "value")
     table.add_row("FID (lower is better)", f"{r['fid']:.3f}")
     table.add_row(f"precision (k = {r['k']})", f"{r['precision']:.4f}")
@@ -91,8 +98,7 @@ def cmd_quality(args) -> None:
     table.add_row("samples vs real images", f"{r['samples']:,} vs {r['reference']}")
     table.add_row("feature net", r["feature_net"])
     table.add_row("wall time (s)", f"{r['seconds']:.1f}")
-    console().print(table)
-    print(Path(run.path) / QUALITY_FILE)
+    _show(table, run, QUALITY_FILE)
 
 
 def register(command) -> None:

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def handler(args):
+def handler_for(args):
     """The function that runs `args.command`. The one place the CLI tells text runs from image
     runs: a command in `text.HANDLERS` runs its text handler on a run trained on token data (by the
     run's data spec, never the model's name), and its image handler, after refusing the text-only
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     try:
-        handler(args)(args)
+        handler_for(args)(args)
     except VaekitError as e:
         if args.debug:
             raise
