@@ -71,7 +71,7 @@ def test_python_api_loads_the_run(run_dir):
 def _err(capsys, argv, *needles):
     code = main(argv)
     err = capsys.readouterr().err.strip()
-    assert code != 0
+    assert code == 2, err  # a user's mistake
     assert len(err.splitlines()) == 1, err  # one line, no traceback
     for n in needles:
         assert n in err, err
@@ -269,3 +269,58 @@ def test_every_command_has_a_handler_and_text_runs_are_dispatched_in_one_place()
     sources = {p.name: p.read_text() for p in Path(vaekit.cli.__file__).parent.glob("*.py")}
     assert {name for name, src in sources.items() if "is_text_run(" in src} == {"parser.py", "text.py"}
     assert {name for name, src in sources.items() if "load_run" in src} == {"common.py"}
+
+
+def test_broken_config_yaml_is_one_line(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("data:\n  source: mnist\ntrain: [unclosed\n  epochs: 3\n")
+    (run / "run.json").write_text('{"status": "complete"}')
+    _err(capsys, ["info", str(run)], "config.yaml is not valid YAML", "line")
+    _err(capsys, ["train", "--resume", str(run)], "config.yaml is not valid YAML")
+
+
+def test_every_option_has_help_with_its_default_once_and_version(capsys):
+    import argparse
+
+    from vaekit.cli.parser import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in [("vaekit", parser), *subparsers.choices.items()]:
+        text = sub.format_help()
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+            if action.default not in (None, False, [], argparse.SUPPRESS):
+                assert f"(default: {action.default})" in " ".join(text.split()), (name, action.dest)
+                assert "(default" not in action.help, (name, action.dest)  # said once, by the formatter
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("vaekit ")
+
+
+def test_info_shows_status_and_results_first_config_last(tmp_path, capsys):
+    from vaekit import config as C
+    from vaekit.runs import checkpoint as ck
+
+    run = tmp_path / "r"
+    run.mkdir()
+    cfg = C.resolve("shapes-beta", None, ["train.steps=8", "train.eval_every=4"])
+    ck.write_config(run, cfg)
+    ck.write_json_atomic(run / "run.json", {"status": "complete", "epoch": 2, "step": 8, "model_kind": "vae",
+                                            "num_train": 1000, "best_metric": "val/elbo", "best": -101.83456789})
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "step": 8, "val/elbo": -101.83456789,
+                                                   "val/kl": 0.000123456, "train/examples_per_s": 21421.123}) + "\n")
+    ck.write_json_atomic(run / "evaluation.json", {"test-k50-n30": {"split": "test", "examples": 30, "samples": 50,
+                                                                    "nll": 99.87654321, "nll_stderr": 1.2345678,
+                                                                    "elbo": -104.1234567, "active_units": 7}})
+    ck.write_json_atomic(run / "disentanglement.json", {"mig": {"mig": 0.123456789}, "dci": {"disentanglement": 0.5}})
+    ck.write_json_atomic(run / "quality.json", {"fid": 12.3456789})
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    order = [out.index(s) for s in ("complete", "8 of 8", "-101.8", "99.88", "MIG", "0.1235", "fid", "train.steps")]
+    assert order == sorted(order), out  # status, steps, metrics, evaluation, disentanglement, quality, config
+    assert "-101.83456789" not in out and "1.235e-04" in out and "21,421.1" in out
