@@ -169,13 +169,17 @@ def cmd_traverse(args) -> None:
     print(out)
 
 
+def _out_arg(sp, what: str, name: str) -> None:
+    """--out of a command whose default file depends on the run: NAME.png, or NAME.txt for a text run."""
+    sp.add_argument("--out", help=f"output {what} (default {name}.png); a text run: .txt (default {name}.txt)")
+
+
 def register(command) -> None:
     """Add sample, reconstruct, interpolate and traverse: command(name, help) -> subparser."""
     s = command("sample", "draw samples from the prior and save a grid (.png) or array (.npy)")
     run_arg(s)
     s.add_argument("-n", type=int, default=64, help="number of samples")
-    s.add_argument("--out", help="output .png grid or .npy array (default samples.png); a text run: .txt "
-                                 "(default samples.txt)")
+    _out_arg(s, ".png grid or .npy array", "samples")
     s.add_argument("--temperature", type=float, default=1.0,
                    help="prior standard deviation multiplier (text runs: the softmax temperature of sampled words)")
     s.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
@@ -191,8 +195,7 @@ def register(command) -> None:
     run_arg(r)
     r.add_argument("--split", default="test", help="train, val or test")
     r.add_argument("-n", type=int, default=32, help="number of images")
-    r.add_argument("--out", help="output .png grid (default reconstructions.png); a text run: .txt "
-                                 "(default reconstructions.txt)")
+    _out_arg(r, ".png grid", "reconstructions")
     r.add_argument("--cols", type=int, default=8, help="grid columns")
     r.add_argument("--label", type=int, help="decode every input's code under this class (conditional runs)")
     r.add_argument("--text", action="append", metavar="SENTENCE",
@@ -204,8 +207,7 @@ def register(command) -> None:
     i.add_argument("--split", default="test", help="train, val or test: where the end points come from")
     i.add_argument("--pairs", type=int, default=8, help="number of interpolations (rows)")
     i.add_argument("--steps", type=int, default=10, help="images per interpolation, end points included")
-    i.add_argument("--out", help="output .png grid (default interpolations.png); a text run: .txt "
-                                 "(default interpolations.txt)")
+    _out_arg(i, ".png grid", "interpolations")
     i.add_argument("--between", nargs=2, metavar=("FIRST", "SECOND"),
                    help="text runs: the two sentences whose posterior means are interpolated")
     i.add_argument("--method", choices=("lerp", "slerp"), default="lerp",
