@@ -13,7 +13,7 @@ from flax import nnx
 
 from conftest import synthetic_splits, tiny_config
 from test_vqvae import TRAIN, tiny_vq_run
-from vaekit.runs import layout as ck
+from vaekit.runs import layout
 from vaekit.runs.run import load_run
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import values
@@ -153,7 +153,7 @@ def test_bad_parents_are_one_line(parent, splits, tmp_path):
         _prior_cfg(tmp_path / "nowhere")
     not_vq = tmp_path / "vae"
     shutil.copytree(parent, not_vq)
-    ck.write_config(not_vq, tiny_config())
+    layout.write_config(not_vq, tiny_config())
     with pytest.raises(VaekitError, match="is a vae run, not a vqvae run"):
         build_model(_prior_cfg(not_vq), splits.spec, rngs=nnx.Rngs(params=0))
     changed = tmp_path / "changed"
