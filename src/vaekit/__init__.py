@@ -11,8 +11,8 @@
 # Everything below is imported on first use (PEP 562), so that `import vaekit` and `vaekit --help`
 # do not import JAX, Flax, Optax or Orbax.
 _LAZY = {
-    "Run": "vaekit.runs.checkpoint",
-    "load_run": "vaekit.runs.checkpoint",
+    "Run": "vaekit.runs.run",
+    "load_run": "vaekit.runs.run",
     "Config": "vaekit.config",
     "DataConfig": "vaekit.config",
     "ModelConfig": "vaekit.config",
