@@ -134,10 +134,10 @@ def dip_penalties(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
 # --------------------------------------------------------------------------- configs
 
 
-def _non_negative(cfg, *names: str) -> None:
-    for name in names:
-        if getattr(cfg, name) < 0:
-            raise VaekitError(f"model.{name} must be >= 0, got {getattr(cfg, name)}")
+def _non_negative(**values: float) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise VaekitError(f"model.{name} must be >= 0, got {value}")
 
 
 def _gaussian_normal(cfg) -> None:
@@ -155,7 +155,7 @@ class TCVAEConfig(ModelConfig):
     estimator: str = "mws"  # log q(z) from the minibatch: "mws" (weighted sampling) or "stratified" (uses the data set size)
 
     def check(self) -> None:
-        _non_negative(self, "alpha", "beta", "gamma")
+        _non_negative(alpha=self.alpha, beta=self.beta, gamma=self.gamma)
         if self.estimator not in TC_ESTIMATORS:
             raise VaekitError(f"model.estimator must be one of {', '.join(TC_ESTIMATORS)}; got '{self.estimator}'")
         _gaussian_normal(self)
@@ -170,7 +170,7 @@ class FactorVAEConfig(ModelConfig):
     discriminator_betas: tuple[float, float] = (0.5, 0.9)  # the discriminator's Adam b1, b2 (Kim and Mnih 2018)
 
     def check(self) -> None:
-        _non_negative(self, "gamma")
+        _non_negative(gamma=self.gamma)
         if not self.discriminator_hidden or any(h <= 0 for h in self.discriminator_hidden):
             raise VaekitError(f"model.discriminator_hidden must be a non-empty list of positive sizes, got "
                               f"{list(self.discriminator_hidden)}")
@@ -190,7 +190,7 @@ class DIPVAEConfig(ModelConfig):
     def check(self) -> None:
         if self.variant not in DIP_VARIANTS:
             raise VaekitError(f"model.variant must be one of {', '.join(DIP_VARIANTS)}; got '{self.variant}'")
-        _non_negative(self, "lambda_od")
+        _non_negative(lambda_od=self.lambda_od)
         if self.lambda_d is not None and self.lambda_d < 0:
             raise VaekitError(f"model.lambda_d must be >= 0, got {self.lambda_d}")
         _gaussian_normal(self)

@@ -67,7 +67,7 @@ def _is_4x4_s2_same(layer) -> bool:
         and isinstance(pad, str)
         and pad.upper() == "SAME"
         and _pair(layer.kernel_dilation) == (1, 1)
-        and getattr(layer, "mask", None) is None
+        and layer.mask is None
     )
 
 
