@@ -113,6 +113,8 @@ class ModelBase(nnx.Module):
     config_class: ClassVar[type] = ModelConfig
     #: A kind built on a trained run (`model.parent`, e.g. vqprior's stage-1 VQ-VAE).
     needs_parent_run: ClassVar[bool] = False
+    #: Whether the constructor takes a user's `encoder=`/`decoder=` modules (`models.user_nets`).
+    user_nets: ClassVar[bool] = False
     capabilities: ClassVar[Capabilities] = Capabilities()
     #: Width of the whole code (all layers of a hierarchical model); 0 for a model without one.
     latent_dim: int = 0

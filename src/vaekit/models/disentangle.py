@@ -209,11 +209,11 @@ class DIPVAEConfig(ModelConfig):
 class _PenalizedVAE(VAE):
     """A VAE whose training loss is its ELBO loss (objective.kind=elbo) plus a model's penalty."""
 
-    def __init__(self, model, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
+    def __init__(self, model, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
         if objective.kind != "elbo":
             raise VaekitError(f"model.kind={self.kind} adds its penalty to the ELBO; objective.kind={objective.kind} "
                               f"cannot apply (use objective.kind=elbo)")
-        super().__init__(model, objective, spec, rngs=rngs)
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
 
     def _elbo_loss(self, batch: dict, rngs: nnx.Rngs, step: jax.Array):
         """(ELBO loss with the objective's KL options, metrics, posterior q, draw z (B, D))."""
@@ -229,7 +229,7 @@ class TCVAE(VAE):
     kind = "tcvae"
     config_class = TCVAEConfig
 
-    def __init__(self, model: TCVAEConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
+    def __init__(self, model: TCVAEConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
         ignored = changed_objective(objective)
         if ignored:
             raise VaekitError(f"model.kind=tcvae weights its KL terms with model.alpha, model.beta and model.gamma; "
@@ -237,7 +237,7 @@ class TCVAE(VAE):
         if model.estimator == "stratified" and spec.num_examples is None:
             raise VaekitError("model.estimator=stratified needs the training set's size, which this data spec lacks "
                               "(DataSpec.num_examples); use model.estimator=mws")
-        super().__init__(model, objective, spec, rngs=rngs)
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
 
     def loss(self, batch: dict, *, rngs: nnx.Rngs, step: jax.Array) -> tuple[jax.Array, dict]:
         """E[-log p(x|z)] + alpha MI + beta TC + gamma dim-KL (batch means, one draw); metrics add the
@@ -286,8 +286,8 @@ class FactorVAE(_PenalizedVAE):
     kind = "factorvae"
     config_class = FactorVAEConfig
 
-    def __init__(self, model: FactorVAEConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
-        super().__init__(model, objective, spec, rngs=rngs)
+    def __init__(self, model: FactorVAEConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
         self.discriminator = Discriminator(self.latent_dim, model.discriminator_hidden, rngs=rngs)
 
     def param_groups(self) -> dict[str, ParamGroup]:

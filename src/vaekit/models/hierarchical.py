@@ -121,6 +121,7 @@ class HVAE(VAE):
 
     kind = "hvae"
     config_class = HVAEConfig
+    user_nets = False  # its nets are the layers' own
 
     def __init__(self, model: HVAEConfig, objective, spec, *, rngs: nnx.Rngs):
         params_per_entry = self._bind(model, objective, spec)

@@ -199,6 +199,7 @@ class LadderVAE(VAE):
 
     kind = "ladder"
     config_class = LadderConfig
+    user_nets = False  # its nets are the layers' own
 
     def __init__(self, model: LadderConfig, objective, spec, *, rngs: nnx.Rngs):
         params_per_entry = self._bind(model, objective, spec)
