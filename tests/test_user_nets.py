@@ -87,7 +87,8 @@ def test_the_contract_is_checked_at_build_in_one_line(splits):
                                           r"data of shape \(8, 8, 1\): expected \(2, 8, 8, 1\)$"):
         build_model(cfg, splits.spec, rngs=nnx.Rngs(0), decoder=wrong_decoder)
     with pytest.raises(VaekitError, match="^decoder MyDecoder failed on an input of shape \\(2, 4\\): "):
-        build_model(cfg, splits.spec, rngs=nnx.Rngs(0), decoder=MyDecoder(LATENT + 1, 16, list(shape), rngs=nnx.Rngs(0)))
+        build_model(cfg, splits.spec, rngs=nnx.Rngs(0), decoder=MyDecoder(LATENT + 1, 16, list(shape),
+                                                                            rngs=nnx.Rngs(0)))
     hvae = tiny_config(model={"kind": "hvae"})
     with pytest.raises(VaekitError, match="model.kind 'hvae' builds its own nets; your encoder fit model.kind vae"):
         build_model(hvae, splits.spec, rngs=nnx.Rngs(0), encoder=encoder)

@@ -103,8 +103,8 @@ class UserDecoder(nnx.Module):
         expected = (_CHECK_BATCH, *event_shape) + ((params_per_entry,) if params_per_entry > 1 else ())
         got = tuple(out.shape) if isinstance(out, jax.ShapeDtypeStruct) else type(out).__name__
         if got != expected:
-            raise VaekitError(f"decoder {_name(net)} returned shape {got} for likelihood {likelihood} and data of shape "
-                              f"{tuple(event_shape)}: expected {expected}")
+            raise VaekitError(f"decoder {_name(net)} returned shape {got} for likelihood {likelihood} and data of "
+                              f"shape {tuple(event_shape)}: expected {expected}")
 
     def __call__(self, z: jax.Array, c: jax.Array | None = None) -> jax.Array:
         lead = z.shape[:-1]

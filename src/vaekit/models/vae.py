@@ -71,8 +71,8 @@ class VAE(ModelBase):
         condition = self.condition_mode(model)
         d = model.latent_dim
         if encoder is not None and model.posterior != "gaussian":
-            raise VaekitError(f"model.posterior={model.posterior} needs vaekit's own encoder (its head gives the flow's "
-                              f"parameters); with your encoder use model.posterior=gaussian")
+            raise VaekitError(f"model.posterior={model.posterior} needs vaekit's own encoder (its head gives the "
+                              f"flow's parameters); with your encoder use model.posterior=gaussian")
         # The encoder's head: the base Gaussian's mean and scale, then what the posterior needs more
         # (planar: u, w, b of every step; IAF: the context h of its MADE layers).
         extra = {"gaussian": 0, "planar": model.flow_steps * (2 * d + 1), "iaf": model.flow_hidden}[model.posterior]
