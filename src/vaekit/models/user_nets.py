@@ -184,6 +184,8 @@ def record(cfg: Config, encoder: nnx.Module | None = None, decoder: nnx.Module |
 def rebuild(role: str, path: str, args: dict, rngs: nnx.Rngs) -> nnx.Module:
     """The module recorded as `model.<role>` (its import path and arguments), with parameters from `rngs`."""
     module_name, _, qualname = path.partition(":")
+    if not (module_name and qualname):
+        raise VaekitError(f"model.{role} '{path}' must name a class as 'package.module:Class'")
     try:
         obj = importlib.import_module(module_name)
         for part in qualname.split("."):
