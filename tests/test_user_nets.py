@@ -7,6 +7,7 @@ import importlib.metadata
 import logging
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -47,6 +48,18 @@ class MyDecoder(nnx.Module):
 
     def __call__(self, z):
         return self.out(jnp.tanh(self.body(z))).reshape(z.shape[0], *self.shape)
+
+
+class LabelledEncoder(nnx.Module):
+    """(x (N, *shape), one-hot c (N, K)) -> (mean, raw_scale): what a conditional kind calls."""
+
+    def __init__(self, size: int, classes: int, latent_dim: int, *, rngs: nnx.Rngs):
+        self.size, self.classes, self.latent_dim = size, classes, latent_dim
+        self.head = nnx.Linear(size + classes, 2 * latent_dim, rngs=rngs)
+
+    def __call__(self, x, c):
+        h = self.head(jnp.concatenate([x.reshape(x.shape[0], -1), c], axis=-1))
+        return h[:, : self.latent_dim], h[:, self.latent_dim :]
 
 
 class Forgetful(nnx.Module):
@@ -92,6 +105,19 @@ def test_the_contract_is_checked_at_build_in_one_line(splits):
     hvae = tiny_config(model={"kind": "hvae"})
     with pytest.raises(VaekitError, match="model.kind 'hvae' builds its own nets; your encoder fit model.kind vae"):
         build_model(hvae, splits.spec, rngs=nnx.Rngs(0), encoder=encoder)
+
+
+def test_a_conditional_kind_hands_your_nets_the_label(splits):
+    cfg = tiny_config(model={"kind": "cvae", "latent_dim": LATENT})
+    encoder = LabelledEncoder(math.prod(splits.spec.shape), 2, LATENT, rngs=nnx.Rngs(0))
+    model = build_model(cfg, splits.spec, rngs=nnx.Rngs(0), encoder=encoder)
+    x, y = jnp.asarray(splits.val["x"][:6]), jnp.asarray(splits.val["y"][:6])
+    q = model.encode(x, y)
+    h = encoder.head(jnp.concatenate([x.reshape(6, -1), jax.nn.one_hot(y, 2)], axis=-1))
+    np.testing.assert_allclose(np.asarray(q.mean), np.asarray(h[:, :LATENT]), rtol=1e-6)
+    assert np.isfinite(float(model.loss({"x": x, "y": y}, rngs=nnx.Rngs(sample=0), step=jnp.asarray(0))[0]))
+    with pytest.raises(VaekitError, match="^encoder LabelledEncoder failed on an input of shape"):
+        build_model(tiny_config(model={"latent_dim": LATENT}), splits.spec, rngs=nnx.Rngs(0), encoder=encoder)
 
 
 def test_the_record_follows_the_constructor_or_says_what_is_missing(splits):
