@@ -78,6 +78,10 @@ class ModelConfig:
     flow_hidden: int = 100  # IAF: width of each step's MADE hidden layer and of the encoder context h
     prior: str = "normal"  # p(z): "normal" (N(0, I)) or "vamp" (VampPrior, Tomczak & Welling 2018)
     prior_components: int = 500  # VampPrior: number of pseudo-inputs K
+    encoder: str | None = None  # your own encoder's class "package.module:Class" (recorded by training from Python with encoder=)
+    encoder_args: dict = dataclasses.field(default_factory=dict)  # its constructor arguments: loading and resuming rebuild it
+    decoder: str | None = None  # your own decoder's class, as model.encoder
+    decoder_args: dict = dataclasses.field(default_factory=dict)  # its constructor arguments
 
     def check(self) -> None:
         """Validate the kind's own keys (a subclass overrides this); raise VaekitError."""

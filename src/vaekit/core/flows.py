@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vaekit.core.distributions import DiagonalGaussian
+from vaekit.core.distributions import DiagonalGaussian, Posterior
 
 # --------------------------------------------------------------------------- planar
 
@@ -100,7 +100,7 @@ class IAF(nnx.Module):
 # --------------------------------------------------------------------------- the posterior
 
 
-class FlowPosterior:
+class FlowPosterior(Posterior):
     """q(z|x): a DiagonalGaussian base and a flow; `transform(z0) -> (z, sum log |det|)`.
 
     z0 may carry leading draw axes (k, B, D); the flow's per-example parameters broadcast.

@@ -685,8 +685,9 @@ def latent_traversal(model, x, y=None, *, index: int = 0, steps: int = 11, span:
 
     require(model, "latent_vector", "a latent traversal")
     q = model.encode(jnp.asarray(x), None if y is None else jnp.asarray(y))
-    if hasattr(q, "kl_per_dim"):
-        kl, stat = np.asarray(q.kl_per_dim()).mean(0), "KL"  # (D,) average KL of each latent over these images
+    kl = q.kl_per_dim()  # None where the posterior has no closed-form KL (a flow, several layers)
+    if kl is not None:
+        kl, stat = np.asarray(kl).mean(0), "KL"  # (D,) average KL of each latent over these images
     else:
         kl, stat = np.asarray(q.mean).var(0), "var"
     order = np.argsort(-kl)[:dims] if dims else np.argsort(-kl)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vaekit.config import ModelConfig
-from vaekit.core.distributions import (DiagonalGaussian, posterior_scale, standard_normal_log_prob,
+from vaekit.core.distributions import (DiagonalGaussian, Posterior, posterior_scale, standard_normal_log_prob,
                                   standard_normal_log_prob_per_dim)
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
@@ -136,7 +136,7 @@ class LadderPrior(nnx.Module):
         return jnp.concatenate(zs, axis=-1)
 
 
-class LadderPosterior:
+class LadderPosterior(Posterior):
     """q(z_L|x) prod_i q(z_i|z_{i+1}, x) over [z_1, ..., z_L]: the bottom-up Gaussians `up` (each
     (N, d_i)) merged top-down with the prior's conditionals at the posterior's own draws."""
 
@@ -199,6 +199,7 @@ class LadderVAE(VAE):
 
     kind = "ladder"
     config_class = LadderConfig
+    user_nets = False  # its nets are the layers' own
 
     def __init__(self, model: LadderConfig, objective, spec, *, rngs: nnx.Rngs):
         params_per_entry = self._bind(model, objective, spec)

@@ -125,13 +125,13 @@ class ImageLossVAE(VAE):
     """What a Gaussian-latent VAE trained without a likelihood shares: image data, objective.kind
     elbo (its KL term), a sigmoid decoder (`ImageOutput`), no `log_weights`. Subclasses write `loss`."""
 
-    def __init__(self, model, objective, spec: DataSpec, *, rngs: nnx.Rngs):
+    def __init__(self, model, objective, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
         if spec.kind != "images":
             raise VaekitError(f"model.kind '{self.kind}' needs image data; this data is {spec.kind}")
         if objective.kind != "elbo":
             raise VaekitError(f"objective.kind={objective.kind} needs a likelihood; model.kind '{self.kind}' has none "
                               f"(use objective.kind=elbo: its KL term and beta apply)")
-        super().__init__(model, objective, spec, rngs=rngs)
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
 
     @classmethod
     def capabilities_for(cls, model) -> Capabilities:
@@ -167,8 +167,8 @@ class SharpVAE(ImageLossVAE):
     kind = "sharp"
     config_class = SharpConfig
 
-    def __init__(self, model: SharpConfig, objective, spec: DataSpec, *, rngs: nnx.Rngs):
-        super().__init__(model, objective, spec, rngs=rngs)
+    def __init__(self, model: SharpConfig, objective, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
         loss = model.recon_loss
         if loss in ("msssim", "msssim_l1"):
             image_losses.check_size(spec.shape, model.msssim_scales, model.ssim_window,

@@ -375,8 +375,8 @@ class LanguageModel(TextVAE):
 
     def __init__(self, model: TextConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
         super().__init__(model, objective, spec, rngs=rngs)
-        changed = [f.name for f in dataclasses.fields(objective) if f.name not in ("iwae_k",)
-                   and getattr(objective, f.name) != getattr(ObjectiveConfig, f.name)]
+        default = dataclasses.asdict(ObjectiveConfig())
+        changed = [k for k, v in dataclasses.asdict(objective).items() if k != "iwae_k" and v != default[k]]
         if changed:
             log.info("model.kind lm is trained by exact maximum likelihood: objective.%s do not apply",
                      ", objective.".join(changed))

@@ -22,6 +22,7 @@ from vaekit.core.distributions import LIKELIHOODS, DiagonalGaussian, posterior_s
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
 from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ModelBase, ParamGroup
+from vaekit.models.user_nets import UserDecoder, UserEncoder
 from vaekit.nets import build_decoder, build_encoder, output_layer
 from vaekit.core.flows import IAF, FlowPosterior, planar_params, planar_transform
 from vaekit.core.priors import StandardNormal, VampPrior, kl_divergence
@@ -60,17 +61,24 @@ class VAE(ModelBase):
 
     kind = "vae"
     config_class = ModelConfig
+    user_nets = True
 
-    def __init__(self, model: ModelConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
+    def __init__(self, model: ModelConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs,
+                 encoder: nnx.Module | None = None, decoder: nnx.Module | None = None):
+        """encoder, decoder: a user's modules in place of the nets `model.net` builds (`models.user_nets`)."""
         params_per_entry = self._bind(model, objective, spec)
         self.latent_dim = model.latent_dim
         condition = self.condition_mode(model)
         d = model.latent_dim
+        if encoder is not None and model.posterior != "gaussian":
+            raise VaekitError(f"model.posterior={model.posterior} needs vaekit's own encoder (its head gives the "
+                              f"flow's parameters); with your encoder use model.posterior=gaussian")
         # The encoder's head: the base Gaussian's mean and scale, then what the posterior needs more
         # (planar: u, w, b of every step; IAF: the context h of its MADE layers).
         extra = {"gaussian": 0, "planar": model.flow_steps * (2 * d + 1), "iaf": model.flow_hidden}[model.posterior]
-        self.encoder = build_encoder(model, spec.shape, 2 * d + extra, cond_dim=self.cond_dim,
-                                     condition=condition, rngs=rngs)
+        self.encoder = (UserEncoder(encoder, spec.shape, d, self.cond_dim) if encoder is not None else
+                        build_encoder(model, spec.shape, 2 * d + extra, cond_dim=self.cond_dim, condition=condition,
+                                      rngs=rngs))
         if model.posterior == "planar":
             # The planar steps' u, w, b outputs start at a tenth of the default initial scale, b at 0,
             # so each step's tanh(w.z + b) starts in its linear range. At the default scale 16
@@ -79,8 +87,10 @@ class VAE(ModelBase):
             head = output_layer(self.encoder)
             head.kernel[...] = head.kernel[...].at[..., 2 * d :].multiply(PLANAR_INIT_SCALE)
             head.bias[...] = head.bias[...].at[2 * d :].set(0.0)
-        self.decoder = build_decoder(model, d, spec.shape, params_per_entry, cond_dim=self.cond_dim,
-                                     condition=condition, rngs=rngs)
+        self.decoder = (UserDecoder(decoder, d, spec.shape, params_per_entry, model.likelihood, self.cond_dim)
+                        if decoder is not None else
+                        build_decoder(model, d, spec.shape, params_per_entry, cond_dim=self.cond_dim,
+                                      condition=condition, rngs=rngs))
         self.flow = IAF(d, model.flow_hidden, model.flow_steps, rngs=rngs) if model.posterior == "iaf" else None
         if model.prior == "vamp":
             if self.cond_dim:

@@ -102,8 +102,8 @@ class VAEGAN(ImageLossVAE):
     kind = "vaegan"
     config_class = VAEGANConfig
 
-    def __init__(self, model: VAEGANConfig, objective, spec: DataSpec, *, rngs: nnx.Rngs):
-        super().__init__(model, objective, spec, rngs=rngs)
+    def __init__(self, model: VAEGANConfig, objective, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
         self.discriminator = Discriminator(spec.shape, model.disc_channels, rngs=rngs)
 
     @classmethod

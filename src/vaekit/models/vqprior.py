@@ -32,8 +32,8 @@ from vaekit.config import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
-from vaekit.models.base import Capabilities, ModelBase, ParamGroup
-from vaekit.models.vqvae import VQVAE, batch_perplexity, check_objective, save_code_pictures, validation_codes
+from vaekit.models.base import Capabilities, ImageGrid, ModelBase, ParamGroup, PictureData
+from vaekit.models.vqvae import VQVAE, batch_perplexity, check_objective, code_pictures, validation_codes
 from vaekit.nets.pixelcnn import GatedPixelCNN
 
 
@@ -181,15 +181,12 @@ class VQPrior(ModelBase):
     def reconstruct(self, x: jax.Array, y: jax.Array | None = None) -> jax.Array:
         return self.parent.reconstruct(x)
 
-    def extra_pictures(self, run_dir, splits, key: jax.Array) -> None:
+    def picture_data(self, splits, key: jax.Array) -> dict[str, PictureData]:
         """The parent's code usage and per-position entropy, and samples at temperature 0.7 next to
         samples.png (temperature 1)."""
-        from vaekit import plots
-
-        save_code_pictures(run_dir, validation_codes(self, splits.val["x"]), self.pixelcnn.num_codes)
         images = np.asarray(self.sample(64, rngs=nnx.Rngs(sample=key), temperature=0.7))
-        plots.save_images(Path(run_dir) / "samples_t0.7.png", images, ncols=8,
-                          title="64 samples from the prior, temperature 0.7 (decoder means)")
+        return {**code_pictures(validation_codes(self, splits.val["x"]), self.pixelcnn.num_codes),
+                "samples_t0.7.png": ImageGrid(images, 8, "64 samples from the prior, temperature 0.7 (decoder means)")}
 
     def sample_codes(self, n: int, key: jax.Array, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
         """n code grids (n, h, w) drawn ancestrally, compiled as one loop over positions."""

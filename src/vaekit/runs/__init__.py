@@ -1,0 +1,1 @@
+"""Run directories: their layout and atomic files, Orbax checkpoints, loading a run back."""
