@@ -29,17 +29,26 @@ MODELS = {"vae": VAE, "cvae": CVAE, "hvae": HVAE, "ladder": LadderVAE, "vqvae": 
           "sharp": SharpVAE, "vaegan": VAEGAN, "textvae": TextVAE, "lm": LanguageModel}
 
 
-def build_model(config: Config, spec: DataSpec, *, rngs: nnx.Rngs):
-    """Construct the model named by `config.model.kind` for data of `spec`, parameters from `rngs`."""
+def build_model(config: Config, spec: DataSpec, *, rngs: nnx.Rngs, **handed):
+    """Construct the model named by `config.model.kind` for data of `spec`, parameters from `rngs`.
+
+    `handed`: what the kind is built on besides its config, passed on to its constructor: for a
+    kind built on a trained run (`needs_parent_run`), `parent=` that run's model, which
+    `vaekit.runs.run.resolve_parent(config)` loads (a model never reads a run directory itself).
+    """
     cls = MODELS.get(config.model.kind)
     if cls is None:
         raise VaekitError(f"unknown model.kind '{config.model.kind}' (valid: {', '.join(MODELS)})")
-    return cls(config.model, config.objective, spec, rngs=rngs)
+    if cls.needs_parent_run and "parent" not in handed:
+        raise VaekitError(f"model.kind={config.model.kind} is built on a trained run: hand it "
+                          f"build_model(..., **handed) with `cfg, handed = vaekit.runs.run.resolve_parent(cfg)`")
+    return cls(config.model, config.objective, spec, rngs=rngs, **handed)
 
 
-def abstract_model(config: Config, spec: DataSpec):
-    """The model's structure with shape-only arrays (no parameters drawn): what restoring needs."""
-    return nnx.eval_shape(lambda: build_model(config, spec, rngs=nnx.Rngs(0)))
+def abstract_model(config: Config, spec: DataSpec, **handed):
+    """The model's structure with shape-only arrays (no parameters drawn): what restoring needs.
+    Handed modules (a parent run's model, concrete or itself abstract) pass through as arguments."""
+    return nnx.eval_shape(lambda h: build_model(config, spec, rngs=nnx.Rngs(0), **h), handed)
 
 
 __all__ = ["CVAE", "CVAEConfig", "Capabilities", "HVAE", "HVAEConfig", "LadderConfig", "LadderVAE", "MODELS", "Model", "ParamGroup", "VAE", "VQPrior", "VQPriorConfig", "VQVAE", "VQVAEConfig", "abstract_model",
