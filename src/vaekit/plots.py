@@ -221,7 +221,8 @@ def render_images(images: np.ndarray, ncols: int = 8, title: str | None = None, 
     return picture, s, origins
 
 
-def _save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure to `path` atomically (its format from the suffix, png by default), then close it."""
     fmt = Path(path).suffix.lstrip(".") or "png"
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100, bbox_inches="tight"))
@@ -264,7 +265,7 @@ def save_curves(path, history: list[dict]) -> None:
         if ax.get_lines():
             ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _heatmap_width(columns: int) -> float:
@@ -309,7 +310,7 @@ def save_kl_heatmap(path, history: list[dict], layers: dict | None = None, key: 
         fig.colorbar(im, ax=ax, label="log10 KL (nats); < -2 is inactive")
     axes[-1, 0].set_xlabel("epoch")
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def save_traversal(path, images: np.ndarray, labels: list[str], values: np.ndarray) -> None:

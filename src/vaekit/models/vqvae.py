@@ -310,7 +310,7 @@ def save_code_pictures(run_dir, codes: np.ndarray, k: int) -> None:
     the code at each grid position, against the uniform log K), for codes (N, h, w)."""
     from pathlib import Path
 
-    from vaekit.plots import _save_figure, plt
+    from vaekit.plots import save_figure, plt
 
     stats = code_statistics(codes, k)
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -320,12 +320,12 @@ def save_code_pictures(run_dir, codes: np.ndarray, k: int) -> None:
     ax.set_ylabel("assignments")
     ax.set_title(f"codebook usage over {len(codes):,} validation images: {stats['codes_in_use']}/{k} codes in use, "
                  f"perplexity {stats['perplexity']:.1f}", fontsize=9)
-    _save_figure(fig, Path(run_dir) / "codebook_usage.png")
+    save_figure(fig, Path(run_dir) / "codebook_usage.png")
     fig, ax = plt.subplots(figsize=(4, 3.4))
     im = ax.imshow(stats["entropy"], cmap="viridis", vmin=0, vmax=math.log(k), interpolation="nearest")
     fig.colorbar(im, ax=ax, label=f"nats (uniform: log K = {math.log(k):.2f})")
     ax.set_title("entropy of the code at each position", fontsize=9)
-    _save_figure(fig, Path(run_dir) / "code_entropy.png")
+    save_figure(fig, Path(run_dir) / "code_entropy.png")
 
 
 # --------------------------------------------------------------------------- the model
