@@ -13,7 +13,6 @@ from flax import nnx
 
 from conftest import synthetic_splits, tiny_config
 from test_vqvae import TRAIN, tiny_vq_run
-from vaekit.runs import layout as ck
 from vaekit.runs.run import load_run, resolve_parent
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import values
