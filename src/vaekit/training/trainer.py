@@ -178,9 +178,9 @@ def init_state(cfg: Config, spec, steps_per_epoch: int, **handed):
     return nnx.jit(functools.partial(_init_state, cfg, spec, steps_per_epoch))(handed)
 
 
-def _init_state(cfg: Config, spec, steps_per_epoch: int, handed: dict):
+def _init_state(cfg: Config, spec, steps_per_epoch: int, handed: dict | None = None):
     root = jax.random.PRNGKey(cfg.train.seed)
-    model = build_model(cfg, spec, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)), **handed)
+    model = build_model(cfg, spec, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)), **(handed or {}))
     model.train()
     _, params, rest = split_model(model)
     txs = group_optimizers(model, cfg.train, steps_per_epoch)
