@@ -106,7 +106,7 @@ class VQPrior(ModelBase):
         return self.parent.decode(z)
 
     def _terms(self, batch: dict):
-        x = self.parent._as_data(batch["x"])
+        x = jnp.asarray(batch["x"], jnp.float32).reshape(-1, *self.spec.shape)  # (B, H, W, C), as the parent reads it
         q = jax.lax.stop_gradient(self.parent.encode(x))
         log_px = jax.lax.stop_gradient(self.parent.decode(q.z_q).log_prob(x))  # (B,)
         return q.codes, log_px, self.pixelcnn.log_prob(q.codes)
