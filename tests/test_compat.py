@@ -80,9 +80,6 @@ def test_the_checkpoint_check_reads_every_array_orbax_writes(tmp_path):
 # --------------------------------------------------------------------------- nothing private elsewhere
 
 DEPENDENCIES = {"jax", "jaxlib", "flax", "optax", "orbax", "tensorstore", "sklearn", "grain", "threading", "atexit"}
-# The CLI still leaves the interpreter through these (cli/main.py `_exit_now`) until it exits through
-# public means; nothing else may join this list.
-KNOWN = {"cli/main.py": {"threading._shutdown", "atexit._run_exitfuncs"}}
 
 
 def _private(name: str) -> bool:
@@ -138,7 +135,7 @@ def test_only_compat_reaches_into_a_dependency():
         rel = path.relative_to(SRC).as_posix()
         if rel == "_compat.py":
             continue
-        found = private_uses(path.read_text(encoding="utf-8")) - KNOWN.get(rel, set())
+        found = private_uses(path.read_text(encoding="utf-8"))
         if found:
             uses[rel] = sorted(found)
     assert not uses, f"private names of dependencies outside vaekit/_compat.py: {uses}"
