@@ -129,7 +129,7 @@ def register(command) -> None:
     q.add_argument("--reference", type=int, metavar="N", help="compare with only the first N images of the split "
                                                              "(default: all)")
     q.add_argument("--features", metavar="NET.npz",
-                   help="your own feature net (layout: vaekit.evaluate.features); default: the one vaekit ships "
+                   help="your own feature net (layout: vaekit.nets.features); default: the one vaekit ships "
                         "for the run's data")
     q.add_argument("-k", type=int, default=3, help="neighbours of precision/recall (Kynkäänniemi et al. 2019)")
     q.set_defaults(func=cmd_quality)

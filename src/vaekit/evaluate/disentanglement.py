@@ -44,6 +44,7 @@ from sklearn.metrics import mutual_info_score
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
+from vaekit._compat import tree_nodes
 from vaekit.errors import VaekitError
 
 __all__ = [
@@ -222,16 +223,14 @@ def _gain_importance(model: HistGradientBoostingClassifier, num_features: int) -
 
     The same quantity as GradientBoostingClassifier.feature_importances_ (the summed
     loss reduction of the splits on each feature; LightGBM/XGBoost "gain"), read from
-    the fitted trees. The trees are a private attribute of scikit-learn, so this
-    raises AttributeError if a future version changes them; :func:`dci` then falls
+    the fitted trees. The trees are private to scikit-learn (`vaekit._compat.tree_nodes`),
+    so this raises AttributeError if a future version changes them; :func:`dci` then falls
     back to permutation importance.
     """
     total = np.zeros(num_features)
-    for iteration in model._predictors:
-        for predictor in iteration:
-            nodes = predictor.nodes
-            split = nodes["is_leaf"] == 0
-            total += np.bincount(nodes["feature_idx"][split], weights=nodes["gain"][split], minlength=num_features)
+    for nodes in tree_nodes(model):
+        split = nodes["is_leaf"] == 0
+        total += np.bincount(nodes["feature_idx"][split], weights=nodes["gain"][split], minlength=num_features)
     return total
 
 

@@ -3,8 +3,9 @@ file and one entry, or an installed package's "vaekit.models" entry point.
 
 Every kind implements the interface in `vaekit.models.base` (loss, log_weights, encode, decode,
 prior, reconstruct, sample, param_groups, capabilities), has the constructor signature
-`Model(model_cfg, objective_cfg, spec, *, rngs)` with `spec` a `DataSpec`, and declares its own
-config keys as `config_class` (a `ModelConfig` subclass). tests/test_models.py runs every
+`Model(model_cfg, objective_cfg, spec, *, rngs)` with `spec` a `DataSpec` (a kind built on a trained
+run takes that run's model too, `parent=`, handed by `build_model`), and declares its own config
+keys as `config_class` (a `ModelConfig` subclass). tests/test_models.py runs every
 registered kind through the same conformance checks.
 """
 

@@ -108,11 +108,16 @@ def build_model(config: Config, spec: DataSpec, *, rngs: nnx.Rngs, encoder: nnx.
     and a mismatch is one line (`vaekit.models.user_nets`). Without them, the modules that
     `model.encoder`/`model.decoder` record (an import path, `*_args`: `user_nets.record` writes them
     when a run is trained with its own nets) are imported and rebuilt: how a run loads and resumes.
-    handed: what the layer that knows run directories gives a kind built on another run (its parent).
+    handed: what the kind is built on besides its config, passed on to its constructor: for a kind
+    built on a trained run (`needs_parent_run`), `parent=` that run's model, which
+    `vaekit.runs.run.resolve_parent(config)` loads (a model never reads a run directory itself).
     """
     cls = MODELS.get(config.model.kind)
     if cls is None:
         raise VaekitError(f"unknown model.kind '{config.model.kind}' (valid: {', '.join(MODELS)})")
+    if cls.needs_parent_run and "parent" not in handed:
+        raise VaekitError(f"model.kind={config.model.kind} is built on a trained run: hand it "
+                          f"build_model(..., **handed) with `cfg, handed = vaekit.runs.run.resolve_parent(cfg)`")
     nets = given_or_recorded(config.model, rngs, encoder, decoder)
     if nets and not cls.user_nets:
         takers = ", ".join(k for k, c in MODELS.items() if c.user_nets)
@@ -122,8 +127,9 @@ def build_model(config: Config, spec: DataSpec, *, rngs: nnx.Rngs, encoder: nnx.
 
 
 def abstract_model(config: Config, spec: DataSpec, **handed):
-    """The model's structure with shape-only arrays (no parameters drawn): what restoring needs."""
-    return nnx.eval_shape(lambda: build_model(config, spec, rngs=nnx.Rngs(0), **handed))
+    """The model's structure with shape-only arrays (no parameters drawn): what restoring needs.
+    Handed modules (a parent run's model, concrete or itself abstract) pass through as arguments."""
+    return nnx.eval_shape(lambda h: build_model(config, spec, rngs=nnx.Rngs(0), **h), handed)
 
 
 __all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "MODELS", "Registry", "abstract_model", "build_model", "plugin_kinds"]

@@ -10,7 +10,7 @@ image loss chosen by `model.recon_loss` (`vaekit.core.image_losses`):
     "msssim"      1 - MS-SSIM (Wang et al. 2003)
     "msssim_l1"   0.84 (1 - MS-SSIM) + 0.16 L1 (Zhao et al. 2017)
     "perceptual"  the summed mean squared differences of a frozen feature net's activations of x and
-                  x_hat (every conv block and the penultimate features; `evaluate.features`)
+                  x_hat (every conv block and the penultimate features; `nets.features`)
 
 Scaling R by the number of pixels keeps its weight against the KL independent of the image size.
 The KL term, beta and its schedules are the VAE's. Without a likelihood there is no NLL and no
@@ -53,7 +53,7 @@ class SharpConfig(ModelConfig):
     ssim_window: int = 11  # side of the Gaussian SSIM window (odd)
     ssim_sigma: float = 1.5  # standard deviation of the SSIM window
     msssim_alpha: float = 0.84  # msssim_l1: weight of 1 - MS-SSIM against L1 (Zhao et al.: 0.84)
-    features: str | None = None  # perceptual: a feature net .npz (vaekit.evaluate.features); None: vaekit's MNIST net
+    features: str | None = None  # perceptual: a feature net .npz (vaekit.nets.features); None: vaekit's MNIST net
 
     def check(self) -> None:
         if self.recon_loss not in RECON_LOSSES:
@@ -99,7 +99,7 @@ class FrozenFeatures(nnx.Module):
     """A feature net held by a model and trained by no optimizer (see `SharpVAE.param_groups`)."""
 
     def __init__(self, path: str | None, shape):
-        from vaekit.evaluate import features
+        from vaekit.nets import features
 
         if path is None:
             if tuple(shape) != (28, 28, 1):

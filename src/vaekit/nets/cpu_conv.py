@@ -39,7 +39,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.nnx.nn import dtypes as nnx_dtypes
+
+from vaekit._compat import variable_can_update
 
 NHWC = ("NHWC", "HWIO", "NHWC")  # lax dimension numbers of channels-last images and HWIO kernels
 
@@ -304,12 +305,13 @@ def batch_norm(layer: nnx.BatchNorm, x: jax.Array, use_running_average: bool | N
         s = jnp.ones((c,), x.dtype) if scale is None else scale
         b = jnp.zeros((c,), x.dtype) if bias is None else bias
         y, mean, var = _bn_train(float(layer.epsilon), stat_dtype, x, s, b)
-        can_update = getattr(layer.mean, "_can_update", False) or getattr(layer.var, "_can_update", False)
+        can_update = variable_can_update(layer.mean) or variable_can_update(layer.var)
         sg = jax.lax.stop_gradient if can_update else (lambda v: v)
         layer.mean[...] = sg(layer.momentum * layer.mean[...] + (1 - layer.momentum) * mean)
         layer.var[...] = sg(layer.momentum * layer.var[...] + (1 - layer.momentum) * var)
-    args = [a for a in (x, scale, bias) if a is not None]
-    return jnp.asarray(y, nnx_dtypes.canonicalize_dtype(*args, dtype=layer.dtype))
+    # nnx.BatchNorm's output dtype: layer.dtype, else that of the promoted inputs (inexact)
+    out = layer.dtype if layer.dtype is not None else jnp.result_type(*(a for a in (x, scale, bias) if a is not None))
+    return jnp.asarray(y, out if jnp.issubdtype(out, jnp.inexact) else jnp.promote_types(jnp.float32, out))
 
 
 def _bn_train_fwd(eps, stat_dtype, x, scale, bias):

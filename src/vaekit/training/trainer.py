@@ -51,7 +51,7 @@ from vaekit.core import metrics as metrics_lib
 from vaekit import nets as nets_lib
 from vaekit.config import Config, TrainConfig
 from vaekit.errors import VaekitError
-from vaekit.models import MODELS, build_model
+from vaekit.models import build_model
 from vaekit.runs import checkpoint, layout
 from vaekit.progress import bar_shown, progress_bar
 
@@ -166,24 +166,21 @@ def full_model_state(params: dict, rest) -> nnx.State:
     return nnx.merge_state(*params.values(), rest)
 
 
-def init_state(cfg: Config, spec, steps_per_epoch: int):
+def init_state(cfg: Config, spec, steps_per_epoch: int, **handed):
     """A fresh model and the training-state pytree (what a latest checkpoint holds, as two items).
 
     Built inside one `nnx.jit`: run eagerly, every initializer and optimizer-state op was its own
     small computation, each traced, lowered and looked up in the compilation cache (0.26-0.32 s
     for mnist-mlp with a warm cache, 0.15 s as one; cold, one compilation instead of dozens). The
-    values are the same bits as eagerly (tested). A model built on a trained run (`needs_parent_run`:
-    it reads that run's weights while it is built) is built eagerly.
+    values are the same bits as eagerly (tested). `handed` goes to `build_model` (a parent run's
+    model, from `vaekit.runs.run.resolve_parent`), as an argument of the compiled function.
     """
-    make = functools.partial(_init_state, cfg, spec, steps_per_epoch)
-    if MODELS[cfg.model.kind].needs_parent_run:
-        return make()
-    return nnx.jit(make)()
+    return nnx.jit(functools.partial(_init_state, cfg, spec, steps_per_epoch))(handed)
 
 
-def _init_state(cfg: Config, spec, steps_per_epoch: int):
+def _init_state(cfg: Config, spec, steps_per_epoch: int, handed: dict | None = None):
     root = jax.random.PRNGKey(cfg.train.seed)
-    model = build_model(cfg, spec, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)))
+    model = build_model(cfg, spec, rngs=nnx.Rngs(params=jax.random.fold_in(root, _INIT)), **(handed or {}))
     model.train()
     _, params, rest = split_model(model)
     txs = group_optimizers(model, cfg.train, steps_per_epoch)
@@ -252,7 +249,7 @@ class Trainer:
     trainer = Trainer(config, splits); trainer.fit_epoch(); trainer.validate()
     """
 
-    def __init__(self, cfg: Config, splits, *, chunk_callback=None):
+    def __init__(self, cfg: Config, splits, *, chunk_callback=None, handed: dict | None = None):
         t = cfg.train
         n = splits.num_train
         if t.batch_size > n:
@@ -271,7 +268,7 @@ class Trainer:
         if self.mesh is not None and t.batch_size % self.mesh.size:
             raise VaekitError(f"train.batch_size {t.batch_size} is not divisible by the {self.mesh.size} devices "
                               f"(train.devices={t.devices}, {jax.process_count()} process(es)); the batch is split evenly")
-        self.model, self.state = init_state(cfg, splits.spec, data_epoch)
+        self.model, self.state = init_state(cfg, splits.spec, data_epoch, **(handed or {}))
         self.capabilities = self.model.capabilities
         # train.precision=bf16: the training graph's hidden layers compute in bfloat16; the eval
         # graph (validation, pictures, evaluate) stays float32.
@@ -767,6 +764,7 @@ def _watch_sigint():
 def _train(cfg, runs_dir, name, overwrite, resume, progress, layers, main) -> Path:
     from vaekit.config import default_run_name
     from vaekit.data import load_configured
+    from vaekit.runs.run import resolve_parent
 
     lock = None
     try:
@@ -781,8 +779,9 @@ def _train(cfg, runs_dir, name, overwrite, resume, progress, layers, main) -> Pa
             stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(distributed.agreed_time()))
             name = name or f"{default_run_name(cfg)}-{stamp}"
             run_dir = layout.prepare_run_dir(runs_dir, name, overwrite)
+        cfg, handed = resolve_parent(cfg)  # a parent run checked, its checksum recorded in config.yaml
         splits = load_configured(cfg.data)
-        trainer = Trainer(cfg, splits)
+        trainer = Trainer(cfg, splits, handed=handed)
         if resume is None:
             distributed.barrier("vaekit-run-dir-checked")  # every process checked it before process 0 makes it
             if main:
