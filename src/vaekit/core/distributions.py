@@ -96,17 +96,16 @@ def standard_normal_log_prob_per_dim(z: jax.Array) -> jax.Array:
     return -0.5 * z**2 - 0.5 * LOG_2PI
 
 
-def posterior_scale(raw: jax.Array, kind: str) -> jax.Array:
-    """Map an unconstrained encoder output to a standard deviation.
+#: model.posterior_scale: an unconstrained encoder output -> a standard deviation.
+POSTERIOR_SCALES = {
+    "softplus": lambda raw: jax.nn.softplus(raw) + 1e-4,  # smooth and never below 1e-4 (stable default)
+    "logvar": lambda raw: jnp.exp(0.5 * jnp.clip(raw, -15.0, 10.0)),  # raw is log(variance), clamped so exp cannot under/overflow
+}
 
-    "softplus": softplus(raw) + 1e-4, smooth and never below 1e-4 (stable default).
-    "logvar": raw is log(variance), clamped to [-15, 10] so exp cannot under/overflow.
-    """
-    if kind == "softplus":
-        return jax.nn.softplus(raw) + 1e-4
-    if kind == "logvar":
-        return jnp.exp(0.5 * jnp.clip(raw, -15.0, 10.0))
-    raise ValueError(f"unknown posterior scale parameterization {kind!r}")
+
+def posterior_scale(raw: jax.Array, kind: str) -> jax.Array:
+    """Map an unconstrained encoder output to a standard deviation (`POSTERIOR_SCALES[kind]`)."""
+    return POSTERIOR_SCALES[kind](raw)
 
 
 # --------------------------------------------------------------------------- likelihoods

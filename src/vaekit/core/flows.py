@@ -134,4 +134,7 @@ def planar_transform(u: jax.Array, w: jax.Array, b: jax.Array):
     return transform
 
 
-__all__ = ["IAF", "IAFStep", "FlowPosterior", "made_masks", "planar_params", "planar_step", "planar_transform"]
+#: model.posterior: the flow each posterior applies to the diagonal Gaussian q0(z0|x) (None: q0 itself).
+POSTERIORS = {"gaussian": None, "planar": planar_transform, "iaf": IAF}
+
+__all__ = ["IAF", "IAFStep", "FlowPosterior", "POSTERIORS", "made_masks", "planar_params", "planar_step", "planar_transform"]

@@ -12,7 +12,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vaekit.config import ObjectiveConfig
+from vaekit.config.schema import ObjectiveConfig
 from vaekit.core.priors import KL
 
 

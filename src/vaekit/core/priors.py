@@ -111,4 +111,7 @@ class VampPrior(nnx.Module):
         return c.mean[k] + temperature * c.scale[k] * jax.random.normal(noise_key, (*shape, self.dim))
 
 
-__all__ = ["CLOSED_FORM_KL", "KL", "StandardNormal", "VampPrior", "kl_divergence"]
+#: model.prior: p(z) by name (a VAE builds the one its config names).
+PRIORS = {"normal": StandardNormal, "vamp": VampPrior}
+
+__all__ = ["CLOSED_FORM_KL", "KL", "PRIORS", "StandardNormal", "VampPrior", "kl_divergence"]

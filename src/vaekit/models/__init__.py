@@ -14,9 +14,9 @@ from vaekit.models.cvae import CVAE, CVAEConfig
 from vaekit.models.hierarchical import HVAE, HVAEConfig
 from vaekit.models.ladder import LadderConfig, LadderVAE
 from vaekit.models.registry import MODELS, abstract_model, build_model
-from vaekit.models.vae import VAE
+from vaekit.models.vae import VAE, VAEConfig
 from vaekit.models.vqprior import VQPrior, VQPriorConfig
 from vaekit.models.vqvae import VQVAE, VQVAEConfig
 
-__all__ = ["CVAE", "CVAEConfig", "Capabilities", "HVAE", "HVAEConfig", "LadderConfig", "LadderVAE", "MODELS", "Model", "ParamGroup", "VAE", "VQPrior", "VQPriorConfig", "VQVAE", "VQVAEConfig", "abstract_model",
+__all__ = ["CVAE", "CVAEConfig", "Capabilities", "HVAE", "HVAEConfig", "LadderConfig", "LadderVAE", "MODELS", "Model", "ParamGroup", "VAE", "VAEConfig", "VQPrior", "VQPriorConfig", "VQVAE", "VQVAEConfig", "abstract_model",
            "build_model", "require"]

@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from vaekit.config import ModelConfig
+from vaekit.config.schema import ModelConfig
 from vaekit.errors import VaekitError
 
 

@@ -30,13 +30,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from vaekit.config import ModelConfig, ObjectiveConfig, changed_objective
+from vaekit.config.schema import ModelConfig, ObjectiveConfig, changed_objective
 from vaekit.data.spec import DataSpec
 from vaekit.core.distributions import LOG_2PI
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
 from vaekit.models.base import ParamGroup
-from vaekit.models.vae import VAE, variational_objective
+from vaekit.models.vae import VAE, VAEConfig, variational_objective
 
 TC_ESTIMATORS = ("mws", "stratified")
 DIP_VARIANTS = ("i", "ii")
@@ -140,12 +140,6 @@ def _non_negative(**values: float) -> None:
             raise VaekitError(f"model.{name} must be >= 0, got {value}")
 
 
-def _gaussian_normal(cfg) -> None:
-    if cfg.posterior != "gaussian" or cfg.prior != "normal":
-        raise VaekitError(f"model.kind={cfg.kind} needs the diagonal-Gaussian posterior and the N(0, I) prior; "
-                          f"model.posterior and model.prior must stay gaussian/normal")
-
-
 @dataclasses.dataclass(frozen=True)
 class TCVAEConfig(ModelConfig):
     kind: str = "tcvae"
@@ -158,11 +152,10 @@ class TCVAEConfig(ModelConfig):
         _non_negative(alpha=self.alpha, beta=self.beta, gamma=self.gamma)
         if self.estimator not in TC_ESTIMATORS:
             raise VaekitError(f"model.estimator must be one of {', '.join(TC_ESTIMATORS)}; got '{self.estimator}'")
-        _gaussian_normal(self)
 
 
 @dataclasses.dataclass(frozen=True)
-class FactorVAEConfig(ModelConfig):
+class FactorVAEConfig(VAEConfig):
     kind: str = "factorvae"
     gamma: float = 35.0  # weight of the discriminator's total-correlation estimate added to the ELBO loss
     discriminator_hidden: tuple[int, ...] = (1000,) * 6  # the discriminator MLP's hidden sizes (leaky ReLU 0.2), 2 logits out
@@ -170,6 +163,7 @@ class FactorVAEConfig(ModelConfig):
     discriminator_betas: tuple[float, float] = (0.5, 0.9)  # the discriminator's Adam b1, b2 (Kim and Mnih 2018)
 
     def check(self) -> None:
+        super().check()
         _non_negative(gamma=self.gamma)
         if not self.discriminator_hidden or any(h <= 0 for h in self.discriminator_hidden):
             raise VaekitError(f"model.discriminator_hidden must be a non-empty list of positive sizes, got "
@@ -193,7 +187,6 @@ class DIPVAEConfig(ModelConfig):
         _non_negative(lambda_od=self.lambda_od)
         if self.lambda_d is not None and self.lambda_d < 0:
             raise VaekitError(f"model.lambda_d must be >= 0, got {self.lambda_d}")
-        _gaussian_normal(self)
 
     @property
     def diagonal_weight(self) -> float:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vaekit.config import ModelConfig
+from vaekit.config.schema import ModelConfig
 from vaekit.core.distributions import (DiagonalGaussian, Posterior, posterior_scale, standard_normal_log_prob,
                                   standard_normal_log_prob_per_dim)
 from vaekit.errors import VaekitError
@@ -52,9 +52,6 @@ class HVAEConfig(ModelConfig):
         if self.batch_norm and self.net != "mlp":
             raise VaekitError(f"model.batch_norm=true builds batch-normalized dense nets; model.net must be mlp, "
                               f"got '{self.net}'")
-        if self.posterior != "gaussian" or self.prior != "normal":
-            raise VaekitError("model.kind=hvae has its own two-layer posterior and prior; model.posterior and "
-                              "model.prior must stay gaussian/normal")
 
 
 def _gaussian(h: jax.Array, dim: int, kind: str) -> DiagonalGaussian:

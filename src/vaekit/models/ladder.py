@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vaekit.config import ModelConfig
+from vaekit.config.schema import ModelConfig
 from vaekit.core.distributions import (DiagonalGaussian, Posterior, posterior_scale, standard_normal_log_prob,
                                   standard_normal_log_prob_per_dim)
 from vaekit.errors import VaekitError
@@ -64,9 +64,6 @@ class LadderConfig(ModelConfig):
     def check(self) -> None:
         if self.net != "mlp":
             raise VaekitError(f"model.kind=ladder builds its own MLP blocks; model.net must be mlp, got '{self.net}'")
-        if self.posterior != "gaussian" or self.prior != "normal":
-            raise VaekitError("model.kind=ladder has its own top-down posterior and prior; model.posterior and "
-                              "model.prior must stay gaussian/normal")
         if any(d <= 0 for d in self.lower_dims):
             raise VaekitError(f"model.lower_dims sizes must be positive, got {list(self.lower_dims)}")
         if self.mlp_layers < 0:

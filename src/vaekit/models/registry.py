@@ -18,7 +18,7 @@ from collections.abc import Iterator, MutableMapping
 
 from flax import nnx
 
-from vaekit.config import Config
+from vaekit.config.schema import Config
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.models.base import ModelBase

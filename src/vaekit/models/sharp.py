@@ -33,7 +33,7 @@ from flax import nnx, struct
 from vaekit.core import image_losses
 
 from vaekit.core import objectives
-from vaekit.config import ModelConfig
+from vaekit.config.schema import ModelConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
@@ -74,9 +74,6 @@ class SharpConfig(ModelConfig):
         if self.likelihood != "bernoulli":
             raise VaekitError("model.kind=sharp has no likelihood: its decoder outputs sigmoid images scored by "
                               "model.recon_loss; leave model.likelihood at bernoulli")
-        if self.posterior != "gaussian" or self.prior != "normal":
-            raise VaekitError("model.kind=sharp takes the Gaussian posterior and N(0, I) prior (model.posterior and "
-                              "model.prior at their defaults)")
 
 
 @struct.dataclass

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vaekit.config import Config
+from vaekit.config.schema import Config
 from vaekit.errors import VaekitError
 
 log = logging.getLogger("vaekit")

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vaekit.config import ModelConfig, ObjectiveConfig
+from vaekit.config.schema import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from vaekit.config import ModelConfig, ObjectiveConfig, changed_objective
+from vaekit.config.schema import ModelConfig, ObjectiveConfig, changed_objective
 from vaekit.data.spec import DataSpec
 from vaekit.core.distributions import LIKELIHOODS, Posterior
 from vaekit.errors import VaekitError
@@ -74,9 +74,6 @@ class VQVAEConfig(ModelConfig):
             raise VaekitError(f"model.ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.ema_epsilon <= 0 or self.commitment < 0 or self.restart_threshold < 0:
             raise VaekitError("model.ema_epsilon must be positive, model.commitment and model.restart_threshold >= 0")
-        if self.posterior != "gaussian" or self.prior != "normal":
-            raise VaekitError(f"model.kind={self.kind} has a codebook posterior and a code prior of its own; "
-                              f"model.posterior and model.prior must stay gaussian/normal")
 
 
 def code_grid(image_shape, stages: int) -> tuple[int, int]:
