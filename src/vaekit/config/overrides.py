@@ -117,6 +117,8 @@ def field_default(cls: type, name: str) -> Any:
 def apply_keys(base, updates: dict, section: str):
     """`base` (a config dataclass) with `updates` {key: value} coerced to its fields' types; every
     key must be one of its fields."""
+    if not updates:
+        return base
     types_ = field_types(type(base))
     changes = {}
     for key, value in updates.items():

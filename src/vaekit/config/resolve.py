@@ -35,7 +35,7 @@ DEFAULT_PRESET = "mnist-mlp"
 BETA_SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
 LR_SCHEDULES = ("constant", "cosine", "exponential", "step", "iwae")
 
-# The section whose class a key picks, by section: the key, and what it is called in messages.
+# The key that picks the section's config class, by section.
 _SELECTOR = {"model": "kind", "data": "source"}
 
 
@@ -288,12 +288,19 @@ def validate(cfg: Config) -> None:
     _validate_train(cfg)
 
 
+def _section_class(value, cls: type, section: str) -> None:
+    selector = _SELECTOR[section]
+    _check(type(value) is cls, f"the {section} section is a {type(value).__name__}, not the {cls.__name__} of "
+                               f"{section}.{selector} '{getattr(value, selector)}' (vaekit.config.merge or resolve "
+                               f"builds it)")
+
+
 def _validate_data(d: DataConfig) -> None:
     _one_of(d.binarize, BINARIZE_MODES, "data.binarize")
     _check(d.limit is None or d.limit > 0, f"data.limit must be positive, got {d.limit}")
     _check(d.val_size > 0, f"data.val_size must be positive, got {d.val_size}")
     _check(d.source != "arrays" or d.path is not None, "data.source 'arrays' needs data.path=FILE.npz")
-    _check(type(d) is data_config_class(d.source), f"data section is not the config of data.source '{d.source}'")
+    _section_class(d, data_config_class(d.source), "data")
     d.check()
 
 
@@ -314,7 +321,7 @@ def _validate_model(m: ModelConfig) -> None:
     _check(m.conv_dense >= 0, f"model.conv_dense must be >= 0, got {m.conv_dense}")
     _check(m.sigma > 0, f"model.sigma must be positive, got {m.sigma}")
     _check(m.min_scale > 0, f"model.min_scale must be positive, got {m.min_scale}")
-    _check(type(m) is model_config_class(m.kind), f"model section is not the config of model.kind '{m.kind}'")
+    _section_class(m, model_config_class(m.kind), "model")
     m.check()
 
 
