@@ -182,7 +182,10 @@ def test_a_key_of_another_kind_or_source_is_one_line_naming_its_owner(preset, se
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_a_key_at_its_default_is_accepted_by_every_kind_and_source():
+def test_a_key_at_its_default_is_accepted_by_every_kind_and_source(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("model: {kind: tcvae, posterior: gaussian, flow_steps: 4}\n")
+    assert C.resolve("mnist-planar", str(file)).model == C.resolve("mnist-mlp", None, ["model.kind=tcvae"]).model
     assert C.resolve("shapes-tcvae", None, ["model.posterior=gaussian", "model.flow_steps=4"]) == C.resolve("shapes-tcvae")
     assert C.resolve(None, None, ["data.color=rgb", "data.max_len=30"]) == C.resolve()
     assert C.resolve_data(None, None, ["data.color=rgb"]) == C.resolve().data

@@ -104,13 +104,14 @@ def _at_its_default(section: str, key: str, value) -> bool:
     return all(field_default(c, key) == value for c in owners)
 
 
-def _as_class(base, cls: type, section: str, name: str):
+def _as_class(base, cls: type, section: str, name: str, updates: dict):
     """`base` as the config class `cls` of kind or source `name`: the keys both classes have keep
-    their values; a key `cls` lacks may be dropped only at its default (nothing set is lost)."""
+    their values; a key `cls` lacks may be dropped only at its default (nothing set is lost), or
+    where `updates` sets it again (which `_apply_section` checks)."""
     fields = field_types(cls)
     for key in field_types(type(base)):
         value = getattr(base, key)
-        if key not in fields and value != field_default(type(base), key):
+        if key not in fields and key not in updates and value != field_default(type(base), key):
             raise _foreign_key(section, key, name, cls)
     return cls(**{key: getattr(base, key) for key in field_types(type(base)) if key in fields})
 
@@ -126,7 +127,7 @@ def _apply_section(base, updates: dict, section: str):
     name = coerce(updates.get(selector, getattr(base, selector)), str, f"{section}.{selector}")
     cls = _config_class(section, name)
     if type(base) is not cls:
-        base = _as_class(base, cls, section, name)
+        base = _as_class(base, cls, section, name, updates)
     own = field_types(cls)
     for key, value in updates.items():
         if key not in own and not _at_its_default(section, key, value):
