@@ -60,10 +60,12 @@ class FolderDataConfig(DataConfig):
             raise VaekitError("data.source 'folder' needs data.path=DIRECTORY")
         if self.image_size is not None and self.image_size <= 0:
             raise VaekitError(f"data.image_size must be positive, got {self.image_size}")
-        for key, options in (("color", COLORS), ("stream", STREAM_MODES)):
-            if getattr(self, key) not in options:
-                value = getattr(self, key)
-                raise VaekitError(f"data.{key} must be one of {', '.join(options)}; got '{value}'{closest(value, options)}")
+        if self.color not in COLORS:
+            raise VaekitError(f"data.color must be one of {', '.join(COLORS)}; got '{self.color}'"
+                              f"{closest(self.color, COLORS)}")
+        if self.stream not in STREAM_MODES:
+            raise VaekitError(f"data.stream must be one of {', '.join(STREAM_MODES)}; got '{self.stream}'"
+                              f"{closest(self.stream, STREAM_MODES)}")
 
 
 def scan(root: str | Path) -> tuple[list[str], list[str] | None]:
@@ -250,5 +252,5 @@ def load_folder_splits(path: str | None, *, val_size: int, seed: int, limit: int
     return out
 
 
-__all__ = ["COLORS", "INDEX_FILE", "STREAM_MODES", "FolderDataConfig", "RESIDENT_BYTES", "SUFFIXES", "FolderStream", "decode", "load_folder_splits", "probe", "scan",
-           "split_order"]
+__all__ = ["COLORS", "INDEX_FILE", "RESIDENT_BYTES", "STREAM_MODES", "SUFFIXES", "FolderDataConfig", "FolderStream", "decode",
+           "load_folder_splits", "probe", "scan", "split_order"]

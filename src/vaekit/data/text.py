@@ -46,7 +46,6 @@ MIN_VOCAB = len(SPECIALS) + 1  # the specials and at least one word
 DEMO_CORPUS = "kjv-sentences.txt.gz"
 
 
-
 @dataclasses.dataclass(frozen=True)
 class TextDataConfig(DataConfig):
     """The keys of data.source=text (`vaekit.data.SOURCE_CONFIGS`)."""
@@ -240,5 +239,5 @@ def load_text_splits(path: str | None = None, *, val_size: int = 10_000, seed: i
     return out
 
 
-__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "TextDataConfig", "UNK", "VOCAB_FILE", "Vocabulary", "load_text_splits", "read_lines",
-           "run_vocabulary", "sentence_lengths", "tokenize"]
+__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "VOCAB_FILE", "TextDataConfig", "Vocabulary", "load_text_splits",
+           "read_lines", "run_vocabulary", "sentence_lengths", "tokenize"]
