@@ -116,9 +116,11 @@ def _as_class(base, cls: type, section: str, name: str, updates: dict):
     return cls(**{key: getattr(base, key) for key in field_types(type(base)) if key in fields})
 
 
-def _apply_section(base, updates: dict, section: str):
+def _apply_section(base, updates: dict, section: str, lenient: bool = False):
     """`base` with the section's `updates` applied. model.kind and data.source decide which keys
-    exist, so they are applied first: the section becomes the class they declare."""
+    exist, so they are applied first: the section becomes the class they declare. `lenient`: a key
+    of another kind or source is dropped when it holds its default (a config.yaml written before
+    the sections were split lists them all); otherwise it is an error, so nothing set is ignored."""
     if not isinstance(updates, dict):
         raise VaekitError(f"config section '{section}' must be a mapping, got {updates!r}")
     if section not in _SELECTOR:
@@ -130,14 +132,14 @@ def _apply_section(base, updates: dict, section: str):
         base = _as_class(base, cls, section, name, updates)
     own = field_types(cls)
     for key, value in updates.items():
-        if key not in own and not _at_its_default(section, key, value):
+        if key not in own and not (lenient and _at_its_default(section, key, value)):
             raise _foreign_key(section, key, name, cls)
     return apply_keys(base, {k: v for k, v in updates.items() if k in own}, section)
 
 
-def merge(config: Config, updates: dict) -> Config:
+def merge(config: Config, updates: dict, lenient: bool = False) -> Config:
     """Apply a nested dict (as read from YAML) on top of `config`; the model and data sections
-    become the classes their kind and source declare."""
+    become the classes their kind and source declare (`lenient`: see `_apply_section`)."""
     if not isinstance(updates, dict):
         raise VaekitError(f"a config file must hold a mapping of sections, got {type(updates).__name__}")
     new = config
@@ -146,7 +148,7 @@ def merge(config: Config, updates: dict) -> Config:
             continue
         if section not in SECTIONS:
             raise VaekitError(f"unknown config section '{section}'{closest(section, SECTIONS)}")
-        new = dataclasses.replace(new, **{section: _apply_section(getattr(new, section), values or {}, section)})
+        new = dataclasses.replace(new, **{section: _apply_section(getattr(new, section), values or {}, section, lenient)})
     for section in _SELECTOR:  # a section no layer named still becomes its kind's or source's class
         if section not in updates:
             new = dataclasses.replace(new, **{section: _apply_section(getattr(new, section), {}, section)})
@@ -262,7 +264,7 @@ def default_run_name(cfg: Config) -> str:
 def from_dict(doc: dict) -> Config:
     """Rebuild a Config from `Config.to_dict()` output (e.g. a run's config.yaml, also one written
     before the sections were split, which lists other kinds' and sources' keys at their defaults)."""
-    cfg = dataclasses.replace(merge(Config(), doc), preset=doc.get("preset"))
+    cfg = dataclasses.replace(merge(Config(), doc, lenient=True), preset=doc.get("preset"))
     validate(cfg)
     return cfg
 
