@@ -57,7 +57,8 @@ def main() -> None:
 
     import vaekit
     from vaekit import plots
-    from vaekit.evaluate.disentanglement import evaluate_run, latent_traversal
+    from vaekit.evaluate.disentanglement import evaluate_run
+    from vaekit.evaluate.traversal import latent_traversal
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

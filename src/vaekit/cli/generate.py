@@ -157,7 +157,7 @@ def cmd_interpolate(args) -> None:
 
 def cmd_traverse(args) -> None:
     from vaekit import plots
-    from vaekit.evaluate.disentanglement import latent_traversal
+    from vaekit.evaluate.traversal import latent_traversal
 
     out = check_out(args.out, (".png",))
     run = load(args)

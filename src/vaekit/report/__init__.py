@@ -199,7 +199,7 @@ def _model_pictures(run_dir: Path) -> dict:
     from vaekit.evaluate import latent
     from vaekit.runs.run import load_run
     from vaekit.evaluate.embed import encode_all, linear_probe
-    from vaekit.evaluate.disentanglement import latent_traversal
+    from vaekit.evaluate.traversal import latent_traversal
 
     try:
         run = load_run(run_dir)
