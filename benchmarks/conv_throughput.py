@@ -9,13 +9,13 @@ built with vaekit's public API (`vaekit.resolve` + `vaekit.Trainer`, `train.loop
 CPU default for conv nets). Two measurements:
 
 1. **Layer by layer** (forward + backward, jitted, batch 64): each encoder convolution in every
-   form of `vaekit.nets.cpu_conv.CONV_FORMS`, each decoder transposed convolution in every form of
-   `CONV_TRANSPOSE_FORMS`, each BatchNorm as `nnx.BatchNorm` and as `cpu_conv.batch_norm`; the
-   first encoder layer without an input gradient, as in the model. Median of `--layer-repeats`
-   interleaved calls.
+   form of `conv_forms.CONV_FORMS` (benchmarks/conv_forms.py), each decoder transposed convolution
+   in every form of `CONV_TRANSPOSE_FORMS`, each BatchNorm as `nnx.BatchNorm` and as
+   `cpu_conv.batch_norm`; the first encoder layer without an input gradient, as in the model.
+   Median of `--layer-repeats` interleaved calls.
 2. **The whole trainer step** (data rendering, forward, backward, Adam, metrics) for each variant:
    a variant routes `nnx.Conv`, `nnx.ConvTranspose` and `nnx.BatchNorm` calls through the named
-   `cpu_conv` forms while the trainer compiles (`current` is the code as wired in
+   forms while the trainer compiles (`current` is the code as wired in
    `vaekit.nets.conv`, unpatched). Each round times one chunk of `--steps` steps of every variant
    and then one run of the plain PyTorch loop (`benchmarks/peers/torch_plain.py --model conv`,
    in `.venv-bench`), so every ratio comes from the same minutes; medians over `--rounds`.
@@ -51,6 +51,7 @@ MALLOC_CONFIGURED = os.environ.get("VAEKIT_MALLOC", "1") != "0" and _xla.configu
 import vaekit  # noqa: E402,F401  (first: its XLA CPU settings must be in place before JAX starts)
 
 from common import TORCH_PEER, cpu_busy, cpu_flags_summary, cpu_info, run_peer, trainer_step_timer  # noqa: E402
+from conv_forms import CONV_FORMS, CONV_TRANSPOSE_FORMS  # noqa: E402
 
 DEFAULT_VARIANTS = "current,s2d+subpixel,nnx+d2s,s2d+d2s,s2d+d2s+rows,s2d_matmul+d2s_matmul+rows"
 BATCH = 64
@@ -74,7 +75,7 @@ def parse_variant(name: str) -> tuple[str | None, str | None, bool]:
 
 @contextlib.contextmanager
 def forms(conv_form: str | None, tconv_form: str | None, rows_bn: bool):
-    """Route nnx.Conv / nnx.ConvTranspose / nnx.BatchNorm calls through cpu_conv's forms.
+    """Route nnx.Conv / nnx.ConvTranspose / nnx.BatchNorm calls through the named forms (conv_forms).
 
     None leaves that layer type alone. "nnx" means the layer's own call (lax.conv_general_dilated /
     lax.conv_transpose). vaekit.nets.conv's own CPU form of the transposed conv (and of the conv,
@@ -92,15 +93,18 @@ def forms(conv_form: str | None, tconv_form: str | None, rows_bn: bool):
                  if hasattr(netconv, name)}
     saved_forms = (cc.CONV_FORM, cc.CONV_TRANSPOSE_FORM)
     orig_conv, orig_tconv, orig_bn = saved_calls[nnx.Conv], saved_calls[nnx.ConvTranspose], saved_calls[nnx.BatchNorm]
+    # "nnx": the layer's own computation, the "native" form
+    conv_fn = None if conv_form is None else CONV_FORMS["native" if conv_form == "nnx" else conv_form]
+    tconv_fn = None if tconv_form is None else CONV_TRANSPOSE_FORMS["native" if tconv_form == "nnx" else tconv_form]
 
     def conv_call(self, x, *a, **k):
         if not a and not k and cc.conv_applies(self):
-            return cc.conv(self, x, form="native" if conv_form == "nnx" else conv_form)
+            return cc.conv(self, x, form=conv_fn)
         return orig_conv(self, x, *a, **k)
 
     def tconv_call(self, x, *a, **k):
         if not a and not k and cc.conv_transpose_applies(self):
-            return cc.conv_transpose(self, x, form="native" if tconv_form == "nnx" else tconv_form)
+            return cc.conv_transpose(self, x, form=tconv_fn)
         return orig_tconv(self, x, *a, **k)
 
     def bn_call(self, x, use_running_average=None, **k):
@@ -112,13 +116,13 @@ def forms(conv_form: str | None, tconv_form: str | None, rows_bn: bool):
     try:
         if conv_form is not None:
             nnx.Conv.__call__ = conv_call
-            cc.CONV_FORM = "native" if conv_form == "nnx" else conv_form
+            cc.CONV_FORM = conv_fn
             if "conv" in saved_mod:
                 netconv.conv = lambda layer, x, **kw: layer(x)
                 netconv.fast_form_applies = lambda layer: False  # the layer whole, bias included
         if tconv_form is not None:
             nnx.ConvTranspose.__call__ = tconv_call
-            cc.CONV_TRANSPOSE_FORM = "native" if tconv_form == "nnx" else tconv_form
+            cc.CONV_TRANSPOSE_FORM = tconv_fn
             if "conv_transpose" in saved_mod:
                 netconv.conv_transpose = lambda layer, x, **kw: layer(x)
                 netconv.fast_form_applies = lambda layer: False
@@ -174,13 +178,13 @@ def layer_cases():
         x = jax.random.normal(key, (BATCH, side, side, cin))
         k = 0.1 * jax.random.normal(jax.random.fold_in(key, 2), (4, 4, cin, cout))
         b = jnp.zeros((cout,))
-        for name, fn in cc.CONV_FORMS.items():
+        for name, fn in CONV_FORMS.items():
             cases.append((f"enc conv{i} {side}x{side}x{cin}->{cout}", name, grad_case(fn, x, k, b, i > 0)))
     for i, (side, cin, cout) in enumerate(DECODER):
         x = jax.random.normal(key, (BATCH, side, side, cin))
         k = 0.1 * jax.random.normal(jax.random.fold_in(key, 2), (4, 4, cin, cout))
         b = jnp.zeros((cout,))
-        for name, fn in cc.CONV_TRANSPOSE_FORMS.items():
+        for name, fn in CONV_TRANSPOSE_FORMS.items():
             cases.append((f"dec tconv{i} {side}x{side}x{cin}->{cout}", name, grad_case(fn, x, k, b, True)))
     for i, (side, ch) in enumerate(NORMS):
         x = 1.0 + 2.0 * jax.random.normal(key, (BATCH, side, side, ch))

@@ -94,7 +94,7 @@ def train_and_score(objective: str, preset: str, label: str, overrides: list[str
     }
     # The run's traversal; the report copies each objective's best one next to itself.
     from vaekit import plots
-    from vaekit.evaluate.disentanglement import latent_traversal
+    from vaekit.evaluate.traversal import latent_traversal
 
     val = run.data().examples("val", 500)
     pictures, labels, values = latent_traversal(run.model, val["x"])

@@ -1,14 +1,14 @@
 """Train vaekit's shipped MNIST feature net from a seed and record its test accuracy.
 
-    python benchmarks/feature_net.py [--epochs 6] [--seed 0] [--out src/vaekit/evaluate/mnist_lenet.npz]
+    python benchmarks/feature_net.py [--epochs 6] [--seed 0] [--out src/vaekit/nets/mnist_lenet.npz]
     python benchmarks/feature_net.py --floor     # the quality metrics' floor: training vs test images
     python benchmarks/feature_net.py --data shapes --epochs 4    # the shapes net (shapes_lenet.npz)
 
-A LeNet-sized classifier (`vaekit.evaluate.features.FeatureNet`: conv 5x5 16, pool, conv 5x5 32,
+A LeNet-sized classifier (`vaekit.nets.features.FeatureNet`: conv 5x5 16, pool, conv 5x5 32,
 pool, dense 128, a 10-way head) trained by Adam (learning rate 1e-3, cosine-decayed to 0) on vaekit's MNIST training split (the first 50,000
 training images), validated on the other 10,000, tested on the 10,000 t10k images. Writes the
 .npz and its sidecar .json (SHA-256, accuracies, seed, epochs, seconds) and prints a table; the
-digest goes into `vaekit.evaluate.features.SHIPPED`.
+digest goes into `vaekit.nets.features.SHIPPED`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--out", default="src/vaekit/evaluate/mnist_lenet.npz")
+    p.add_argument("--out", default="src/vaekit/nets/mnist_lenet.npz")
     p.add_argument("--floor", action="store_true",
                    help="only measure the metrics' floor with the shipped net: FID, precision and recall of "
                         "10,000 training images (the first) against the 10,000 test images")

@@ -11,7 +11,7 @@ Adam 1e-4) on the whole generated grid for the same number of steps and seed, th
 `--eval-every` that fits `--train-budget` seconds of training for all betas together.
 
 Writes, under --out-dir: results.json (every number below, plus the machine) and
-traversal_beta<B>.png per beta. Prints a markdown table to paste into docs/benchmarks.md, beside
+traversal_beta<B>.png per beta. Prints a markdown table to paste into docs/results.md, beside
 the range Locatello et al. (2019) report for beta-VAE on dSprites (MIG roughly 0.05-0.35).
 """
 
@@ -57,7 +57,8 @@ def main() -> None:
 
     import vaekit
     from vaekit import plots
-    from vaekit.evaluate.disentanglement import evaluate_run, latent_traversal
+    from vaekit.evaluate.disentanglement import evaluate_run
+    from vaekit.evaluate.traversal import latent_traversal
 
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

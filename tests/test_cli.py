@@ -71,7 +71,7 @@ def test_python_api_loads_the_run(run_dir):
 def _err(capsys, argv, *needles):
     code = main(argv)
     err = capsys.readouterr().err.strip()
-    assert code != 0
+    assert code == 2, err  # a user's mistake
     assert len(err.splitlines()) == 1, err  # one line, no traceback
     for n in needles:
         assert n in err, err
@@ -210,25 +210,117 @@ def test_a_run_from_vaekit_0_1_fails_in_one_line(capsys, run_dir, tmp_path):
 
 
 def test_exit_now_skips_only_the_teardown(tmp_path):
-    """The `vaekit` command ends with `exit_now`: the status passes through, and what a normal exit
-    does first still happens (threads that are not daemons finish, an idle executor's worker is
-    woken, atexit handlers run, buffered output is flushed)."""
+    """The `vaekit` command ends with `exit_now` after `skip_teardown`: the status passes through,
+    what a normal exit does first still happens (threads that are not daemons finish, an idle
+    executor's worker is woken, atexit handlers registered later, as JAX's are, run, buffered output
+    is flushed), and the interpreter's teardown does not (an object's finalizer that the teardown
+    calls, as the same script without `skip_teardown` shows)."""
     import textwrap
 
     script = textwrap.dedent(f"""
-        import atexit, concurrent.futures, threading, time, pathlib
-        from vaekit.cli.main import exit_now
-        out = pathlib.Path({str(tmp_path)!r})
+        import atexit, concurrent.futures, sys, threading, time, pathlib
+        from vaekit.cli.parser import exit_now, skip_teardown
+        if sys.argv[1] == "fast":
+            skip_teardown()
+        out = pathlib.Path(sys.argv[2])
         atexit.register(lambda: (out / "atexit").write_text("ran"))
         threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()
         pool = concurrent.futures.ThreadPoolExecutor(1)
         pool.submit(lambda: None).result()  # its worker now waits for work, as an unclosed pool's does
+
+        class Teardown:
+            def __del__(self, path=out / "teardown"):
+                path.write_text("ran")
+
+        kept = Teardown()  # a module global: only the teardown collects it
         print("buffered, no newline", end="")
         exit_now(3)
         (out / "after").write_text("never")
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 3, done.stderr
-    assert done.stdout == "buffered, no newline"
-    assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
-    assert not (tmp_path / "after").exists()
+    for mode in ("fast", "full"):
+        out = tmp_path / mode
+        out.mkdir()
+        done = subprocess.run([sys.executable, "-c", script, mode, str(out)], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 3, done.stderr
+        assert done.stdout == "buffered, no newline"
+        assert (out / "atexit").read_text() == "ran" and (out / "thread").read_text() == "done"
+        assert not (out / "after").exists()
+        assert (out / "teardown").exists() == (mode == "full")
+
+
+def test_every_command_has_a_handler_and_text_runs_are_dispatched_in_one_place():
+    """Each command of the parser has a handler; the text handlers are one table keyed by command,
+    and only the parser's dispatch asks whether a run is a text run (no command branches on it);
+    one function loads runs."""
+    import argparse
+    from pathlib import Path
+
+    import vaekit.cli
+    from vaekit.cli import text
+    from vaekit.cli.parser import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        assert callable(sub.get_default("func")), name
+    for name in text.HANDLERS:
+        assert "run" in {a.dest for a in commands[name]._actions}, name  # the dispatch reads the run's data kind
+    sources = {p.name: p.read_text() for p in Path(vaekit.cli.__file__).parent.glob("*.py")}
+    assert {name for name, src in sources.items() if "is_text_run(" in src} == {"parser.py", "text.py"}
+    assert {name for name, src in sources.items() if "load_run" in src} == {"common.py"}
+
+
+def test_broken_config_yaml_is_one_line(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("data:\n  source: mnist\ntrain: [unclosed\n  epochs: 3\n")
+    (run / "run.json").write_text('{"status": "complete"}')
+    _err(capsys, ["info", str(run)], "config.yaml is not valid YAML", "line")
+    _err(capsys, ["train", "--resume", str(run)], "config.yaml is not valid YAML")
+
+
+def test_every_option_has_help_with_its_default_once_and_version(capsys):
+    import argparse
+
+    from vaekit.cli.parser import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in [("vaekit", parser), *subparsers.choices.items()]:
+        text = sub.format_help()
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+            if action.default not in (None, False, [], argparse.SUPPRESS):
+                assert f"(default: {action.default})" in " ".join(text.split()), (name, action.dest)
+                assert "(default" not in action.help, (name, action.dest)  # said once, by the formatter
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith("vaekit ")
+
+
+def test_info_shows_status_and_results_first_config_last(tmp_path, capsys):
+    from vaekit import config as C
+    from vaekit.runs import layout
+
+    run = tmp_path / "r"
+    run.mkdir()
+    cfg = C.resolve("shapes-beta", None, ["train.steps=8", "train.eval_every=4"])
+    layout.write_config(run, cfg)
+    layout.write_json_atomic(run / "run.json", {"status": "complete", "epoch": 2, "step": 8, "model_kind": "vae",
+                                            "num_train": 1000, "best_metric": "val/elbo", "best": -101.83456789})
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 2, "step": 8, "val/elbo": -101.83456789,
+                                                   "val/kl": 0.000123456, "train/examples_per_s": 21421.123}) + "\n")
+    layout.write_json_atomic(run / "evaluation.json", {"test-k50-n30": {"split": "test", "examples": 30, "samples": 50,
+                                                                    "nll": 99.87654321, "nll_stderr": 1.2345678,
+                                                                    "elbo": -104.1234567, "active_units": 7}})
+    layout.write_json_atomic(run / "disentanglement.json", {"mig": {"mig": 0.123456789}, "dci": {"disentanglement": 0.5}})
+    layout.write_json_atomic(run / "quality.json", {"fid": 12.3456789})
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    order = [out.index(s) for s in ("complete", "8 of 8", "-101.8", "99.88", "MIG", "0.1235", "fid", "train.steps")]
+    assert order == sorted(order), out  # status, steps, metrics, evaluation, disentanglement, quality, config
+    assert "-101.83456789" not in out and "1.235e-04" in out and "21,421.1" in out

@@ -105,3 +105,148 @@ def test_resolve_data_is_the_data_section_of_the_full_resolution(tmp_path):
         assert C.resolve_data(*bad) is None
     probe = "import sys, vaekit.config, vaekit.data; print('jax' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- three layers
+
+
+# Every key of the flat ModelConfig and DataConfig that config.yaml files listed before each kind
+# and source declared its own keys, at the defaults they had.
+FLAT_MODEL_KEYS = {"kind": "vae", "net": "mlp", "latent_dim": 50, "hidden": [200, 200], "activation": "tanh",
+                   "conv_channels": [32, 64], "conv_dense": 0, "resnet_blocks": 1, "likelihood": "bernoulli",
+                   "sigma": 0.1, "min_scale": 0.001, "posterior_scale": "softplus", "posterior": "gaussian",
+                   "flow_steps": 4, "flow_hidden": 100, "prior": "normal", "prior_components": 500}
+FLAT_DATA_KEYS = {"source": "mnist", "path": None, "limit": None, "binarize": "none", "seed": 0, "val_size": 10_000,
+                  "max_len": 30, "vocab_size": 10_000, "lowercase": True, "val_path": None, "test_path": None,
+                  "image_size": None, "color": "rgb", "stream": "auto"}
+
+
+@pytest.mark.parametrize("preset,sets", [
+    ("shapes-tcvae", []), ("mnist-ladder", []), ("mnist-vqvae", []), ("text-vae", []), ("mnist-planar", []),
+    ("folder-conv64", ["data.path=/data/images"]), ("mnist-cvae", ["model.condition=film"]),
+])
+def test_an_old_config_yaml_with_every_flat_key_loads(preset, sets):
+    """A run directory written before the split lists every key of the flat sections: the keys its
+    kind and source no longer have are at their defaults and load silently, to the same config."""
+    cfg = C.resolve(preset, None, sets)
+    old = cfg.to_dict()
+    old["model"] = {**FLAT_MODEL_KEYS, **old["model"]}
+    old["data"] = {**FLAT_DATA_KEYS, **old["data"]}
+    assert C.from_dict(old) == cfg
+    assert type(C.from_dict(old).model) is type(cfg.model) and type(C.from_dict(old).data) is type(cfg.data)
+
+
+def test_sections_are_the_classes_their_kind_and_source_declare():
+    from vaekit.data.folder import FolderDataConfig
+    from vaekit.data.text import TextDataConfig
+    from vaekit.models.cvae import CVAEConfig
+    from vaekit.models.disentangle import TCVAEConfig
+    from vaekit.models.vae import VAEConfig
+
+    cfg = C.resolve("text-vae")
+    assert type(cfg.data) is TextDataConfig and "max_len" not in C.resolve().to_dict()["data"]
+    assert type(C.resolve("folder-conv64", None, ["data.path=/d"]).data) is FolderDataConfig
+    assert type(C.resolve().model) is VAEConfig and issubclass(CVAEConfig, VAEConfig)
+    tc = C.resolve("shapes-tcvae").model
+    assert type(tc) is TCVAEConfig and "posterior" not in C.resolve("shapes-tcvae").to_dict()["model"]
+    # frozen dataclasses: replace, to_dict and pickling work on the declared classes
+    import dataclasses
+    import pickle
+
+    assert dataclasses.replace(cfg.data, max_len=7).max_len == 7
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.data.max_len = 3
+
+
+@pytest.mark.parametrize("preset,sets,message", [
+    ("mnist-mlp", ["data.image_size=32"],
+     "config key 'data.image_size' belongs to data.source folder, not 'mnist' (valid keys for 'mnist': source, path,"),
+    ("mnist-mlp", ["data.max_len=12"], "config key 'data.max_len' belongs to data.source text, not 'mnist'"),
+    ("folder-conv64", ["data.path=/d", "data.source=mnist"],
+     "config key 'data.image_size' belongs to data.source folder, not 'mnist'"),
+    ("text-vae", ["data.color=grey"], "config key 'data.color' belongs to data.source folder, not 'text'"),
+    ("mnist-mlp", ["data.colour=grey"], "unknown config key 'data.colour' (did you mean 'color'?)"),
+    ("shapes-tcvae", ["model.posterior=planar"],
+     "config key 'model.posterior' belongs to model.kind vae / cvae / factorvae, not 'tcvae'"),
+    ("mnist-planar", ["model.kind=hvae"], "config key 'model.posterior' belongs to model.kind vae / cvae / factorvae"),
+    ("mnist-ladder", ["model.prior=vamp"], "config key 'model.prior' belongs to model.kind vae / cvae / factorvae"),
+    ("mnist-mlp", ["model.posterior=plnar"], "model.posterior must be one of gaussian, planar, iaf; got 'plnar'"),
+    ("folder-conv64", [], "data.source 'folder' needs data.path=DIRECTORY"),
+    ("folder-conv64", ["data.path=/d", "data.color=gray"], "did you mean 'grey'"),
+    ("text-vae", ["data.vocab_size=4"], "data.vocab_size must be at least 5"),
+])
+def test_a_key_of_another_kind_or_source_is_one_line_naming_its_owner(preset, sets, message):
+    with pytest.raises(VaekitError) as e:
+        C.resolve(preset, None, sets)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_key_of_another_kind_or_source_is_refused_even_at_its_default_except_in_an_old_run(tmp_path):
+    """Nothing a user sets is ignored: a key the kind or source does not have is one line, whatever
+    its value; a run's config.yaml written before the sections were split (every key listed) loads."""
+    file = tmp_path / "c.yaml"
+    file.write_text("model: {kind: tcvae, posterior: gaussian, flow_steps: 4}\n")
+    for preset, path, sets in [("mnist-planar", str(file), []), ("shapes-tcvae", None, ["model.posterior=gaussian"]),
+                               (None, None, ["data.color=rgb"]), (None, None, ["model.condition=concat"])]:
+        with pytest.raises(VaekitError, match="belongs to"):
+            C.resolve(preset, path, sets)
+    old = C.resolve("shapes-tcvae").to_dict()
+    old["model"] |= {"posterior": "gaussian", "flow_steps": 4, "prior": "normal"}
+    old["data"] |= {"color": "rgb", "max_len": 30}
+    assert C.from_dict(old) == C.resolve("shapes-tcvae")
+
+
+def test_valid_names_come_from_the_registries(monkeypatch):
+    from vaekit.core import distributions, flows, priors
+    from vaekit import nets
+    from vaekit.nets import mlp
+
+    with pytest.raises(VaekitError) as e:
+        C.resolve(None, None, ["model.likelihood=laplace"])
+    assert f"model.likelihood must be one of {', '.join(distributions.LIKELIHOODS)}; got 'laplace'" in str(e.value)
+    monkeypatch.setitem(distributions.LIKELIHOODS, "laplace", distributions.LIKELIHOODS["gaussian"])
+    assert C.resolve(None, None, ["model.likelihood=laplace"]).model.likelihood == "laplace"
+    for registry, key, name in [(nets.ENCODERS, "net", "mine"), (mlp.ACTIVATIONS, "activation", "mish"),
+                                (distributions.POSTERIOR_SCALES, "posterior_scale", "exp"),
+                                (flows.POSTERIORS, "posterior", "sylvester"), (priors.PRIORS, "prior", "mixture")]:
+        with pytest.raises(VaekitError, match=f"model.{key} must be one of"):
+            C.resolve(None, None, [f"model.{key}={name}"])
+        monkeypatch.setitem(registry, name, None)
+        assert getattr(C.resolve(None, None, [f"model.{key}={name}"]).model, key) == name
+
+
+def test_a_registered_source_declares_its_keys(monkeypatch):
+    import dataclasses
+
+    from vaekit import data
+
+    @dataclasses.dataclass(frozen=True)
+    class SoundConfig(C.DataConfig):
+        source: str = "sound"
+        rate: int = 16_000
+
+    monkeypatch.setitem(data.DATA_SOURCES, "sound", data.DATA_SOURCES["arrays"])
+    monkeypatch.setitem(data.SOURCE_CONFIGS, "sound", SoundConfig)
+    assert C.resolve(None, None, ["data.source=sound", "data.rate=8000"]).data == SoundConfig(rate=8000, binarize="dynamic")
+    with pytest.raises(VaekitError, match="config key 'data.rate' belongs to data.source sound, not 'mnist'"):
+        C.resolve(None, None, ["data.rate=8000"])
+
+
+def test_the_schema_is_the_bottom_of_the_package():
+    """config/schema.py imports no vaekit module but errors (models, nets, data and core import it)."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tree = ast.parse(Path(C.__file__).with_name("schema.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert {m for m in imported if m.startswith("vaekit")} <= {"vaekit.errors"}
+    assert not {"jax", "numpy", "flax"} & {m.split(".")[0] for m in imported}
+    probe = ("import sys, vaekit.config.schema; "
+             "print(sorted(m for m in sys.modules if m.startswith(('vaekit.', 'jax', 'numpy', 'flax'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert set(eval(out)) <= {"vaekit.config", "vaekit.config.overrides", "vaekit.config.resolve",
+                              "vaekit.config.schema", "vaekit.errors"}, out

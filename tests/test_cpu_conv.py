@@ -1,4 +1,8 @@
-"""vaekit.nets.cpu_conv: every CPU form equals the nnx layer it replaces, in value and gradient."""
+"""vaekit.nets.cpu_conv, and the other forms benchmarks/conv_forms.py measures: every CPU form equals
+the nnx layer it replaces, in value and gradient."""
+
+import importlib.util
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +11,18 @@ import pytest
 from flax import nnx
 
 from vaekit.nets import cpu_conv as cc
+
+
+def _benchmark_forms():
+    """benchmarks/conv_forms.py, by file (benchmarks/ is not a package on the path)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "conv_forms.py"
+    spec = importlib.util.spec_from_file_location("conv_forms", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+forms = _benchmark_forms()
 
 # (height, width, in channels, out channels): odd channel counts, odd and even sides
 SHAPES = [(28, 28, 3, 5), (64, 64, 1, 3), (7, 7, 5, 3), (8, 6, 2, 7)]
@@ -58,25 +74,28 @@ def _layer(cls, h, w, ci, co, **kw):
     return layer, x
 
 
-def _form_calls(entry, forms):
-    return [lambda m, x, f=f: entry(m, x, form=f) for f in forms if f != "native"]
+def _form_calls(entry, names, table):
+    return [lambda m, x, f=table[name]: entry(m, x, form=f) for name in names if name != "native"]
 
 
-# The default forms (what the nets use) on every shape; every other form on one shape.
-@pytest.mark.parametrize("h,w,ci,co,forms", [(*s, (cc.CONV_FORM,)) for s in SHAPES[1:]] + [(*SHAPES[0], tuple(cc.CONV_FORMS))])
-def test_conv_forms_equal_nnx_conv(h, w, ci, co, forms):
+# The default forms (what the nets use) on every shape; every benchmarked form on one shape.
+@pytest.mark.parametrize("h,w,ci,co,names",
+                         [(*s, ("s2d",)) for s in SHAPES[1:]] + [(*SHAPES[0], tuple(forms.CONV_FORMS))])
+def test_conv_forms_equal_nnx_conv(h, w, ci, co, names):
+    assert forms.CONV_FORMS["s2d"] is cc.CONV_FORM
     layer, x = _layer(nnx.Conv, h, w, ci, co)
-    _compare(layer, x, _form_calls(cc.conv, forms))
+    _compare(layer, x, _form_calls(cc.conv, names, forms.CONV_FORMS))
 
 
 @pytest.mark.parametrize(
-    "h,w,ci,co,forms",
-    [(*s, (cc.CONV_TRANSPOSE_FORM,)) for s in SHAPES[1:]] + [(*SHAPES[0], tuple(cc.CONV_TRANSPOSE_FORMS))],
+    "h,w,ci,co,names",
+    [(*s, ("d2s",)) for s in SHAPES[1:]] + [(*SHAPES[0], tuple(forms.CONV_TRANSPOSE_FORMS))],
 )
-def test_conv_transpose_forms_equal_nnx_conv_transpose(h, w, ci, co, forms):
+def test_conv_transpose_forms_equal_nnx_conv_transpose(h, w, ci, co, names):
+    assert forms.CONV_TRANSPOSE_FORMS["d2s"] is cc.CONV_TRANSPOSE_FORM
     h, w = max(1, h // 2), max(1, w // 2)  # decoder inputs are the small side
     layer, x = _layer(nnx.ConvTranspose, h, w, ci, co)
-    _compare(layer, x, _form_calls(cc.conv_transpose, forms))
+    _compare(layer, x, _form_calls(cc.conv_transpose, names, forms.CONV_TRANSPOSE_FORMS))
 
 
 def test_default_entry_points_and_batch_axes():

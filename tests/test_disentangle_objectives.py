@@ -237,7 +237,7 @@ def test_discriminator_group_changes_only_its_own_parameters():
 @pytest.mark.parametrize("kind,options,objective,message", [
     ("tcvae", {"estimator": "exact"}, {}, "model.estimator must be one of mws, stratified"),
     ("tcvae", {"beta": -1.0}, {}, "model.beta must be >= 0"),
-    ("tcvae", {"posterior": "iaf"}, {}, "gaussian/normal"),
+    ("tcvae", {"posterior": "iaf"}, {}, "'model.posterior' belongs to model.kind vae / cvae / factorvae, not 'tcvae'"),
     ("tcvae", {}, {"beta": 4.0}, "objective.beta=4.0 cannot apply"),
     ("dipvae", {"variant": "iii"}, {}, "model.variant must be one of i, ii"),
     ("dipvae", {}, {"kind": "iwae"}, "objective.kind=iwae cannot apply"),

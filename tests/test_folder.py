@@ -86,7 +86,7 @@ def test_bad_folders(tmp_path, make, message):
 
 
 def test_folder_keys_only_for_folder_source():
-    with pytest.raises(VaekitError, match="apply to data.source=folder only"):
+    with pytest.raises(VaekitError, match="belongs to data.source folder, not 'mnist'"):
         config_lib.resolve("mnist-mlp", None, ["data.image_size=32"])
     with pytest.raises(VaekitError, match="needs data.path"):
         config_lib.resolve("folder-conv64", None, [])

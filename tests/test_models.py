@@ -12,7 +12,7 @@ from flax import nnx
 from conftest import synthetic_splits, synthetic_token_splits, tiny_config
 from vaekit.core import metrics as metrics_lib
 from vaekit.runs.run import load_run
-from vaekit.models import MODELS, Capabilities, Model, build_model
+from vaekit.models import MODELS, Model, build_model
 from vaekit.runs.train import train
 from vaekit.training.loop import Trainer
 
@@ -22,7 +22,7 @@ from vaekit.training.loop import Trainer
 # A deep kind's own defaults, made small so that the checks compile quickly (a ladder of two
 # stochastic layers still takes the top-down path; tests/test_ladder.py covers more depth).
 SMALL = {"ladder": {"lower_dims": (6,), "mlp_layers": 1}}
-VARIANTS = [(k, SMALL.get(k, {})) for k in sorted(MODELS) if not getattr(MODELS[k], "needs_parent_run", False)] + [
+VARIANTS = [(k, SMALL.get(k, {})) for k in sorted(MODELS) if not MODELS[k].needs_parent_run] + [
     ("vae", {"posterior": "planar", "flow_steps": 2}),
     ("vae", {"posterior": "iaf", "flow_steps": 2, "flow_hidden": 16}),
     ("vae", {"prior": "vamp", "prior_components": 7}),
@@ -62,8 +62,7 @@ def splits(request, image_splits, token_splits):
     """Synthetic data of the kind the test's model takes: images, or token sentences for a kind
     whose class declares `capabilities.data_kinds` without images."""
     kind = request.node.callspec.params.get("kind") if hasattr(request.node, "callspec") else None
-    caps = getattr(MODELS.get(kind[0]), "capabilities", None) if kind else None
-    return token_splits if isinstance(caps, Capabilities) and "images" not in caps.data_kinds else image_splits
+    return token_splits if kind and "images" not in MODELS[kind[0]].capabilities.data_kinds else image_splits
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -166,24 +165,31 @@ def test_trains_saves_and_loads_identically(kind, splits, tmp_path, monkeypatch)
     assert math.isfinite(run.info["final"]["val/loss"])
 
 
-def test_the_documented_example_kind_plugs_in(splits, tmp_path, monkeypatch):
-    """docs/architecture.md's "adding a model kind in one file" runs as written."""
+def test_the_documented_example_kind_is_an_installable_plugin(image_splits, tmp_path, monkeypatch):
+    """docs/architecture.md's "adding a model kind in one file" is tests/plugin_example, a package
+    whose "vaekit.models" entry point registers the kind: installed, the registry finds it, and it
+    passes the conformance checks, trains its prior and keeps its config keys to itself."""
     import re
     from pathlib import Path
 
+    from plugin_example import installed
+    from vaekit.errors import VaekitError
+    from vaekit.models.registry import BUILTIN, Registry
+
     doc = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
     code = re.search(r"## Adding a model kind in one file.*?```python\n(.*?)```", doc, re.S).group(1)
-    namespace: dict = {}
-    exec(compile(code, "architecture.md", "exec"), namespace)
-    monkeypatch.setitem(MODELS, "learned-prior", namespace["LearnedPriorVAE"])
-    monkeypatch.setattr("vaekit.data.load_configured", lambda data_cfg, **kw: splits)
-    cfg = _cfg("learned-prior", model={"prior_init_scale": 0.5}, train={"epochs": 1, "batch_size": 20})
-    run = load_run(train(cfg, runs_dir=tmp_path, name="lp", progress=False))
+    assert code in (installed.HERE / "vaekit_learned_prior.py").read_text()  # the plugin is the documented code
+    len(MODELS)  # the registry has read the entry points of this session before the plugin is installed
+    installed.install(tmp_path / "site", monkeypatch)
+    registry = Registry(BUILTIN)  # what `vaekit.models.MODELS` is: entry points read at the first lookup
+    monkeypatch.setitem(MODELS, "learned-prior", registry["learned-prior"])
+    kind = ("learned-prior", {"prior_init_scale": 0.5})
+    for check in (test_builds_with_finite_loss_and_gradients, test_data_in_data_out_shapes,
+                  test_iwae_bounds_nondecreasing_in_k, test_same_seed_same_model_and_loss):
+        check(kind, image_splits)
+    test_trains_saves_and_loads_identically(kind, image_splits, tmp_path, monkeypatch)
+    run = load_run(tmp_path / "run")
     assert run.model.kind == "learned-prior" and "val/kl_per_dim" not in run.history[-1]  # Monte Carlo KL
-    prior = run.model.prior
-    assert float(jnp.max(jnp.abs(prior.log_scale[...] - jnp.log(0.5)))) > 0  # the prior was trained
-    assert run.model.sample(3, rngs=nnx.Rngs(sample=0)).shape == (3, *splits.spec.shape)
-    from vaekit.errors import VaekitError
-
+    assert float(jnp.max(jnp.abs(run.model.prior.log_scale[...] - jnp.log(0.5)))) > 0  # the prior was trained
     with pytest.raises(VaekitError, match="belongs to model.kind learned-prior"):
         _cfg("vae", model={"prior_init_scale": 0.5})

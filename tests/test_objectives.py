@@ -11,6 +11,7 @@ from flax import nnx
 from vaekit.data.spec import DataSpec
 from vaekit.core import metrics as metrics_lib
 from vaekit.core import objectives
+from vaekit.core.priors import KL
 from vaekit.config import ObjectiveConfig
 from vaekit.models import build_model
 
@@ -58,12 +59,12 @@ def test_free_bits_value_and_gradient_below_and_above_lambda():
 def test_capacity_term_sign_and_gradient():
     cfg = ObjectiveConfig(capacity_max=10.0, capacity_steps=100, capacity_gamma=2.0)
     kl = jnp.full((4, 2), 1.0)  # total KL 2 per example
-    term, info = objectives.kl_term(kl, jnp.asarray(50), cfg)  # C = 5 > KL
+    term, info = objectives.kl_term(KL.of_per_dim(kl), jnp.asarray(50), cfg)  # C = 5 > KL
     assert float(info["capacity"]) == pytest.approx(5.0)
     assert float(term) == pytest.approx(2.0 * 3.0)
-    g = jax.grad(lambda k: objectives.kl_term(k, jnp.asarray(50), cfg)[0])(kl)
+    g = jax.grad(lambda k: objectives.kl_term(KL.of_per_dim(k), jnp.asarray(50), cfg)[0])(kl)
     assert np.all(g < 0)  # KL below capacity: the loss pushes KL up
-    g = jax.grad(lambda k: objectives.kl_term(k, jnp.asarray(0), cfg)[0])(kl)  # C = 0 < KL
+    g = jax.grad(lambda k: objectives.kl_term(KL.of_per_dim(k), jnp.asarray(0), cfg)[0])(kl)  # C = 0 < KL
     assert np.all(g > 0)
 
 

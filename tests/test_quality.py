@@ -78,10 +78,12 @@ def test_precision_recall_exact_on_a_line():
 
 
 def test_shipped_feature_net_checksum_and_accuracy():
+    from importlib import resources
+
     from vaekit.data import load_data
 
     filename, digest = features.SHIPPED["mnist"]
-    meta = json.loads((features.resources.files("vaekit") / "evaluate" / filename.replace(".npz", ".json")).read_text())
+    meta = json.loads((resources.files("vaekit") / "nets" / filename.replace(".npz", ".json")).read_text())
     assert meta["sha256"] == digest
     net = features.load_shipped("mnist")
     test = load_data("mnist").test

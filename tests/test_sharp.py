@@ -151,7 +151,7 @@ def test_perceptual_feature_net_is_in_no_group():
 
 
 def test_perceptual_distance_is_zero_on_equal_images_and_grows():
-    from vaekit.evaluate.features import load_shipped
+    from vaekit.nets.features import load_shipped
 
     net = load_shipped("mnist")
     x = jnp.asarray(synthetic_splits(n=8, shape=(28, 28, 1)).val["x"][:2])

@@ -16,8 +16,8 @@ from flax import nnx
 from vaekit import config as config_lib
 from vaekit.cli import main
 from vaekit.data import DataSpec, load_configured
-from vaekit.data.text import (BOS, EOS, PAD, UNK, Vocabulary, load_text_splits, run_vocabulary, sentence_lengths,
-                              tokenize)
+from vaekit.data.text import (BOS, EOS, PAD, UNK, TextDataConfig, Vocabulary, load_text_splits, run_vocabulary,
+                              sentence_lengths, tokenize)
 from vaekit.errors import VaekitError
 from vaekit.models import build_model
 
@@ -58,7 +58,7 @@ def test_tokenize_vocabulary_and_encoding():
 def test_text_source_splits_truncation_and_demo_corpus(tmp_path, caplog):
     path = tmp_path / "s.txt"
     path.write_text("\n".join(f"w{i % 7} w{i % 5} w{i % 3} end" + (" x" * (i % 4)) for i in range(50)) + "\n\n")
-    cfg = config_lib.DataConfig(source="text", max_len=5, vocab_size=12, val_size=5)
+    cfg = TextDataConfig(max_len=5, vocab_size=12, val_size=5)
     with caplog.at_level("INFO", logger="vaekit"):
         out = load_text_splits(str(path), val_size=5, seed=1, data_config=cfg)
     assert [len(out[s]["x"]) for s in ("train", "val", "test")] == [40, 5, 5]
@@ -69,14 +69,14 @@ def test_text_source_splits_truncation_and_demo_corpus(tmp_path, caplog):
     assert logged == n_long > 0  # every truncated sentence is counted, in whichever split it landed
     assert out["spec"] == DataSpec("tokens", (6,), None, 12)
     assert json.loads(out["run_files"]["vocab.json"])["words"][:4] == ["<pad>", "<unk>", "<bos>", "<eos>"]
-    splits = load_configured(config_lib.DataConfig(source="text", max_len=12, vocab_size=50, val_size=100, limit=500))
+    splits = load_configured(TextDataConfig(max_len=12, vocab_size=50, val_size=100, limit=500))
     assert splits.spec.kind == "tokens" and splits.num_train == 500 and len(splits.val["x"]) == 100
     x, lengths = splits.train["x"], sentence_lengths(splits.train["x"])
     assert set(splits.train) == {"x"} and np.all(x[np.arange(len(x)), lengths - 1] == EOS)  # <eos>, then only <pad>
 
 
 def test_bad_text_files(tmp_path):
-    cfg = config_lib.DataConfig(source="text", max_len=3)
+    cfg = TextDataConfig(max_len=3)
     (tmp_path / "empty.txt").write_text("\n \n")
     with pytest.raises(VaekitError, match="no sentences"):
         load_text_splits(str(tmp_path / "empty.txt"), data_config=cfg)

@@ -13,11 +13,10 @@ from flax import nnx
 
 from conftest import synthetic_splits, tiny_config
 from test_vqvae import TRAIN, tiny_vq_run
-from vaekit.runs import layout as ck
-from vaekit.runs.run import load_run
+from vaekit.runs.run import load_run, resolve_parent
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import values
-from vaekit.models import build_model
+from vaekit.models import VAE, build_model
 from vaekit.nets.pixelcnn import GatedPixelCNN
 from vaekit.runs.train import train
 
@@ -107,8 +106,10 @@ def test_ancestral_sampling_is_reproducible_and_draws_the_model_distribution():
 
 def test_two_stage_bound_and_the_frozen_parent(parent, splits):
     cfg = _prior_cfg(parent)
-    assert cfg.model.parent == str(parent.absolute()) and len(cfg.model.parent_sha256) == 64
-    model = build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))
+    assert cfg.model.parent == str(parent.absolute()) and not cfg.model.parent_sha256
+    cfg, handed = resolve_parent(cfg)  # the parent's model, handed to the kind; its checksum recorded
+    assert len(cfg.model.parent_sha256) == 64 and handed["parent"].kind == "vqvae"
+    model = build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0), **handed)
     stage1 = load_run(parent).model
     x = jnp.asarray(splits.val["x"][:5])
     lw = np.asarray(model.log_weights({"x": x}, 2, rngs=nnx.Rngs(0)))
@@ -130,6 +131,7 @@ def test_trains_saves_and_loads_with_a_frozen_parent(parent, splits, tmp_path, m
     monkeypatch.setattr("vaekit.data.load_configured", lambda data_cfg, **kw: splits)
     run = load_run(train(_prior_cfg(parent), runs_dir=tmp_path, name="prior", progress=False), checkpoint="latest")
     assert run.info["model_kind"] == "vqprior" and run.spec == splits.spec
+    assert len(run.config.model.parent_sha256) == 64  # recorded in config.yaml when training started
     last = run.history[-1]
     assert np.isfinite(last["train/grad_norm"]) and last["train/grad_norm"] > 0
     assert last["val/elbo"] == pytest.approx(-(last["val/recon"] + last["val/prior_nll"]), rel=1e-5)
@@ -149,21 +151,24 @@ def test_trains_saves_and_loads_with_a_frozen_parent(parent, splits, tmp_path, m
 def test_bad_parents_are_one_line(parent, splits, tmp_path):
     with pytest.raises(VaekitError, match="needs model.parent=RUN"):
         tiny_config(model=PRIOR)
-    with pytest.raises(VaekitError, match="does not exist|not a run"):
-        _prior_cfg(tmp_path / "nowhere")
-    not_vq = tmp_path / "vae"
-    shutil.copytree(parent, not_vq)
-    ck.write_config(not_vq, tiny_config())
+    with pytest.raises(VaekitError, match="does not exist"):
+        resolve_parent(_prior_cfg(tmp_path / "nowhere"))
+    with pytest.raises(VaekitError, match="is built on a trained run"):
+        build_model(_prior_cfg(parent), splits.spec, rngs=nnx.Rngs(params=0))  # no parent handed
+    not_vq = VAE(tiny_config().model, tiny_config().objective, splits.spec, rngs=nnx.Rngs(params=0))
     with pytest.raises(VaekitError, match="is a vae run, not a vqvae run"):
-        build_model(_prior_cfg(not_vq), splits.spec, rngs=nnx.Rngs(params=0))
+        build_model(_prior_cfg(parent), splits.spec, rngs=nnx.Rngs(params=0), parent=not_vq)
     changed = tmp_path / "changed"
     shutil.copytree(parent, changed)
-    cfg = _prior_cfg(changed)
+    cfg, _ = resolve_parent(_prior_cfg(changed), weights=False)  # as training records it
     files = [p for p in (changed / "checkpoints" / "best").rglob("*") if p.is_file()]
     blob = max(files, key=lambda p: p.stat().st_size)
     blob.write_bytes(blob.read_bytes()[:-1] + bytes([blob.read_bytes()[-1] ^ 1]))
-    with pytest.raises(VaekitError, match="changed since this prior was configured"):
-        build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))
+    with pytest.raises(VaekitError, match="changed since this vqprior was trained on it"):
+        resolve_parent(cfg)
+    shutil.rmtree(changed)
+    with pytest.raises(VaekitError, match="does not exist"):
+        resolve_parent(cfg, weights=False)  # what load_run asks of a vanished parent
     from vaekit.cli import main
 
     assert main(["train", "--preset", "mnist-vqvae-prior", "--no-progress"]) == 2

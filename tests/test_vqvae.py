@@ -17,7 +17,7 @@ from vaekit.data import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import values
 from vaekit.models import build_model
-from vaekit.models.vqvae import Codebook, Quantized, batch_perplexity, code_statistics
+from vaekit.models.vqvae import Codebook, Quantized, batch_perplexity, code_pictures, code_statistics
 from vaekit.runs.train import train
 
 TINY = {"kind": "vqvae", "codebook_size": 8, "code_dim": 4, "channels": 8, "res_blocks": 1, "stages": 2}
@@ -115,6 +115,24 @@ def test_code_statistics_against_numpy():
         assert stats["entropy"][i, j] == pytest.approx(-(p * np.log(p)).sum(), abs=1e-12)
     assert stats["entropy"][0, 0] == 0 and stats["codes_in_use"] == 4
     assert stats["perplexity"] == pytest.approx(float(batch_perplexity(jnp.asarray(codes), 6)), rel=1e-5)
+
+
+def test_code_pictures_are_data_that_plots_draws(tmp_path):
+    """The model returns what its pictures show (sorted usage bars, the entropy map against log K);
+    only `plots` draws them."""
+    from vaekit import plots
+    from vaekit.models.base import Bars, Heatmap, ImageGrid
+
+    codes = np.random.default_rng(2).integers(0, 4, (30, 2, 3))
+    pictures = code_pictures(codes, 6)
+    usage, entropy = pictures["codebook_usage.png"], pictures["code_entropy.png"]
+    assert isinstance(usage, Bars) and isinstance(entropy, Heatmap)
+    np.testing.assert_array_equal(usage.heights, np.sort(np.bincount(codes.ravel(), minlength=6))[::-1])
+    assert entropy.values.shape == (2, 3) and entropy.vmax == pytest.approx(math.log(6))
+    pictures["grid.png"] = ImageGrid(np.zeros((4, 5, 5, 1), np.float32), 2, "a grid")
+    for name, data in pictures.items():
+        plots.save_picture(tmp_path / name, data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["code_entropy.png", "codebook_usage.png", "grid.png"]
 
 
 def test_straight_through_gradient_reaches_the_encoder_unchanged(splits):

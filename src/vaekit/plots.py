@@ -24,7 +24,8 @@ Channels (the last axis of (N, H, W, C)):
 
 (N, H, W) is greyscale; (N, D) vectors are drawn as 1 x D strips.
 
-Curves and heatmaps (:func:`save_curves`, :func:`save_kl_heatmap`) use matplotlib.
+Curves and heatmaps (:func:`save_curves`, :func:`save_kl_heatmap`) and a model's own picture
+data (:func:`save_picture`: bars, maps, image grids) use matplotlib.
 
 All writers take host arrays and a path, and write atomically (a temporary file in the
 same directory renamed into place), so an interrupted run never leaves a half-written
@@ -43,6 +44,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
+from vaekit.models.base import Bars, Heatmap, ImageGrid, PictureData  # noqa: E402
 from vaekit.runs.layout import atomic_write  # noqa: E402
 
 #: Smallest size in pixels of a tile's longer side that integer upscaling aims for.
@@ -221,7 +223,8 @@ def render_images(images: np.ndarray, ncols: int = 8, title: str | None = None, 
     return picture, s, origins
 
 
-def _save_figure(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure atomically (its format from the suffix, PNG by default) and close it."""
     fmt = Path(path).suffix.lstrip(".") or "png"
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=100, bbox_inches="tight"))
@@ -249,6 +252,38 @@ def save_reconstructions(path, x: np.ndarray, x_hat: np.ndarray, ncols: int = 8)
     save_images(path, np.concatenate(rows), ncols, title="inputs and their reconstructions", row_labels=labels)
 
 
+def save_bars(path, bars: Bars) -> None:
+    """A bar chart of `bars.heights` (e.g. assignments per code, most used first) on a symlog axis."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(np.arange(len(bars.heights)), bars.heights, width=1.0)
+    ax.set_yscale("symlog", linthresh=1)
+    ax.set_xlabel(bars.xlabel)
+    ax.set_ylabel(bars.ylabel)
+    ax.set_title(bars.title, fontsize=9)
+    save_figure(fig, Path(path))
+
+
+def save_heatmap(path, heatmap: Heatmap) -> None:
+    """A map of values (h, w) from 0 to `heatmap.vmax` (e.g. the code entropy at each grid position)."""
+    fig, ax = plt.subplots(figsize=(4, 3.4))
+    im = ax.imshow(heatmap.values, cmap="viridis", vmin=0, vmax=heatmap.vmax, interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=heatmap.colorbar)
+    ax.set_title(heatmap.title, fontsize=9)
+    save_figure(fig, Path(path))
+
+
+def save_picture(path, data: PictureData) -> None:
+    """Draw a model's picture data (`ModelBase.picture_data`) to `path`."""
+    if isinstance(data, ImageGrid):
+        save_images(path, data.images, ncols=data.ncols, title=data.title)
+    elif isinstance(data, Bars):
+        save_bars(path, data)
+    elif isinstance(data, Heatmap):
+        save_heatmap(path, data)
+    else:
+        raise TypeError(f"no drawing for picture data of type {type(data).__name__}")
+
+
 def save_curves(path, history: list[dict]) -> None:
     """Loss, reconstruction and KL per epoch, train and validation, from metrics.jsonl epoch records."""
     epochs = [h["epoch"] for h in history]
@@ -264,7 +299,7 @@ def save_curves(path, history: list[dict]) -> None:
         if ax.get_lines():
             ax.legend(fontsize=8)
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _heatmap_width(columns: int) -> float:
@@ -309,7 +344,7 @@ def save_kl_heatmap(path, history: list[dict], layers: dict | None = None, key: 
         fig.colorbar(im, ax=ax, label="log10 KL (nats); < -2 is inactive")
     axes[-1, 0].set_xlabel("epoch")
     fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def save_traversal(path, images: np.ndarray, labels: list[str], values: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""Progress display shared by training and evaluation.
+"""The console and the progress display shared by the CLI, training and evaluation.
 
 A bar is drawn only on a terminal; output that is not one (a file, a pipe, CI) gets whole lines
 only: the epoch lines, and phase messages logged as lines instead of a bar's status field.
@@ -7,16 +7,23 @@ only: the epoch lines, and phase messages logged as lines instead of a bar's sta
 from __future__ import annotations
 
 
+def console(stderr: bool = False):
+    """A rich console on stdout (tables, the bar, epoch lines) or on stderr (log lines and phase
+    messages, which leave stdout to the results a script reads); no highlighting of numbers."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
 def progress_bar(enabled: bool, label: str, unit: str):
     """The rich progress bar of training and evaluation: label, bar, done/total unit, times, status.
 
     Disabled (draws nothing; `console.print` still prints whole lines) unless `enabled` and the
     console is a terminal.
     """
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    console = Console(highlight=False)
+    out = console()
     return Progress(
         TextColumn(f"[bold]{label}"),
         BarColumn(),
@@ -26,8 +33,8 @@ def progress_bar(enabled: bool, label: str, unit: str):
         TextColumn("ETA"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
-        console=console,
-        disable=not (enabled and console.is_terminal),
+        console=out,
+        disable=not (enabled and out.is_terminal),
         transient=False,
     )
 

@@ -11,7 +11,7 @@ the `mnist-mlp` training step showed one YNNPACK reduce fusion (the Bernoulli lo
 summed over a batch of 100 images, 78,400 values) taking 0.49 ms of a 3.4 ms step. With those
 fusions off, XLA's own emitters run the step at 2.7 ms (30,000 -> 36,400 training examples/s)
 and the importance-sampled NLL 1.3x faster on the project's 2-core CPU; the `shapes-beta` conv
-step is the same within noise (docs/benchmarks.md).
+step is the same within noise (docs/results.md).
 
 `configure_xla()` turns them off by adding `--xla_cpu_experimental_ynn_fusion_type=` to XLA_FLAGS,
 unless the user's XLA_FLAGS already set that flag, `VAEKIT_XLA_DEFAULTS=0` opts out, or the
@@ -32,7 +32,7 @@ pages and hands them back on free, so each training step faulted its working set
 profile of the `shapes-beta` conv step counted 19,000-25,000 minor page faults and 30-45 ms of
 kernel time per step. With one arena, no mmap'd chunks and no trimming (what MALLOC_ARENA_MAX=1
 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647 would set, here through `mallopt`) the faults
-drop to ~0, and the step from 80 to 60 ms (docs/benchmarks.md). The price: the process keeps its
+drop to ~0, and the step from 80 to 60 ms (docs/results.md). The price: the process keeps its
 peak heap until it exits. Linux/glibc only; off with `VAEKIT_MALLOC=0` or `VAEKIT_XLA_DEFAULTS=0`.
 `configure()` applies it before JAX starts its threads when it runs before JAX's import.
 

@@ -1,5 +1,6 @@
-"""The `vaekit` command line (`vaekit.cli.main`)."""
+"""The `vaekit` command line: `vaekit.cli.parser` builds it and runs a command (`main`, `entry`);
+one module per group of commands registers its own."""
 
-from vaekit.cli.main import build_parser, entry, main
+from vaekit.cli.parser import entry, main
 
-__all__ = ["build_parser", "entry", "main"]
+__all__ = ["entry", "main"]

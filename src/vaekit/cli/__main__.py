@@ -1,3 +1,3 @@
-from vaekit.cli.main import entry
+from vaekit.cli.parser import entry
 
 entry()

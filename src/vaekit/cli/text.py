@@ -1,14 +1,17 @@
 """`vaekit sample / reconstruct / interpolate` for text runs (token data): sentences in, sentences out.
 
-cli.py sends a run here when its data spec is token data (never by model name); everything a
-text run cannot do is a one-line VaekitError. Decoding runs compiled (`jax.jit` over the model's
-scanned decoders), sentences are printed one per line and saved to a .txt file.
+`HANDLERS` is the CLI's one table of text handlers: the parser sends a command named there to its
+handler here when the run's data spec is token data (never by model name), and to the command's
+image handler otherwise. Everything a text run cannot do is a one-line VaekitError. Decoding runs
+compiled (`jax.jit` over the model's scanned decoders), sentences are printed one per line and
+saved to a .txt file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from vaekit.cli.common import check_split, load, positive
 from vaekit.errors import VaekitError
 from vaekit.runs.layout import check_out, write_text_atomic
 
@@ -19,11 +22,11 @@ TEXT_FLAGS = (("text", "--text"), ("between", "--between"), ("decode", "--decode
 
 def is_text_run(path) -> bool:
     """Whether the run directory at `path` was trained on token data (read from run.json, no model loaded)."""
-    from vaekit.runs import layout as ck
+    from vaekit.runs import layout
     from vaekit.data.spec import DataSpec
 
-    run_dir = ck.check_run_dir(path)
-    return DataSpec.from_run_info(ck.read_json(run_dir / ck.RUN_FILE)).kind == "tokens"
+    run_dir = layout.check_run_dir(path)
+    return DataSpec.from_run_info(layout.read_json(run_dir / layout.RUN_FILE)).kind == "tokens"
 
 
 def reject_text_flags(args, command: str) -> None:
@@ -61,17 +64,20 @@ def _save(out: Path, lines: list[str]) -> None:
     print(out)
 
 
-def _load(args, load):
+def _load(args):
+    """The run and its vocabulary."""
     from vaekit.data.text import run_vocabulary
 
     run = load(args)
     return run, run_vocabulary(run)
 
 
-def cmd_sample(args, load) -> None:
+def cmd_sample(args) -> None:
     """Sentences from the prior: sampled at --temperature, top-k, greedy or beam-searched."""
     import jax
 
+    positive(args.n, "-n")
+    positive(args.temperature, "--temperature")
     _no_label(args)
     method = args.decode or "sample"
     out = _out(args, "samples.txt")
@@ -82,7 +88,7 @@ def cmd_sample(args, load) -> None:
         raise VaekitError("--beam applies to --decode beam")
     if args.top_k is not None and method != "topk":
         raise VaekitError("--top-k applies to --decode topk")
-    run, vocab = _load(args, load)
+    run, vocab = _load(args)
     model = run.model
     key = jax.random.PRNGKey(args.seed)
     z = model.latent_codes(args.n, jax.random.fold_in(key, 0))
@@ -103,22 +109,22 @@ def _sentences(args, run, vocab) -> tuple[list[str], dict]:
 
     if args.text:
         return list(args.text), vocab.encode(args.text)
-    if args.split not in ("train", "val", "test"):
-        raise VaekitError(f"--split must be train, val or test, got '{args.split}'")
+    check_split(args.split)
     data = run.data().examples(args.split, args.n)
     return vocab.decode(data["x"]), {k: np.asarray(v) for k, v in data.items()}
 
 
-def cmd_reconstruct(args, load) -> None:
+def cmd_reconstruct(args) -> None:
     """Each sentence and the greedy decoding of its posterior mean, as "input => output" lines."""
     import jax
     import jax.numpy as jnp
 
     from vaekit.models import require
 
+    positive(args.n, "-n")
     _no_label(args)
     out = _out(args, "reconstructions.txt")
-    run, vocab = _load(args, load)
+    run, vocab = _load(args)
     require(run.model, "latent_vector", "vaekit reconstruct --text")
     texts, batch = _sentences(args, run, vocab)
     ids = _compiled(run.model, lambda m, x: m.reconstruct(x))(jnp.asarray(batch["x"]))
@@ -126,7 +132,7 @@ def cmd_reconstruct(args, load) -> None:
     _save(out, [f"{a}  =>  {b}" for a, b in zip(texts, outputs)])
 
 
-def cmd_interpolate(args, load) -> None:
+def cmd_interpolate(args) -> None:
     """A homotopy (Bowman et al. section 5): greedy sentences along the line between two posterior means."""
     import jax
     import jax.numpy as jnp
@@ -141,7 +147,7 @@ def cmd_interpolate(args, load) -> None:
     if not args.between:
         raise VaekitError('a text run interpolates between two sentences: give --between "first" "second"')
     out = _out(args, "interpolations.txt")
-    run, vocab = _load(args, load)
+    run, vocab = _load(args)
     require(run.model, "latent_vector", "vaekit interpolate")
     batch = vocab.encode(list(args.between))
     mu = np.asarray(_compiled(run.model, lambda m, x: m.encode(x).mean)(jnp.asarray(batch["x"])))  # (2, D)
@@ -150,4 +156,11 @@ def cmd_interpolate(args, load) -> None:
     _save(out, vocab.decode(jax.device_get(ids)))
 
 
-__all__ = ["cmd_interpolate", "cmd_reconstruct", "cmd_sample", "is_text_run", "reject_text_flags"]
+def cmd_traverse(args) -> None:
+    raise VaekitError(f"vaekit traverse draws images; run '{args.run}' is a text run (use vaekit interpolate "
+                      f"--between \"a\" \"b\")")
+
+
+# command -> its handler for a run trained on token data; the parser dispatches on this table only
+HANDLERS = {"sample": cmd_sample, "reconstruct": cmd_reconstruct, "interpolate": cmd_interpolate,
+            "traverse": cmd_traverse}

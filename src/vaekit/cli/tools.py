@@ -1,6 +1,6 @@
 """Commands that put a trained model to work: report, anomaly, embed, arithmetic, latent-map.
 
-`register(command, run_arg)` adds them to the `vaekit` parser (cli.build_parser calls it); each
+`register(command)` adds them to the `vaekit` parser (`vaekit.cli.parser` calls it); each
 cmd_* function is a few lines over the library (vaekit.report, vaekit.evaluate.anomaly,
 vaekit.evaluate.embed, vaekit.evaluate.latent). As everywhere in the CLI, a user's mistake is a one-line
 `VaekitError` (exit status 2), output paths are checked before any work, and outputs are
@@ -9,23 +9,10 @@ written atomically: an error leaves no partial file behind.
 
 from __future__ import annotations
 
+from vaekit.cli.common import load, positive, run_arg
 from vaekit.errors import VaekitError
+from vaekit.progress import console
 from vaekit.runs.layout import check_out
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def _load(args):
-    from vaekit.runs.run import load_run
-
-    return load_run(args.run, checkpoint=args.checkpoint)
-
-
-# --------------------------------------------------------------------------- commands
 
 
 def cmd_report(args) -> None:
@@ -42,7 +29,7 @@ def cmd_anomaly(args) -> None:
     out = check_out(args.out, (".npz", ".csv")) if args.out else None
     if (args.data is None) == (args.split is None):
         raise VaekitError("give exactly one of --data F.npz and --split S")
-    run = _load(args)
+    run = load(args)
     result = score_run(run, data=args.data, split=args.split, normal_label=args.normal_label, samples=args.samples,
                        limit=args.limit, typicality=not args.no_typicality, progress=not args.no_progress)
     s = result["summary"]
@@ -54,7 +41,7 @@ def cmd_anomaly(args) -> None:
         table.add_column("AUPRC", justify="right")
         for name, m in result["metrics"].items():
             table.add_row(name, f"{m['auroc']:.4f}", f"{m['auprc']:.4f}")
-        _console().print(table)
+        console().print(table)
     else:
         print(f"no labels in the data: per-example scores only ({', '.join(result['scores'])})")
     if out is not None:
@@ -68,7 +55,7 @@ def cmd_embed(args) -> None:
     _out_kind(out)  # pyarrow present for .parquet, before any work
     if (args.data is None) == (args.split is None):
         raise VaekitError("give exactly one of --data F.npz and --split S")
-    run = _load(args)
+    run = load(args)
     result = embed(run, out, data=args.data, split=args.split, limit=args.limit, batch_size=args.batch_size)
     print(f"{result['examples']} examples, latent dimension {result['latent_dim']}: {', '.join(result['keys'])}")
     print(result["path"])
@@ -78,9 +65,8 @@ def cmd_arithmetic(args) -> None:
     from vaekit.evaluate.latent import save_arithmetic
 
     out = check_out(args.out, (".png",))
-    if args.n < 1:
-        raise VaekitError(f"-n must be positive, got {args.n}")
-    run = _load(args)
+    positive(args.n, "-n")
+    run = load(args)
     alphas = tuple(float(a) for a in args.alphas.split(","))
     print(save_arithmetic(out, run, args.attribute, split=args.split, examples=args.n, alphas=alphas))
 
@@ -91,11 +77,8 @@ def cmd_latent_map(args) -> None:
     out = check_out(args.out, (".png",))
     if not 2 <= args.n <= 64:
         raise VaekitError(f"-n must be in 2..64, got {args.n}")
-    run = _load(args)
+    run = load(args)
     print(save_latent_map(out, run, n=args.n, label=args.label))
-
-
-# --------------------------------------------------------------------------- parser
 
 
 def _parse_alphas(text: str) -> str:
@@ -108,9 +91,8 @@ def _parse_alphas(text: str) -> str:
     return text
 
 
-def register(command, run_arg) -> None:
-    """Add report, anomaly, embed, arithmetic and latent-map with `vaekit.cli`'s own helpers:
-    command(name, help) -> subparser, run_arg(subparser) adds RUN and --checkpoint."""
+def register(command) -> None:
+    """Add report, anomaly, embed, arithmetic and latent-map: command(name, help) -> subparser."""
 
     def data_args(sp):
         sp.add_argument("--data", metavar="F.npz", help="an .npz with 'x' shaped like the run's data (and 'y')")
@@ -131,8 +113,8 @@ def register(command, run_arg) -> None:
                     help="y holds class labels: class C is normal, every other class anomalous "
                          "(default: y is 1 for an anomaly, 0 for a normal example)")
     an.add_argument("--samples", type=int, default=100, metavar="K",
-                    help="importance samples per example for the NLL and -ELBO scores (default 100)")
-    an.add_argument("--out", default="scores.npz", help="per-example scores, .npz or .csv (default scores.npz)")
+                    help="importance samples per example for the NLL and -ELBO scores")
+    an.add_argument("--out", default="scores.npz", help="per-example scores, .npz or .csv")
     an.add_argument("--no-typicality", action="store_true",
                     help="skip the typicality score (it scores up to 1,000 validation examples as reference)")
     an.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -152,7 +134,7 @@ def register(command, run_arg) -> None:
     ar.add_argument("--split", default="test", help="the labelled split the vector and the examples come from")
     ar.add_argument("-n", type=int, default=8, help="examples (rows)")
     ar.add_argument("--alphas", type=_parse_alphas, default="0,0.5,1,1.5,2",
-                    help="multiples of the vector added, comma-separated (default 0,0.5,1,1.5,2)")
+                    help="multiples of the vector added, comma-separated")
     ar.add_argument("--out", default="arithmetic.png", help="output .png")
     ar.set_defaults(func=cmd_arithmetic)
 
@@ -162,7 +144,4 @@ def register(command, run_arg) -> None:
     lm.add_argument("--label", type=int, help="the class to decode under (conditional runs)")
     lm.add_argument("--out", default="latent_map.png", help="output .png")
     lm.set_defaults(func=cmd_latent_map)
-
-
-__all__ = ["cmd_anomaly", "cmd_arithmetic", "cmd_embed", "cmd_latent_map", "cmd_report", "register"]
 

@@ -6,7 +6,7 @@ Conventions (the same for every distribution here):
 - Likelihoods score one example's data, whose event has `event_ndim` axes (3 for images
   (H, W, C) in [0, 1], 1 for vectors (D,)); leading dimensions broadcast (parameters
   (K, B, H, W, C) score data (B, H, W, C) -> (K, B)).
-- A posterior (the object `encode` returns) has `mean`, `log_prob(z)` and
+- A posterior (the object `encode` returns) is a `Posterior`: `mean`, `log_prob(z)` and
   `sample_and_log_prob(key, sample_shape)`, which draws reparameterized z together with
   log q(z|x): a flow or a hierarchical posterior gets its density from the same pass that draws.
 - Everything is in nats, constants included, so that NLL estimates are real log-likelihoods.
@@ -31,12 +31,30 @@ def _sum_event(values: jax.Array, event_ndim: int) -> jax.Array:
 # --------------------------------------------------------------------------- posterior
 
 
+class Posterior:
+    """What every posterior offers, with the defaults of one that is not a diagonal Gaussian.
+
+    A posterior over a code (..., D) has `mean` (a representative code (..., D)) and, where it
+    draws (all but a VQ-VAE's code lookup), `sample_and_log_prob(key, sample_shape)` and
+    `log_prob(z)`.
+    Evaluators read `scale` and `kl_per_dim()` directly: None where the posterior has no
+    per-dimension spread or closed-form KL (a flow, a hierarchical posterior, a code lookup).
+    """
+
+    #: The per-dimension standard deviation (..., D) of a diagonal Gaussian; None for others.
+    scale: jax.Array | None = None
+
+    def kl_per_dim(self) -> jax.Array | None:
+        """Closed-form KL(q || N(0, I)) of each latent dimension (..., D); None where there is none."""
+        return None
+
+
 @struct.dataclass
-class DiagonalGaussian:
+class DiagonalGaussian(Posterior):
     """N(mean, diag(scale^2)) over the last axis (the latent dimension)."""
 
     mean: jax.Array  # (..., D)
-    scale: jax.Array  # (..., D), positive
+    scale: jax.Array = struct.field()  # (..., D), positive (a field of its own: no default from `Posterior`)
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """Reparameterized draw mean + scale * eps: differentiable in mean and scale."""
@@ -78,17 +96,16 @@ def standard_normal_log_prob_per_dim(z: jax.Array) -> jax.Array:
     return -0.5 * z**2 - 0.5 * LOG_2PI
 
 
-def posterior_scale(raw: jax.Array, kind: str) -> jax.Array:
-    """Map an unconstrained encoder output to a standard deviation.
+#: model.posterior_scale: an unconstrained encoder output -> a standard deviation.
+POSTERIOR_SCALES = {
+    "softplus": lambda raw: jax.nn.softplus(raw) + 1e-4,  # smooth and never below 1e-4 (stable default)
+    "logvar": lambda raw: jnp.exp(0.5 * jnp.clip(raw, -15.0, 10.0)),  # raw is log(variance), clamped so exp cannot under/overflow
+}
 
-    "softplus": softplus(raw) + 1e-4, smooth and never below 1e-4 (stable default).
-    "logvar": raw is log(variance), clamped to [-15, 10] so exp cannot under/overflow.
-    """
-    if kind == "softplus":
-        return jax.nn.softplus(raw) + 1e-4
-    if kind == "logvar":
-        return jnp.exp(0.5 * jnp.clip(raw, -15.0, 10.0))
-    raise ValueError(f"unknown posterior scale parameterization {kind!r}")
+
+def posterior_scale(raw: jax.Array, kind: str) -> jax.Array:
+    """Map an unconstrained encoder output to a standard deviation (`POSTERIOR_SCALES[kind]`)."""
+    return POSTERIOR_SCALES[kind](raw)
 
 
 # --------------------------------------------------------------------------- likelihoods

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vaekit.core.distributions import DiagonalGaussian
+from vaekit.core.distributions import DiagonalGaussian, Posterior
 
 # --------------------------------------------------------------------------- planar
 
@@ -100,7 +100,7 @@ class IAF(nnx.Module):
 # --------------------------------------------------------------------------- the posterior
 
 
-class FlowPosterior:
+class FlowPosterior(Posterior):
     """q(z|x): a DiagonalGaussian base and a flow; `transform(z0) -> (z, sum log |det|)`.
 
     z0 may carry leading draw axes (k, B, D); the flow's per-example parameters broadcast.
@@ -134,4 +134,7 @@ def planar_transform(u: jax.Array, w: jax.Array, b: jax.Array):
     return transform
 
 
-__all__ = ["IAF", "IAFStep", "FlowPosterior", "made_masks", "planar_params", "planar_step", "planar_transform"]
+#: model.posterior: the flow each posterior applies to the diagonal Gaussian q0(z0|x) (None: q0 itself).
+POSTERIORS = {"gaussian": None, "planar": planar_transform, "iaf": IAF}
+
+__all__ = ["IAF", "IAFStep", "FlowPosterior", "POSTERIORS", "made_masks", "planar_params", "planar_step", "planar_transform"]

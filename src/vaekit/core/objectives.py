@@ -12,7 +12,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vaekit.config import ObjectiveConfig
+from vaekit.config.schema import ObjectiveConfig
+from vaekit.core.priors import KL
 
 
 def beta_at(step: jax.Array, cfg: ObjectiveConfig) -> jax.Array:
@@ -57,21 +58,18 @@ def free_bits_kl(kl_per_dim: jax.Array, free_bits: float) -> jax.Array:
     return jnp.sum(jnp.maximum(jnp.mean(kl_per_dim, axis=0), free_bits))
 
 
-def kl_term(kl, step: jax.Array, cfg: ObjectiveConfig, *, latent_dim: int = 1) -> tuple[jax.Array, dict]:
+def kl_term(kl: KL, step: jax.Array, cfg: ObjectiveConfig, *, latent_dim: int = 1) -> tuple[jax.Array, dict]:
     """The KL part of the training loss (a batch mean) and the schedule values used.
 
     kl: a `vaekit.core.priors.KL` (per-example totals (B,), and (B, D) per dimension when a closed
-    form gives them) or a (B, D) array of per-dimension KLs. With capacity control on
+    form gives them; `KL.of_per_dim` makes one from a (B, D) array). With capacity control on
     (capacity_max > 0) the term is gamma * |KL - C(step)| (Burgess et al. 2018); otherwise
     beta(step) * KL, where KL uses free bits when free_bits > 0: per dimension where the
     per-dimension KL is known, else over the latent vector as one group with a budget of
     free_bits * latent_dim nats (a Monte Carlo KL has no per-dimension split).
     """
-    if not hasattr(kl, "total"):  # a (B, D) array of per-dimension KLs
-        per_dim, total = kl, jnp.sum(kl, axis=-1)
-    else:
-        per_dim, total = kl.per_dim, kl.total
-    kl_mean = jnp.mean(total)
+    per_dim = kl.per_dim
+    kl_mean = jnp.mean(kl.total)
     beta = beta_at(step, cfg)
     info = {"beta": beta}
     if cfg.capacity_max > 0:

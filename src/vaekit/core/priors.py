@@ -46,6 +46,11 @@ class KL:
     per_dim: jax.Array | None
     closed_form: bool = struct.field(pytree_node=False)
 
+    @classmethod
+    def of_per_dim(cls, per_dim: jax.Array) -> KL:
+        """The closed-form KL of per-dimension values (B, D)."""
+        return cls(jnp.sum(per_dim, axis=-1), per_dim, True)
+
 
 def kl_divergence(q, prior, z: jax.Array, log_q: jax.Array) -> KL:
     """KL(q || prior) for each example.
@@ -56,8 +61,7 @@ def kl_divergence(q, prior, z: jax.Array, log_q: jax.Array) -> KL:
     """
     closed = CLOSED_FORM_KL.get((type(q), type(prior)))
     if closed is not None:
-        per_dim = closed(q, prior)
-        return KL(jnp.sum(per_dim, axis=-1), per_dim, True)
+        return KL.of_per_dim(closed(q, prior))
     return KL(jnp.mean(log_q - prior.log_prob(z), axis=0), None, False)
 
 
@@ -107,4 +111,7 @@ class VampPrior(nnx.Module):
         return c.mean[k] + temperature * c.scale[k] * jax.random.normal(noise_key, (*shape, self.dim))
 
 
-__all__ = ["CLOSED_FORM_KL", "KL", "StandardNormal", "VampPrior", "kl_divergence"]
+#: model.prior: p(z) by name (a VAE builds the one its config names).
+PRIORS = {"normal": StandardNormal, "vamp": VampPrior}
+
+__all__ = ["CLOSED_FORM_KL", "KL", "PRIORS", "StandardNormal", "VampPrior", "kl_divergence"]

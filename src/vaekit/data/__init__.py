@@ -21,7 +21,8 @@ into ``{"x": ..., ...}`` on the device (see :attr:`Splits.train_transform`). It 
 the user can fix. A source whose data is not images or vectors returns its ``"spec"`` (a
 :class:`DataSpec`: token data), and ``"run_files"`` ({file name: text}, e.g. a vocabulary) that
 the trainer writes into the run directory. Every loader also takes ``data_config``, the whole
-``DataConfig`` (None from a direct `load_data` call), for options of its own. ``val_size``, ``seed`` and ``limit`` may be ignored: a source that
+``DataConfig`` (None from a direct `load_data` call), for options of its own, which the source
+declares as a ``DataConfig`` subclass in :data:`SOURCE_CONFIGS`. ``val_size``, ``seed`` and ``limit`` may be ignored: a source that
 generates data can use ``limit`` to generate only that many training examples (or
 more than a default), and :func:`load_data` afterwards keeps the first ``limit``
 training examples of whatever the loader returned.
@@ -46,12 +47,13 @@ from collections.abc import Callable
 
 import numpy as np
 
+from vaekit.config.schema import BINARIZE_MODES, DataConfig
 from vaekit.data.arrays import load_arrays_splits
-from vaekit.data.folder import load_folder_splits
+from vaekit.data.folder import FolderDataConfig, load_folder_splits
 from vaekit.data.memory import empty_aligned, frozen
 from vaekit.data.mnist import load_mnist_splits
 from vaekit.data.spec import DataSpec
-from vaekit.data.text import load_text_splits
+from vaekit.data.text import TextDataConfig, load_text_splits
 from vaekit.errors import VaekitError
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "prefetch",
     "EVAL_BINARIZATION_SEED",
     "JAX_FREE_SOURCES",
+    "SOURCE_CONFIGS",
     "drop_prefetched",
     "Splits",
     "binarize_fixed",
@@ -75,9 +78,6 @@ EVAL_BINARIZATION_SEED = 20151101
 
 #: Most examples :meth:`Splits.examples` renders from a generated training split.
 MAX_GENERATED_EXAMPLES = 200_000
-
-#: Valid values of ``binarize``.
-BINARIZE_MODES = ("none", "dynamic", "static")
 
 Split = dict[str, np.ndarray]
 Loader = Callable[..., dict[str, Split]]
@@ -98,6 +98,13 @@ DATA_SOURCES: dict[str, Loader] = {
     "shapes": _load_shapes_source,  # dSprites-style factor grid, generated (no file)
     "folder": load_folder_splits,  # a folder of PNG/JPEG images, class subfolders as labels (data/folder.py)
     "text": load_text_splits,  # one sentence per line (or the shipped demo corpus): token ids, masks, vocabulary
+}
+
+#: The config class of each source with options of its own (a `DataConfig` subclass: its keys are
+#: accepted with that `data.source` only); the others take `DataConfig`. `vaekit.config` looks it up.
+SOURCE_CONFIGS: dict[str, type[DataConfig]] = {
+    "folder": FolderDataConfig,
+    "text": TextDataConfig,
 }
 
 #: Sources whose loaders compute with numpy alone, never JAX: `vaekit train` starts loading them
@@ -263,7 +270,7 @@ def prefetch(data_cfg) -> None:
     this as soon as the data section of its config is known (`config.resolve_data`), so that
     reading, converting and binarizing the data (numpy, which releases the GIL for large arrays)
     overlaps the imports of JAX, Flax, the models, Orbax and matplotlib: MNIST's splits take
-    0.3-1.1 s on the development machine, the imports about 1 s (docs/benchmarks.md). Nothing is
+    0.3-1.1 s on the development machine, the imports about 1 s (docs/results.md). Nothing is
     written, so an error before the data is needed (a run directory that exists) costs only the
     thread's work. Calling it again for the config under way starts nothing.
     """

@@ -23,6 +23,7 @@ line says which path the run takes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vaekit.config.overrides import closest
+from vaekit.config.schema import DataConfig
 from vaekit.errors import VaekitError
 
 log = logging.getLogger("vaekit")
@@ -39,6 +42,30 @@ log = logging.getLogger("vaekit")
 SUFFIXES = (".png", ".jpg", ".jpeg")
 INDEX_FILE = "data_index.json"  # in the run directory: which file went to which split
 RESIDENT_BYTES = 2 * 2**30  # data.stream=auto: a training split up to this size (float32) is held in memory
+COLORS = ("rgb", "grey")
+STREAM_MODES = ("auto", "yes", "no")
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderDataConfig(DataConfig):
+    """The keys of data.source=folder (`vaekit.data.SOURCE_CONFIGS`)."""
+
+    source: str = "folder"
+    image_size: int | None = None  # resize (shorter side) and center-crop every image to this square side (None: all must share one size)
+    color: str = "rgb"  # "rgb" (3 channels) or "grey" (1 channel)
+    stream: str = "auto"  # "yes" (training images read from disk with Grain), "no" (decoded into memory), "auto" (stream above 2 GiB)
+
+    def check(self) -> None:
+        if self.path is None:
+            raise VaekitError("data.source 'folder' needs data.path=DIRECTORY")
+        if self.image_size is not None and self.image_size <= 0:
+            raise VaekitError(f"data.image_size must be positive, got {self.image_size}")
+        if self.color not in COLORS:
+            raise VaekitError(f"data.color must be one of {', '.join(COLORS)}; got '{self.color}'"
+                              f"{closest(self.color, COLORS)}")
+        if self.stream not in STREAM_MODES:
+            raise VaekitError(f"data.stream must be one of {', '.join(STREAM_MODES)}; got '{self.stream}'"
+                              f"{closest(self.stream, STREAM_MODES)}")
 
 
 def scan(root: str | Path) -> tuple[list[str], list[str] | None]:
@@ -152,14 +179,13 @@ class FolderStream:
 def load_folder_splits(path: str | None, *, val_size: int, seed: int, limit: int | None, data_config=None) -> dict:
     """The folder's train/val/test splits (see the module docstring); a `data.DATA_SOURCES` loader.
 
-    data_config: the run's `DataConfig` (`image_size`, `color`, `stream`, `binarize`); None: native
+    data_config: the run's `FolderDataConfig` (`image_size`, `color`, `stream`); None: native
     size, RGB, automatic choice. Also returns "run_files": {INDEX_FILE: the split's file names and
     the skipped files, JSON}, and for a streamed training split "stream": a `FolderStream` (the
     split itself then holds only "index" and "y").
     """
-    image_size = getattr(data_config, "image_size", None)
-    color = getattr(data_config, "color", "rgb")
-    stream_mode = getattr(data_config, "stream", "auto")
+    cfg = data_config if isinstance(data_config, FolderDataConfig) else FolderDataConfig()
+    image_size, color, stream_mode = cfg.image_size, cfg.color, cfg.stream
     if path is None:
         raise VaekitError("data.source 'folder' needs data.path=DIRECTORY")
     root = Path(path)
@@ -226,5 +252,5 @@ def load_folder_splits(path: str | None, *, val_size: int, seed: int, limit: int
     return out
 
 
-__all__ = ["INDEX_FILE", "RESIDENT_BYTES", "SUFFIXES", "FolderStream", "decode", "load_folder_splits", "probe", "scan",
-           "split_order"]
+__all__ = ["COLORS", "INDEX_FILE", "RESIDENT_BYTES", "STREAM_MODES", "SUFFIXES", "FolderDataConfig", "FolderStream", "decode",
+           "load_folder_splits", "probe", "scan", "split_order"]

@@ -23,6 +23,7 @@ sentences are truncated to their first max_len tokens, and how many were is logg
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gzip
 import json
 import logging
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vaekit.config.schema import DataConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 
@@ -42,6 +44,26 @@ PAD, UNK, BOS, EOS = range(4)
 VOCAB_FILE = "vocab.json"
 MIN_VOCAB = len(SPECIALS) + 1  # the specials and at least one word
 DEMO_CORPUS = "kjv-sentences.txt.gz"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextDataConfig(DataConfig):
+    """The keys of data.source=text (`vaekit.data.SOURCE_CONFIGS`)."""
+
+    source: str = "text"
+    max_len: int = 30  # most tokens per sentence (then <eos>); longer sentences are truncated
+    vocab_size: int = 10_000  # vocabulary size, the specials <pad> <unk> <bos> <eos> included
+    lowercase: bool = True  # lower-case sentences before tokenizing
+    val_path: str | None = None  # validation sentences (else carved from data.path with data.seed)
+    test_path: str | None = None  # test sentences (else carved from data.path with data.seed)
+
+    def check(self) -> None:
+        if self.max_len <= 0:
+            raise VaekitError(f"data.max_len must be positive, got {self.max_len}")
+        if self.vocab_size < MIN_VOCAB:
+            raise VaekitError(f"data.vocab_size must be at least {MIN_VOCAB} (<pad> <unk> <bos> <eos> and one word), "
+                              f"got {self.vocab_size}")
+
 
 _TOKEN = re.compile(r"\w+(?:'\w+)*|[^\w\s]")
 
@@ -175,13 +197,12 @@ def load_text_splits(path: str | None = None, *, val_size: int = 10_000, seed: i
                      data_config=None) -> dict:
     """Data-source loader for ``"text"`` (see the module docstring and ``vaekit.data.DATA_SOURCES``).
 
-    data_config: the run's `DataConfig` (max_len, vocab_size, lowercase, val_path, test_path).
-    ``limit`` keeps the first ``limit`` training sentences before the vocabulary is built.
-    Returns the three splits, the token `DataSpec` and {"vocab.json": text} for the run directory.
+    data_config: the run's `TextDataConfig` (max_len, vocab_size, lowercase, val_path, test_path);
+    None: their defaults. ``limit`` keeps the first ``limit`` training sentences before the
+    vocabulary is built. Returns the three splits, the token `DataSpec` and {"vocab.json": text}
+    for the run directory.
     """
-    from vaekit.config import DataConfig
-
-    cfg = data_config or DataConfig(source="text")
+    cfg = data_config if isinstance(data_config, TextDataConfig) else TextDataConfig()
     lines = read_lines(path) if path is not None else _demo_lines()
     given = {name: read_lines(p) for name, p in (("val", cfg.val_path), ("test", cfg.test_path)) if p is not None}
     n = len(lines)
@@ -218,5 +239,5 @@ def load_text_splits(path: str | None = None, *, val_size: int = 10_000, seed: i
     return out
 
 
-__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "VOCAB_FILE", "Vocabulary", "load_text_splits", "read_lines",
-           "run_vocabulary", "sentence_lengths", "tokenize"]
+__all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "VOCAB_FILE", "TextDataConfig", "Vocabulary", "load_text_splits",
+           "read_lines", "run_vocabulary", "sentence_lengths", "tokenize"]

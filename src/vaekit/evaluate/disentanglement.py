@@ -32,19 +32,21 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.inspection import permutation_importance
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import mutual_info_score
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
+from vaekit._compat import tree_nodes
 from vaekit.errors import VaekitError
+from vaekit.evaluate.interventional import (EncodeFn, GroundTruthSource, as_codes, betavae_score, check_count,
+                                            encode_classes, factorvae_score)
 
 __all__ = [
     "GroundTruthSource",
@@ -56,7 +58,6 @@ __all__ = [
     "evaluate_run",
     "factorvae_score",
     "headline",
-    "latent_traversal",
     "mig",
     "sap",
 ]
@@ -65,33 +66,7 @@ __all__ = [
 DCI_IMPORTANCE_METHODS = ("gain", "permutation")
 
 
-class GroundTruthSource(Protocol):
-    """What the interventional metrics need from a dataset with known factors."""
-
-    factor_sizes: tuple[int, ...]
-
-    def sample_classes(self, n: int, rng: np.random.Generator) -> np.ndarray: ...
-
-    def render(self, classes: np.ndarray) -> Any: ...
-
-
-EncodeFn = Callable[[Any], Any]
-
-
 # ----------------------------------------------------------------------------- checks
-
-
-def _as_codes(codes: Any, name: str) -> np.ndarray:
-    codes = np.asarray(codes)
-    if codes.ndim != 2 or codes.shape[0] < 2 or codes.shape[1] < 1:
-        raise VaekitError(f"{name} must have shape (N, L) with N >= 2 and L >= 1, got {codes.shape}")
-    if not (np.issubdtype(codes.dtype, np.floating) or np.issubdtype(codes.dtype, np.integer)):
-        raise VaekitError(f"{name} must be numeric, got dtype {codes.dtype}")
-    codes = codes.astype(np.float64, copy=False)
-    num_bad = int((~np.isfinite(codes)).sum())
-    if num_bad:
-        raise VaekitError(f"{name} contain {num_bad} non-finite values (NaN or Inf)")
-    return codes
 
 
 def _as_factors(factors: Any, n: int, name: str, *, need_variation: bool = True) -> np.ndarray:
@@ -108,27 +83,15 @@ def _as_factors(factors: Any, n: int, name: str, *, need_variation: bool = True)
 
 
 def _pair(train_codes, train_factors, test_codes, test_factors) -> tuple[np.ndarray, ...]:
-    xtr = _as_codes(train_codes, "train codes")
+    xtr = as_codes(train_codes, "train codes")
     ytr = _as_factors(train_factors, xtr.shape[0], "train factors")
-    xte = _as_codes(test_codes, "test codes")
+    xte = as_codes(test_codes, "test codes")
     yte = _as_factors(test_factors, xte.shape[0], "test factors", need_variation=False)
     if xte.shape[1] != xtr.shape[1]:
         raise VaekitError(f"train codes have {xtr.shape[1]} dimensions but test codes have {xte.shape[1]}")
     if yte.shape[1] != ytr.shape[1]:
         raise VaekitError(f"train factors have {ytr.shape[1]} columns but test factors have {yte.shape[1]}")
     return xtr, ytr, xte, yte
-
-
-def _check_count(name: str, value: int, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise VaekitError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _interventional_sizes(num_train: int, num_test: int, batch_size: int, min_batch: int) -> tuple[int, int, int]:
-    """The checked (num_train, num_test, batch_size) of an interventional score."""
-    return _check_count("num_train", num_train), _check_count("num_test", num_test), _check_count(
-        "batch_size", batch_size, min_batch)
 
 
 def _top_two_gap(matrix: np.ndarray) -> np.ndarray:
@@ -169,9 +132,9 @@ def mig(codes: Any, factors: Any, *, num_bins: int = 20) -> dict:
     Returns:
         ``{"mig": mean over factors, "per_factor": [gap / entropy per factor]}``.
     """
-    codes = _as_codes(codes, "codes")
+    codes = as_codes(codes, "codes")
     factors = _as_factors(factors, codes.shape[0], "factors")
-    num_bins = _check_count("num_bins", num_bins, 2)
+    num_bins = check_count("num_bins", num_bins, 2)
     binned = _discretize(codes, num_bins)
     num_latents, num_factors = codes.shape[1], factors.shape[1]
     mi = np.zeros((num_latents, num_factors))
@@ -222,16 +185,14 @@ def _gain_importance(model: HistGradientBoostingClassifier, num_features: int) -
 
     The same quantity as GradientBoostingClassifier.feature_importances_ (the summed
     loss reduction of the splits on each feature; LightGBM/XGBoost "gain"), read from
-    the fitted trees. The trees are a private attribute of scikit-learn, so this
-    raises AttributeError if a future version changes them; :func:`dci` then falls
+    the fitted trees. The trees are private to scikit-learn (`vaekit._compat.tree_nodes`),
+    so this raises AttributeError if a future version changes them; :func:`dci` then falls
     back to permutation importance.
     """
     total = np.zeros(num_features)
-    for iteration in model._predictors:
-        for predictor in iteration:
-            nodes = predictor.nodes
-            split = nodes["is_leaf"] == 0
-            total += np.bincount(nodes["feature_idx"][split], weights=nodes["gain"][split], minlength=num_features)
+    for nodes in tree_nodes(model):
+        split = nodes["is_leaf"] == 0
+        total += np.bincount(nodes["feature_idx"][split], weights=nodes["gain"][split], minlength=num_features)
     return total
 
 
@@ -284,8 +245,8 @@ def dci_importance_matrix(
     xtr, ytr, xte, yte = _pair(train_codes, train_factors, test_codes, test_factors)
     if importance not in DCI_IMPORTANCE_METHODS:
         raise VaekitError(f"unknown DCI importance {importance!r}; choose one of {', '.join(DCI_IMPORTANCE_METHODS)}")
-    max_iter = _check_count("max_iter", max_iter)
-    n_jobs = _check_count("n_jobs", n_jobs)
+    max_iter = check_count("max_iter", max_iter)
+    n_jobs = check_count("n_jobs", n_jobs)
     jobs = [delayed(_dci_factor)(xtr, ytr[:, j], xte, yte[:, j], importance, max_iter, seed) for j in range(ytr.shape[1])]
     if n_jobs == 1 or len(jobs) == 1:
         results = [fn(*args, **kwargs) for fn, args, kwargs in jobs]
@@ -360,167 +321,6 @@ def dci(
     }
 
 
-# ------------------------------------------------------------------- interventions
-
-
-def encode_classes(
-    encode_fn: EncodeFn, source: GroundTruthSource, classes: np.ndarray, *, encode_batch_size: int = 1024
-) -> np.ndarray:
-    """Render ``classes`` with the source and encode them, ``encode_batch_size`` at a time.
-
-    Returns:
-        float64 codes (N, L).
-
-    Raises:
-        VaekitError: the encoder returns a wrongly shaped or non-finite array.
-    """
-    encode_batch_size = _check_count("encode_batch_size", encode_batch_size)
-    parts = []
-    for start in range(0, classes.shape[0], encode_batch_size):
-        chunk = classes[start : start + encode_batch_size]
-        codes = np.asarray(encode_fn(source.render(chunk)))
-        if codes.ndim != 2 or codes.shape[0] != chunk.shape[0]:
-            raise VaekitError(f"encode_fn returned shape {codes.shape} for {chunk.shape[0]} observations; expected (N, L)")
-        parts.append(codes)
-    if not parts:
-        raise VaekitError("no observations to encode")
-    return _as_codes(np.concatenate(parts, axis=0), "codes from encode_fn")
-
-
-def _source_factors(source: GroundTruthSource) -> int:
-    sizes = tuple(int(s) for s in source.factor_sizes)
-    if not sizes or min(sizes) < 1:
-        raise VaekitError(f"ground-truth source has invalid factor_sizes {sizes}")
-    return len(sizes)
-
-
-def _fixed_factor_groups(
-    source: GroundTruthSource, num_groups: int, batch_size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """``num_groups`` groups of ``batch_size`` class rows, each sharing one random factor's value.
-
-    Returns:
-        ``(factor index per group (G,), classes (G * batch_size, F))``.
-    """
-    num_factors = _source_factors(source)
-    index = rng.integers(0, num_factors, size=num_groups)
-    classes = np.array(source.sample_classes(num_groups * batch_size, rng), dtype=np.int64, copy=True)
-    groups = classes.reshape(num_groups, batch_size, num_factors)
-    rows = np.arange(num_groups)
-    groups[rows, :, index] = groups[rows, 0, index][:, None]
-    return index, groups.reshape(num_groups * batch_size, num_factors)
-
-
-def _factorvae_votes(
-    encode_fn, source, num_votes, batch_size, rng, global_var, active, encode_batch_size
-) -> np.ndarray:
-    """Votes (F, num_active): how often fixing factor f made active latent a the least variable."""
-    index, classes = _fixed_factor_groups(source, num_votes, batch_size, rng)
-    codes = encode_classes(encode_fn, source, classes, encode_batch_size=encode_batch_size)
-    codes = codes.reshape(num_votes, batch_size, -1)
-    local_var = np.var(codes, axis=1, ddof=1)
-    argmin = np.argmin(local_var[:, active] / global_var[active], axis=1)
-    votes = np.zeros((_source_factors(source), int(active.sum())), dtype=np.int64)
-    np.add.at(votes, (index, argmin), 1)
-    return votes
-
-
-def factorvae_score(
-    encode_fn: EncodeFn,
-    source: GroundTruthSource,
-    *,
-    num_train: int = 800,
-    num_test: int = 500,
-    batch_size: int = 64,
-    num_variance_estimate: int = 10_000,
-    prune_threshold: float = 0.05,
-    seed: int = 0,
-    encode_batch_size: int = 1024,
-) -> dict:
-    """FactorVAE score (Kim & Mnih, 2018).
-
-    The global variance of each latent is estimated from ``num_variance_estimate``
-    random observations; latents with standard deviation below ``prune_threshold``
-    are dropped. Each vote picks a factor uniformly, fixes it to a random value,
-    draws ``batch_size`` observations with the other factors random, divides each
-    latent's variance over the batch by its global variance and votes (factor,
-    least-variable latent). A majority-vote classifier maps each latent to its most
-    frequent factor; accuracy on ``num_train`` training votes and on ``num_test``
-    fresh votes.
-
-    Returns:
-        ``{"train_accuracy", "eval_accuracy", "num_active_dims"}`` (accuracies 0.0
-        when every latent is pruned).
-    """
-    num_train, num_test, batch_size = _interventional_sizes(num_train, num_test, batch_size, 2)
-    num_variance_estimate = _check_count("num_variance_estimate", num_variance_estimate, 2)
-    rng = np.random.default_rng(seed)
-    classes = np.asarray(source.sample_classes(num_variance_estimate, rng))
-    codes = encode_classes(encode_fn, source, classes, encode_batch_size=encode_batch_size)
-    global_var = np.var(codes, axis=0, ddof=1)
-    active = np.sqrt(global_var) >= prune_threshold
-    if not active.any():
-        return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
-    args = (batch_size, rng, global_var, active, encode_batch_size)
-    train_votes = _factorvae_votes(encode_fn, source, num_train, *args)
-    classifier = np.argmax(train_votes, axis=0)  # the most frequent factor of each latent
-    columns = np.arange(train_votes.shape[1])
-    eval_votes = _factorvae_votes(encode_fn, source, num_test, *args)
-    return {
-        "train_accuracy": float(train_votes[classifier, columns].sum() / train_votes.sum()),
-        "eval_accuracy": float(eval_votes[classifier, columns].sum() / eval_votes.sum()),
-        "num_active_dims": int(active.sum()),
-    }
-
-
-def _betavae_points(encode_fn, source, num_points, batch_size, rng, encode_batch_size) -> tuple[np.ndarray, np.ndarray]:
-    """Features (P, L) = mean |z1 - z2| over pairs sharing one factor, and that factor (P,)."""
-    num_factors = _source_factors(source)
-    index = rng.integers(0, num_factors, size=num_points)
-    first = np.array(source.sample_classes(num_points * batch_size, rng), dtype=np.int64).reshape(num_points, batch_size, -1)
-    second = np.array(source.sample_classes(num_points * batch_size, rng), dtype=np.int64).reshape(num_points, batch_size, -1)
-    rows = np.arange(num_points)
-    second[rows, :, index] = first[rows, :, index]
-    both = np.concatenate([first, second], axis=1).reshape(2 * num_points * batch_size, num_factors)
-    codes = encode_classes(encode_fn, source, both, encode_batch_size=encode_batch_size)
-    codes = codes.reshape(num_points, 2, batch_size, -1)
-    return np.mean(np.abs(codes[:, 0] - codes[:, 1]), axis=1), index
-
-
-def betavae_score(
-    encode_fn: EncodeFn,
-    source: GroundTruthSource,
-    *,
-    num_train: int = 1000,
-    num_test: int = 500,
-    batch_size: int = 64,
-    seed: int = 0,
-    encode_batch_size: int = 1024,
-) -> dict:
-    """beta-VAE score (Higgins et al., 2017).
-
-    Each point picks a factor uniformly and draws ``batch_size`` pairs of
-    observations, the two of a pair sharing that factor's value (random per pair)
-    and all else random; its feature is the mean absolute difference of the pairs'
-    codes. A ``LogisticRegression`` predicts the factor from the feature; accuracy on
-    ``num_train`` training points and ``num_test`` fresh points.
-
-    Returns:
-        ``{"train_accuracy", "eval_accuracy"}``.
-    """
-    num_train, num_test, batch_size = _interventional_sizes(num_train, num_test, batch_size, 1)
-    rng = np.random.default_rng(seed)
-    xtr, ytr = _betavae_points(encode_fn, source, num_train, batch_size, rng, encode_batch_size)
-    xte, yte = _betavae_points(encode_fn, source, num_test, batch_size, rng, encode_batch_size)
-    if np.unique(ytr).size < 2:
-        raise VaekitError("beta-VAE score needs training points for at least two factors; raise num_train")
-    model = LogisticRegression(max_iter=1000, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(xtr, ytr)
-    return {"train_accuracy": float(model.score(xtr, ytr)), "eval_accuracy": float(model.score(xte, yte))}
-
-
 # --------------------------------------------------------------------------- all
 
 
@@ -558,8 +358,8 @@ def compute_all(
         "betavae": {...}, "settings": {...}, "seconds": {metric: wall seconds}}``;
         everything but ``"seconds"`` is deterministic for a given seed.
     """
-    num_train = _check_count("num_train", num_train, 2)
-    num_test = _check_count("num_test", num_test)
+    num_train = check_count("num_train", num_train, 2)
+    num_test = check_count("num_test", num_test)
     seconds: dict[str, float] = {}
 
     say = on_phase or (lambda text: None)
@@ -655,47 +455,3 @@ def evaluate_run(run, *, num_train: int = 10_000, num_test: int = 5_000, seed: i
     if write:
         write_json_atomic(run.path / "disentanglement.json", result)
     return result
-
-
-def latent_traversal(model, x, y=None, *, index: int = 0, steps: int = 11, span: float = 3.0,
-                     dims: int = 0) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Decoded sweeps of each latent around the code of one seed image.
-
-    The latents are ordered by their KL to the prior (where the posterior has a per-dimension
-    KL; else by the variance of their posterior means), averaged over the images ``x``; row ``r``
-    sweeps the ``r``-th of them over ``linspace(-span, span, steps)`` with every other latent at
-    the posterior mean of ``x[index]``.
-
-    Args:
-        model: a trained model in eval mode (``encode``, ``decode``).
-        x, y: images (N, H, W, C) (and labels for conditional models) that rank the latents;
-            ``x[index]`` is the seed.
-        dims: keep only the ``dims`` latents with the most KL (0: all).
-
-    Returns:
-        ``(images (rows * steps, H, W, C), row labels "z<d> KL <nats>", swept values)``.
-    """
-    import jax.numpy as jnp
-
-    if steps < 2 or span <= 0:
-        raise VaekitError("a traversal needs steps >= 2 and a positive span (--steps, --range)")
-    if not 0 <= index < len(x):
-        raise VaekitError(f"seed index must be in [0, {len(x)}), got {index}")
-    from vaekit.models import require
-
-    require(model, "latent_vector", "a latent traversal")
-    q = model.encode(jnp.asarray(x), None if y is None else jnp.asarray(y))
-    if hasattr(q, "kl_per_dim"):
-        kl, stat = np.asarray(q.kl_per_dim()).mean(0), "KL"  # (D,) average KL of each latent over these images
-    else:
-        kl, stat = np.asarray(q.mean).var(0), "var"
-    order = np.argsort(-kl)[:dims] if dims else np.argsort(-kl)
-    values = np.linspace(-span, span, steps)
-    base = np.asarray(q.mean)[index]
-    z = np.repeat(base[None, None], len(order) * steps, 0).reshape(len(order), steps, -1)
-    for row, d in enumerate(order):
-        z[row, :, d] = values
-    z = z.reshape(-1, z.shape[-1])
-    yz = None if y is None else jnp.full((len(z),), int(np.asarray(y)[index]))
-    images = np.asarray(model.decode(jnp.asarray(z), yz).mean())
-    return images, [f"z{d} {stat} {kl[d]:.2f}" for d in order], values

@@ -201,7 +201,7 @@ def encoder_fn(model, batch_size: int = EMBED_BATCH):
     @jax.jit
     def run(st, xb, yb):
         q = nnx.merge(graphdef, st).encode(xb, yb)
-        return q.mean, getattr(q, "scale", None)
+        return q.mean, q.scale  # scale: None where the posterior is not a diagonal Gaussian
 
     def encode(x: np.ndarray, y: np.ndarray | None = None):
         n = len(x)

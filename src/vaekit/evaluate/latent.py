@@ -207,7 +207,7 @@ def save_pca_scatter(path, z: np.ndarray, y: np.ndarray | None = None, title: st
     ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.0f}% of variance)")
     ax.set_title(title or f"posterior means of {len(proj)} examples, PCA", fontsize=10)
     ax.grid(alpha=0.3)
-    plots._save_figure(fig, Path(path))
+    plots.save_figure(fig, Path(path))
     return Path(path)
 
 

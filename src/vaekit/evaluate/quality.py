@@ -1,6 +1,6 @@
 """Sample quality: how close a model's samples are to real data, in a feature net's space.
 
-Both sets of images go through the same feature net (`evaluate.features`: vaekit's shipped MNIST
+Both sets of images go through the same feature net (`nets.features`: vaekit's shipped MNIST
 net, or a user's own) and are compared on its penultimate features (N, F):
 
 - Fréchet distance (FID, Heusel et al. 2017): ||mu_r - mu_g||^2 + tr(S_r) + tr(S_g)
@@ -138,7 +138,8 @@ def head_accuracy(net, feats: np.ndarray, labels: np.ndarray) -> float:
 def samples_label_accuracy(run, images: np.ndarray, label: int) -> tuple[float, str] | None:
     """(accuracy, net name) of samples drawn for `label` under the net vaekit ships for the run's
     data; None when it ships none (`vaekit sample --label` then reports nothing more)."""
-    from vaekit.evaluate.features import SHIPPED, accuracy, load_shipped, shipped_for
+    from vaekit.evaluate.features import accuracy, shipped_for
+    from vaekit.nets.features import SHIPPED, load_shipped
 
     name = shipped_for(run.config.data.source, run.spec.shape) if run.spec.is_images else None
     if name is None:

@@ -20,6 +20,8 @@ with these methods:
     param_groups() -> {name: ParamGroup}             what each optimizer updates
     latent_layers (optional) -> {layer: (start, stop)}   slices of the code per stochastic layer:
                                                       active units are reported per layer too
+    picture_data(splits, key) (optional) -> {file name: ImageGrid | Bars | Heatmap}
+                                                      the kind's own pictures as data; `plots` draws them
 
 What else a command may use, the model declares in `capabilities` (a `Capabilities`), and a
 command checks it with `require` instead of assuming: a model without a likelihood bound is
@@ -33,9 +35,10 @@ import itertools
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import jax
+import numpy as np
 from flax import nnx
 
-from vaekit.config import ModelConfig
+from vaekit.config.schema import ModelConfig
 from vaekit.errors import VaekitError
 
 
@@ -110,6 +113,8 @@ class ModelBase(nnx.Module):
     config_class: ClassVar[type] = ModelConfig
     #: A kind built on a trained run (`model.parent`, e.g. vqprior's stage-1 VQ-VAE).
     needs_parent_run: ClassVar[bool] = False
+    #: Whether the constructor takes a user's `encoder=`/`decoder=` modules (`models.user_nets`).
+    user_nets: ClassVar[bool] = False
     capabilities: ClassVar[Capabilities] = Capabilities()
     #: Width of the whole code (all layers of a hierarchical model); 0 for a model without one.
     latent_dim: int = 0
@@ -123,8 +128,48 @@ class ModelBase(nnx.Module):
         bounds = [0, *itertools.accumulate(self.layer_dims)]
         return {f"z{i + 1}": (bounds[i], bounds[i + 1]) for i in range(len(self.layer_dims))}
 
-    def extra_pictures(self, run_dir, splits, key: jax.Array) -> None:
-        """Pictures of the kind's own, drawn after samples.png and reconstructions.png (none by default)."""
+    def picture_data(self, splits, key: jax.Array) -> dict[str, PictureData]:
+        """Pictures of the kind's own, as data: {file name: what to draw}, drawn by `vaekit.plots`
+        after samples.png and reconstructions.png (none by default). `splits`: the run's data
+        (the validation split's images), `key`: the pictures' random key."""
+        return {}
+
+
+# --------------------------------------------------------------------------- pictures as data
+# A model says what its own pictures show; `vaekit.plots.save_picture` draws them (a model never
+# imports matplotlib).
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageGrid:
+    """Images (N, H, W, C) in [0, 1], drawn as one grid of `ncols` columns under a title."""
+
+    images: np.ndarray
+    ncols: int = 8
+    title: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Bars:
+    """One bar per entry of `heights` (K,), on a symmetric-log y axis (counts that span decades)."""
+
+    heights: np.ndarray
+    xlabel: str
+    ylabel: str
+    title: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Heatmap:
+    """A map `values` (h, w) coloured from 0 to `vmax`, with a labelled colour bar."""
+
+    values: np.ndarray
+    vmax: float
+    colorbar: str
+    title: str
+
+
+PictureData = ImageGrid | Bars | Heatmap
 
 
 CAPABILITY_NEEDS = {
@@ -142,8 +187,6 @@ def apply_batched(module: nnx.Module, method, x, batch_size: int):
     (not constants baked into it); the outputs (an array or a pytree of arrays, one row per
     example) are concatenated along their first axis.
     """
-    import numpy as np
-
     graphdef, state = nnx.split(module)
     fn = jax.jit(lambda st, xb: method(nnx.merge(graphdef, st), xb))
     parts = [jax.device_get(fn(state, x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
@@ -152,10 +195,10 @@ def apply_batched(module: nnx.Module, method, x, batch_size: int):
 
 def require(model, capability: str, command: str) -> None:
     """Raise a one-line VaekitError when `model` lacks `capability`, naming the command."""
-    if not getattr(model.capabilities, capability):
-        kind = getattr(model, "kind", type(model).__name__)
-        raise VaekitError(f"{command} needs a model with {CAPABILITY_NEEDS[capability]}; model.kind '{kind}' "
+    if not dataclasses.asdict(model.capabilities)[capability]:
+        raise VaekitError(f"{command} needs a model with {CAPABILITY_NEEDS[capability]}; model.kind '{model.kind}' "
                           f"has none")
 
 
-__all__ = ["CAPABILITY_NEEDS", "Capabilities", "DEFAULT_GROUPS", "Model", "ModelBase", "ParamGroup", "apply_batched", "require"]
+__all__ = ["Bars", "CAPABILITY_NEEDS", "Capabilities", "DEFAULT_GROUPS", "Heatmap", "ImageGrid", "Model", "ModelBase",
+           "ParamGroup", "PictureData", "apply_batched", "require"]

@@ -13,20 +13,20 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from vaekit.config import ModelConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.models.base import Capabilities
-from vaekit.models.vae import VAE
+from vaekit.models.vae import VAE, VAEConfig
 from vaekit.nets import CONDITIONING_MODES
 
 
 @dataclasses.dataclass(frozen=True)
-class CVAEConfig(ModelConfig):
+class CVAEConfig(VAEConfig):
     kind: str = "cvae"
     condition: str = "concat"  # how y enters the nets: "concat" (one-hot input), "film", "cbn" (conditional BatchNorm)
 
     def check(self) -> None:
+        super().check()
         if self.condition not in CONDITIONING_MODES:
             raise VaekitError(f"model.condition must be one of {', '.join(CONDITIONING_MODES)}; got '{self.condition}'")
 

@@ -30,13 +30,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from vaekit.config import ModelConfig, ObjectiveConfig, changed_objective
+from vaekit.config.schema import ModelConfig, ObjectiveConfig, changed_objective
 from vaekit.data.spec import DataSpec
 from vaekit.core.distributions import LOG_2PI
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
 from vaekit.models.base import ParamGroup
-from vaekit.models.vae import VAE, variational_objective
+from vaekit.models.vae import VAE, VAEConfig, variational_objective
 
 TC_ESTIMATORS = ("mws", "stratified")
 DIP_VARIANTS = ("i", "ii")
@@ -134,16 +134,10 @@ def dip_penalties(cov: jax.Array) -> tuple[jax.Array, jax.Array]:
 # --------------------------------------------------------------------------- configs
 
 
-def _non_negative(cfg, *names: str) -> None:
-    for name in names:
-        if getattr(cfg, name) < 0:
-            raise VaekitError(f"model.{name} must be >= 0, got {getattr(cfg, name)}")
-
-
-def _gaussian_normal(cfg) -> None:
-    if cfg.posterior != "gaussian" or cfg.prior != "normal":
-        raise VaekitError(f"model.kind={cfg.kind} needs the diagonal-Gaussian posterior and the N(0, I) prior; "
-                          f"model.posterior and model.prior must stay gaussian/normal")
+def _non_negative(**values: float) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise VaekitError(f"model.{name} must be >= 0, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,14 +149,13 @@ class TCVAEConfig(ModelConfig):
     estimator: str = "mws"  # log q(z) from the minibatch: "mws" (weighted sampling) or "stratified" (uses the data set size)
 
     def check(self) -> None:
-        _non_negative(self, "alpha", "beta", "gamma")
+        _non_negative(alpha=self.alpha, beta=self.beta, gamma=self.gamma)
         if self.estimator not in TC_ESTIMATORS:
             raise VaekitError(f"model.estimator must be one of {', '.join(TC_ESTIMATORS)}; got '{self.estimator}'")
-        _gaussian_normal(self)
 
 
 @dataclasses.dataclass(frozen=True)
-class FactorVAEConfig(ModelConfig):
+class FactorVAEConfig(VAEConfig):
     kind: str = "factorvae"
     gamma: float = 35.0  # weight of the discriminator's total-correlation estimate added to the ELBO loss
     discriminator_hidden: tuple[int, ...] = (1000,) * 6  # the discriminator MLP's hidden sizes (leaky ReLU 0.2), 2 logits out
@@ -170,7 +163,8 @@ class FactorVAEConfig(ModelConfig):
     discriminator_betas: tuple[float, float] = (0.5, 0.9)  # the discriminator's Adam b1, b2 (Kim and Mnih 2018)
 
     def check(self) -> None:
-        _non_negative(self, "gamma")
+        super().check()
+        _non_negative(gamma=self.gamma)
         if not self.discriminator_hidden or any(h <= 0 for h in self.discriminator_hidden):
             raise VaekitError(f"model.discriminator_hidden must be a non-empty list of positive sizes, got "
                               f"{list(self.discriminator_hidden)}")
@@ -190,10 +184,9 @@ class DIPVAEConfig(ModelConfig):
     def check(self) -> None:
         if self.variant not in DIP_VARIANTS:
             raise VaekitError(f"model.variant must be one of {', '.join(DIP_VARIANTS)}; got '{self.variant}'")
-        _non_negative(self, "lambda_od")
+        _non_negative(lambda_od=self.lambda_od)
         if self.lambda_d is not None and self.lambda_d < 0:
             raise VaekitError(f"model.lambda_d must be >= 0, got {self.lambda_d}")
-        _gaussian_normal(self)
 
     @property
     def diagonal_weight(self) -> float:
@@ -209,11 +202,11 @@ class DIPVAEConfig(ModelConfig):
 class _PenalizedVAE(VAE):
     """A VAE whose training loss is its ELBO loss (objective.kind=elbo) plus a model's penalty."""
 
-    def __init__(self, model, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
+    def __init__(self, model, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
         if objective.kind != "elbo":
             raise VaekitError(f"model.kind={self.kind} adds its penalty to the ELBO; objective.kind={objective.kind} "
                               f"cannot apply (use objective.kind=elbo)")
-        super().__init__(model, objective, spec, rngs=rngs)
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
 
     def _elbo_loss(self, batch: dict, rngs: nnx.Rngs, step: jax.Array):
         """(ELBO loss with the objective's KL options, metrics, posterior q, draw z (B, D))."""
@@ -229,7 +222,7 @@ class TCVAE(VAE):
     kind = "tcvae"
     config_class = TCVAEConfig
 
-    def __init__(self, model: TCVAEConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
+    def __init__(self, model: TCVAEConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
         ignored = changed_objective(objective)
         if ignored:
             raise VaekitError(f"model.kind=tcvae weights its KL terms with model.alpha, model.beta and model.gamma; "
@@ -237,7 +230,7 @@ class TCVAE(VAE):
         if model.estimator == "stratified" and spec.num_examples is None:
             raise VaekitError("model.estimator=stratified needs the training set's size, which this data spec lacks "
                               "(DataSpec.num_examples); use model.estimator=mws")
-        super().__init__(model, objective, spec, rngs=rngs)
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
 
     def loss(self, batch: dict, *, rngs: nnx.Rngs, step: jax.Array) -> tuple[jax.Array, dict]:
         """E[-log p(x|z)] + alpha MI + beta TC + gamma dim-KL (batch means, one draw); metrics add the
@@ -286,8 +279,8 @@ class FactorVAE(_PenalizedVAE):
     kind = "factorvae"
     config_class = FactorVAEConfig
 
-    def __init__(self, model: FactorVAEConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
-        super().__init__(model, objective, spec, rngs=rngs)
+    def __init__(self, model: FactorVAEConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
         self.discriminator = Discriminator(self.latent_dim, model.discriminator_hidden, rngs=rngs)
 
     def param_groups(self) -> dict[str, ParamGroup]:

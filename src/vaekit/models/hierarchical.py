@@ -12,7 +12,7 @@ apply unchanged.
 
 With `model.batch_norm=true` the four nets (q(z1|x), q(z2|z1), p(z1|z2), p(x|z1)) normalize every
 hidden layer (`nets.dense`: batch statistics in train mode, running averages in eval mode; the
-net builders give q(z1|x) and p(x|z1) for a config with `batch_norm` set). The
+net builders give q(z1|x) and p(x|z1) when asked with `batch_norm=True`). The
 nets that run more than once in a loss evaluation move their running averages on one call only,
 so each training step moves them once: q(z2|z1) on the posterior's draw (not on a score of it),
 p(z1|z2) on the per-layer KL (`layer_kls`, once per loss), not on the prior's scores of the same
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vaekit.config import ModelConfig
-from vaekit.core.distributions import (DiagonalGaussian, posterior_scale, standard_normal_log_prob,
+from vaekit.config.schema import ModelConfig
+from vaekit.core.distributions import (DiagonalGaussian, Posterior, posterior_scale, standard_normal_log_prob,
                                   standard_normal_log_prob_per_dim)
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
@@ -52,9 +52,6 @@ class HVAEConfig(ModelConfig):
         if self.batch_norm and self.net != "mlp":
             raise VaekitError(f"model.batch_norm=true builds batch-normalized dense nets; model.net must be mlp, "
                               f"got '{self.net}'")
-        if self.posterior != "gaussian" or self.prior != "normal":
-            raise VaekitError("model.kind=hvae has its own two-layer posterior and prior; model.posterior and "
-                              "model.prior must stay gaussian/normal")
 
 
 def _gaussian(h: jax.Array, dim: int, kind: str) -> DiagonalGaussian:
@@ -71,7 +68,7 @@ def _run(net: nnx.Module, h: jax.Array, update: bool) -> jax.Array:
     return net(h, update) if isinstance(net, DenseNet) else net(h)
 
 
-class TwoLayerPosterior:
+class TwoLayerPosterior(Posterior):
     """q(z1|x) q(z2|z1) over the concatenated [z1, z2]."""
 
     def __init__(self, q1: DiagonalGaussian, q2_of):
@@ -121,15 +118,15 @@ class HVAE(VAE):
 
     kind = "hvae"
     config_class = HVAEConfig
+    user_nets = False  # its nets are the layers' own
 
     def __init__(self, model: HVAEConfig, objective, spec, *, rngs: nnx.Rngs):
         params_per_entry = self._bind(model, objective, spec)
         self.z1_dim, self.latent_dim = model.z1_dim, model.z1_dim + model.latent_dim  # the code is [z1, z2]
         self.layer_dims = (model.z1_dim, model.latent_dim)
         act, bn, d1, d2 = model.activation, model.batch_norm, model.z1_dim, model.latent_dim
-        # With model.batch_norm the builders give the batch-normalized dense nets (`nets.dense`).
-        self.encoder = build_encoder(model, spec.shape, 2 * d1, rngs=rngs)  # q(z1|x)
-        self.decoder = build_decoder(model, d1, spec.shape, params_per_entry, rngs=rngs)  # p(x|z1)
+        self.encoder = build_encoder(model, spec.shape, 2 * d1, batch_norm=bn, rngs=rngs)  # q(z1|x)
+        self.decoder = build_decoder(model, d1, spec.shape, params_per_entry, batch_norm=bn, rngs=rngs)  # p(x|z1)
         self.encoder2 = _dense((d1, *model.hidden2, 2 * d2), act, bn, rngs=rngs)  # q(z2|z1)
         self.prior = TwoLayerPrior(d1, d2, model.hidden2, act, model.posterior_scale, bn, rngs=rngs)
         self.flow = None

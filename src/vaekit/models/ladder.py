@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vaekit.config import ModelConfig
-from vaekit.core.distributions import (DiagonalGaussian, posterior_scale, standard_normal_log_prob,
+from vaekit.config.schema import ModelConfig
+from vaekit.core.distributions import (DiagonalGaussian, Posterior, posterior_scale, standard_normal_log_prob,
                                   standard_normal_log_prob_per_dim)
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
@@ -64,9 +64,6 @@ class LadderConfig(ModelConfig):
     def check(self) -> None:
         if self.net != "mlp":
             raise VaekitError(f"model.kind=ladder builds its own MLP blocks; model.net must be mlp, got '{self.net}'")
-        if self.posterior != "gaussian" or self.prior != "normal":
-            raise VaekitError("model.kind=ladder has its own top-down posterior and prior; model.posterior and "
-                              "model.prior must stay gaussian/normal")
         if any(d <= 0 for d in self.lower_dims):
             raise VaekitError(f"model.lower_dims sizes must be positive, got {list(self.lower_dims)}")
         if self.mlp_layers < 0:
@@ -136,7 +133,7 @@ class LadderPrior(nnx.Module):
         return jnp.concatenate(zs, axis=-1)
 
 
-class LadderPosterior:
+class LadderPosterior(Posterior):
     """q(z_L|x) prod_i q(z_i|z_{i+1}, x) over [z_1, ..., z_L]: the bottom-up Gaussians `up` (each
     (N, d_i)) merged top-down with the prior's conditionals at the posterior's own draws."""
 
@@ -199,6 +196,7 @@ class LadderVAE(VAE):
 
     kind = "ladder"
     config_class = LadderConfig
+    user_nets = False  # its nets are the layers' own
 
     def __init__(self, model: LadderConfig, objective, spec, *, rngs: nnx.Rngs):
         params_per_entry = self._bind(model, objective, spec)

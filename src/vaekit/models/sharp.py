@@ -10,7 +10,7 @@ image loss chosen by `model.recon_loss` (`vaekit.core.image_losses`):
     "msssim"      1 - MS-SSIM (Wang et al. 2003)
     "msssim_l1"   0.84 (1 - MS-SSIM) + 0.16 L1 (Zhao et al. 2017)
     "perceptual"  the summed mean squared differences of a frozen feature net's activations of x and
-                  x_hat (every conv block and the penultimate features; `evaluate.features`)
+                  x_hat (every conv block and the penultimate features; `nets.features`)
 
 Scaling R by the number of pixels keeps its weight against the KL independent of the image size.
 The KL term, beta and its schedules are the VAE's. Without a likelihood there is no NLL and no
@@ -33,7 +33,7 @@ from flax import nnx, struct
 from vaekit.core import image_losses
 
 from vaekit.core import objectives
-from vaekit.config import ModelConfig
+from vaekit.config.schema import ModelConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
@@ -53,7 +53,7 @@ class SharpConfig(ModelConfig):
     ssim_window: int = 11  # side of the Gaussian SSIM window (odd)
     ssim_sigma: float = 1.5  # standard deviation of the SSIM window
     msssim_alpha: float = 0.84  # msssim_l1: weight of 1 - MS-SSIM against L1 (Zhao et al.: 0.84)
-    features: str | None = None  # perceptual: a feature net .npz (vaekit.evaluate.features); None: vaekit's MNIST net
+    features: str | None = None  # perceptual: a feature net .npz (vaekit.nets.features); None: vaekit's MNIST net
 
     def check(self) -> None:
         if self.recon_loss not in RECON_LOSSES:
@@ -74,9 +74,6 @@ class SharpConfig(ModelConfig):
         if self.likelihood != "bernoulli":
             raise VaekitError("model.kind=sharp has no likelihood: its decoder outputs sigmoid images scored by "
                               "model.recon_loss; leave model.likelihood at bernoulli")
-        if self.posterior != "gaussian" or self.prior != "normal":
-            raise VaekitError("model.kind=sharp takes the Gaussian posterior and N(0, I) prior (model.posterior and "
-                              "model.prior at their defaults)")
 
 
 @struct.dataclass
@@ -99,7 +96,7 @@ class FrozenFeatures(nnx.Module):
     """A feature net held by a model and trained by no optimizer (see `SharpVAE.param_groups`)."""
 
     def __init__(self, path: str | None, shape):
-        from vaekit.evaluate import features
+        from vaekit.nets import features
 
         if path is None:
             if tuple(shape) != (28, 28, 1):
@@ -125,13 +122,13 @@ class ImageLossVAE(VAE):
     """What a Gaussian-latent VAE trained without a likelihood shares: image data, objective.kind
     elbo (its KL term), a sigmoid decoder (`ImageOutput`), no `log_weights`. Subclasses write `loss`."""
 
-    def __init__(self, model, objective, spec: DataSpec, *, rngs: nnx.Rngs):
+    def __init__(self, model, objective, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
         if spec.kind != "images":
             raise VaekitError(f"model.kind '{self.kind}' needs image data; this data is {spec.kind}")
         if objective.kind != "elbo":
             raise VaekitError(f"objective.kind={objective.kind} needs a likelihood; model.kind '{self.kind}' has none "
                               f"(use objective.kind=elbo: its KL term and beta apply)")
-        super().__init__(model, objective, spec, rngs=rngs)
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
 
     @classmethod
     def capabilities_for(cls, model) -> Capabilities:
@@ -167,8 +164,8 @@ class SharpVAE(ImageLossVAE):
     kind = "sharp"
     config_class = SharpConfig
 
-    def __init__(self, model: SharpConfig, objective, spec: DataSpec, *, rngs: nnx.Rngs):
-        super().__init__(model, objective, spec, rngs=rngs)
+    def __init__(self, model: SharpConfig, objective, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
         loss = model.recon_loss
         if loss in ("msssim", "msssim_l1"):
             image_losses.check_size(spec.shape, model.msssim_scales, model.ssim_window,

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vaekit.config import ModelConfig, ObjectiveConfig
+from vaekit.config.schema import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
 from vaekit.data.text import BOS, EOS, PAD, UNK
 from vaekit.core.distributions import DiagonalGaussian, posterior_scale
@@ -70,9 +70,6 @@ class TextConfig(ModelConfig):
         need(self.embed_dim > 0, f"model.embed_dim must be positive, got {self.embed_dim}")
         need(self.rnn_hidden > 0, f"model.rnn_hidden must be positive, got {self.rnn_hidden}")
         need(0.0 <= self.word_keep <= 1.0, f"model.word_keep must be in [0, 1], got {self.word_keep}")
-        need(self.posterior == "gaussian" and self.prior == "normal",
-             f"model.kind {self.kind} has a Gaussian posterior and an N(0, I) prior; model.posterior="
-             f"{self.posterior} / model.prior={self.prior} cannot apply")
 
 
 def _bidirectional(fwd_cell, bwd_cell, carry, inputs: jax.Array, mask: jax.Array):
@@ -375,8 +372,8 @@ class LanguageModel(TextVAE):
 
     def __init__(self, model: TextConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
         super().__init__(model, objective, spec, rngs=rngs)
-        changed = [f.name for f in dataclasses.fields(objective) if f.name not in ("iwae_k",)
-                   and getattr(objective, f.name) != getattr(ObjectiveConfig, f.name)]
+        default = dataclasses.asdict(ObjectiveConfig())
+        changed = [k for k, v in dataclasses.asdict(objective).items() if k != "iwae_k" and v != default[k]]
         if changed:
             log.info("model.kind lm is trained by exact maximum likelihood: objective.%s do not apply",
                      ", objective.".join(changed))

@@ -10,23 +10,56 @@ A variant that swaps the posterior (a flow), the prior (a VampPrior) or adds a c
 
 from __future__ import annotations
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from vaekit.core import objectives
-from vaekit.config import ModelConfig, ObjectiveConfig
+from vaekit.config.schema import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
 from vaekit.core.distributions import LIKELIHOODS, DiagonalGaussian, posterior_scale
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
 from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ModelBase, ParamGroup
+from vaekit.models.user_nets import UserDecoder, UserEncoder
 from vaekit.nets import build_decoder, build_encoder, output_layer
-from vaekit.core.flows import IAF, FlowPosterior, planar_params, planar_transform
-from vaekit.core.priors import StandardNormal, VampPrior, kl_divergence
+from vaekit.core.flows import IAF, POSTERIORS, FlowPosterior, planar_params, planar_transform
+from vaekit.core.priors import PRIORS, StandardNormal, VampPrior, kl_divergence
 
 PLANAR_INIT_SCALE = 0.1  # the planar steps' parameter outputs start at this fraction of the default initial scale
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig(ModelConfig):
+    """model.kind=vae's keys: the posterior q(z|x) and the prior p(z). The kinds that take another
+    posterior or prior derive their config from this one (cvae, factorvae); a variant whose config
+    does not has the diagonal Gaussian and N(0, I) (`latent_config`)."""
+
+    posterior: str = "gaussian"  # q(z|x) (`core.flows.POSTERIORS`): "gaussian", or a flow on it: "planar" (Rezende & Mohamed 2015), "iaf" (Kingma et al. 2016)
+    flow_steps: int = 4  # number of planar or IAF steps
+    flow_hidden: int = 100  # IAF: width of each step's MADE hidden layer and of the encoder context h
+    prior: str = "normal"  # p(z) (`core.priors.PRIORS`): "normal" (N(0, I)) or "vamp" (VampPrior, Tomczak & Welling 2018)
+    prior_components: int = 500  # VampPrior: number of pseudo-inputs K
+
+    def check(self) -> None:
+        if self.posterior not in POSTERIORS:
+            raise VaekitError(f"model.posterior must be one of {', '.join(POSTERIORS)}; got '{self.posterior}'")
+        if self.prior not in PRIORS:
+            raise VaekitError(f"model.prior must be one of {', '.join(PRIORS)}; got '{self.prior}'")
+        for key in ("flow_steps", "flow_hidden", "prior_components"):
+            if getattr(self, key) <= 0:
+                raise VaekitError(f"model.{key} must be positive, got {getattr(self, key)}")
+
+
+_GAUSSIAN_NORMAL = VAEConfig()
+
+
+def latent_config(model: ModelConfig) -> VAEConfig:
+    """The posterior and prior keys of `model`: its own where its kind has them, else those of the
+    diagonal Gaussian and N(0, I)."""
+    return model if isinstance(model, VAEConfig) else _GAUSSIAN_NORMAL
 
 
 def variational_objective(cfg: ObjectiveConfig, step, q, prior, z, log_qz, log_px_z, log_pz, latent_dim: int):
@@ -59,34 +92,44 @@ class VAE(ModelBase):
     """Variational autoencoder with a diagonal-Gaussian posterior and an N(0, I) prior."""
 
     kind = "vae"
-    config_class = ModelConfig
+    config_class = VAEConfig
+    user_nets = True
 
-    def __init__(self, model: ModelConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
+    def __init__(self, model: ModelConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs,
+                 encoder: nnx.Module | None = None, decoder: nnx.Module | None = None):
+        """encoder, decoder: a user's modules in place of the nets `model.net` builds (`models.user_nets`)."""
         params_per_entry = self._bind(model, objective, spec)
+        latent = latent_config(model)
         self.latent_dim = model.latent_dim
         condition = self.condition_mode(model)
         d = model.latent_dim
+        if encoder is not None and latent.posterior != "gaussian":
+            raise VaekitError(f"model.posterior={latent.posterior} needs vaekit's own encoder (its head gives the "
+                              f"flow's parameters); with your encoder use model.posterior=gaussian")
         # The encoder's head: the base Gaussian's mean and scale, then what the posterior needs more
         # (planar: u, w, b of every step; IAF: the context h of its MADE layers).
-        extra = {"gaussian": 0, "planar": model.flow_steps * (2 * d + 1), "iaf": model.flow_hidden}[model.posterior]
-        self.encoder = build_encoder(model, spec.shape, 2 * d + extra, cond_dim=self.cond_dim,
-                                     condition=condition, rngs=rngs)
-        if model.posterior == "planar":
+        extra = {"gaussian": 0, "planar": latent.flow_steps * (2 * d + 1), "iaf": latent.flow_hidden}[latent.posterior]
+        self.encoder = (UserEncoder(encoder, spec.shape, d, self.cond_dim) if encoder is not None else
+                        build_encoder(model, spec.shape, 2 * d + extra, cond_dim=self.cond_dim, condition=condition,
+                                      rngs=rngs))
+        if latent.posterior == "planar":
             # The planar steps' u, w, b outputs start at a tenth of the default initial scale, b at 0,
             # so each step's tanh(w.z + b) starts in its linear range. At the default scale 16
             # amortized steps start as saturated folds and trained 1.4 nats worse (90.39 against
-            # 88.95 after 135 epochs; docs/benchmarks.md).
+            # 88.95 after 135 epochs; docs/results.md).
             head = output_layer(self.encoder)
             head.kernel[...] = head.kernel[...].at[..., 2 * d :].multiply(PLANAR_INIT_SCALE)
             head.bias[...] = head.bias[...].at[2 * d :].set(0.0)
-        self.decoder = build_decoder(model, d, spec.shape, params_per_entry, cond_dim=self.cond_dim,
-                                     condition=condition, rngs=rngs)
-        self.flow = IAF(d, model.flow_hidden, model.flow_steps, rngs=rngs) if model.posterior == "iaf" else None
-        if model.prior == "vamp":
+        self.decoder = (UserDecoder(decoder, d, spec.shape, params_per_entry, model.likelihood, self.cond_dim)
+                        if decoder is not None else
+                        build_decoder(model, d, spec.shape, params_per_entry, cond_dim=self.cond_dim,
+                                      condition=condition, rngs=rngs))
+        self.flow = IAF(d, latent.flow_hidden, latent.flow_steps, rngs=rngs) if latent.posterior == "iaf" else None
+        if latent.prior == "vamp":
             if self.cond_dim:
                 raise VaekitError("model.prior=vamp encodes unlabelled pseudo-inputs; it does not combine with a "
                                   "conditional model")
-            self.prior = VampPrior(self.encoder, spec.shape, model.prior_components, d, model.posterior_scale,
+            self.prior = VampPrior(self.encoder, spec.shape, latent.prior_components, d, model.posterior_scale,
                                    rngs=rngs)
         else:
             self.prior = nnx.data(StandardNormal(d))  # data, so a variant may put a Module here
@@ -105,7 +148,8 @@ class VAE(ModelBase):
     @classmethod
     def capabilities_for(cls, model: ModelConfig) -> Capabilities:
         # A per-dimension KL exists only in closed form: a Gaussian posterior against N(0, I).
-        return Capabilities(kl_per_dim=model.posterior == "gaussian" and model.prior == "normal")
+        latent = latent_config(model)
+        return Capabilities(kl_per_dim=latent.posterior == "gaussian" and latent.prior == "normal")
 
     def condition_dim(self, spec: DataSpec) -> int:
         """Width of the condition vector the nets take (0: unconditional)."""
@@ -134,10 +178,10 @@ class VAE(ModelBase):
         h = self.encoder(self._as_data(x), self.condition(y))
         d = self.latent_dim
         base = DiagonalGaussian(h[..., :d], posterior_scale(h[..., d : 2 * d], self.model_cfg.posterior_scale))
-        kind, extra = self.model_cfg.posterior, h[..., 2 * d :]
-        if kind == "planar":
-            return FlowPosterior(base, planar_transform(*planar_params(extra, d, self.model_cfg.flow_steps)))
-        if kind == "iaf":
+        latent, extra = latent_config(self.model_cfg), h[..., 2 * d :]
+        if latent.posterior == "planar":
+            return FlowPosterior(base, planar_transform(*planar_params(extra, d, latent.flow_steps)))
+        if latent.posterior == "iaf":
             return FlowPosterior(base, lambda z: self.flow(z, extra))
         return base
 

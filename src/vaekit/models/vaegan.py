@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vaekit.config import ModelConfig
+from vaekit.config.schema import ModelConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
@@ -64,10 +64,9 @@ class VAEGANConfig(ModelConfig):
             raise VaekitError(f"model.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.r1_weight < 0:
             raise VaekitError(f"model.r1_weight must be >= 0, got {self.r1_weight}")
-        if self.likelihood != "bernoulli" or self.posterior != "gaussian" or self.prior != "normal":
-            raise VaekitError("model.kind=vaegan has a sigmoid decoder judged by its discriminator, a Gaussian "
-                              "posterior and an N(0, I) prior: leave model.likelihood, model.posterior and "
-                              "model.prior at their defaults")
+        if self.likelihood != "bernoulli":
+            raise VaekitError("model.kind=vaegan has a sigmoid decoder judged by its discriminator: leave "
+                              "model.likelihood at bernoulli")
 
 
 class Discriminator(nnx.Module):
@@ -102,8 +101,8 @@ class VAEGAN(ImageLossVAE):
     kind = "vaegan"
     config_class = VAEGANConfig
 
-    def __init__(self, model: VAEGANConfig, objective, spec: DataSpec, *, rngs: nnx.Rngs):
-        super().__init__(model, objective, spec, rngs=rngs)
+    def __init__(self, model: VAEGANConfig, objective, spec: DataSpec, *, rngs: nnx.Rngs, **nets):
+        super().__init__(model, objective, spec, rngs=rngs, **nets)
         self.discriminator = Discriminator(spec.shape, model.disc_channels, rngs=rngs)
 
     @classmethod

@@ -1,12 +1,13 @@
 """Stage 2 of the VQ-VAE recipe: a gated PixelCNN prior p(z) over the code grids of a frozen,
 trained stage-1 run (`model.parent`, a `vqvae` run directory).
 
-The parent is loaded read-only when the model is built (its "best" checkpoint): its parameters
-sit in no optimizer group and its codebook statistics are never updated (only its pure
-`encode` / `decode` are called). Its path and a SHA-256 of its config.yaml and best checkpoint
-files are recorded in this run's config (`model.parent`, `model.parent_sha256`, filled in when
-the config is built) and checked whenever the model is built again (training, resuming,
-`load_run`): a parent changed since then is refused in one line.
+The model is handed the parent's model (`parent=`, in eval mode) by whoever builds it:
+`vaekit.runs.run.resolve_parent` loads it from the parent's "best" checkpoint, after checking it
+against the SHA-256 of its config.yaml and best checkpoint files recorded in this run's config
+(`model.parent_sha256`, filled in when training starts); a parent changed since then is refused in
+one line (training, resuming, `load_run`). Its parameters sit in no optimizer group and its
+codebook statistics are never updated (only its pure `encode` / `decode` are called); this run's
+checkpoints hold it too.
 
     loss         = -log p_prior(z_q(x))                          (nats per image)
     log_weights  = log p(x | z_q(x)) + log p_prior(z_q(x))       the two-stage bound on log p(x)
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 from pathlib import Path
 
@@ -28,53 +28,29 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vaekit.config import ModelConfig, ObjectiveConfig
+from vaekit.config.schema import ModelConfig, ObjectiveConfig
 from vaekit.data.spec import DataSpec
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
-from vaekit.models.base import Capabilities, ModelBase, ParamGroup
-from vaekit.models.vqvae import VQVAE, batch_perplexity, check_objective, save_code_pictures, validation_codes
+from vaekit.models.base import Capabilities, ImageGrid, ModelBase, ParamGroup, PictureData
+from vaekit.models.vqvae import VQVAE, batch_perplexity, check_objective, code_pictures, validation_codes
 from vaekit.nets.pixelcnn import GatedPixelCNN
-
-
-def parent_checksum(run_dir: str | Path) -> str:
-    """SHA-256 over a stage-1 run's config.yaml and every file of its best checkpoint (relative
-    path and contents, in sorted order): what a prior trained on it depends on."""
-    from vaekit.runs.layout import CHECKPOINT_DIR, CONFIG_FILE, check_run_dir
-
-    run_dir = check_run_dir(run_dir)
-    best = run_dir / CHECKPOINT_DIR / "best"
-    files = sorted(p for p in best.rglob("*") if p.is_file()) if best.is_dir() else []
-    if not files:
-        raise VaekitError(f"model.parent '{run_dir}' has no best checkpoint yet (train it first)")
-    digest = hashlib.sha256()
-    for path in [run_dir / CONFIG_FILE, *files]:
-        digest.update(str(path.relative_to(run_dir)).encode() + b"\0")
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
 class VQPriorConfig(ModelConfig):
     kind: str = "vqprior"
     parent: str = ""  # the stage-1 vqvae run directory (required); recorded as an absolute path
-    parent_sha256: str = ""  # checksum of the parent's config and best checkpoint; filled in from `parent` when empty
+    parent_sha256: str = ""  # checksum of the parent's config and best checkpoint; recorded when training starts
     prior_channels: int = 64  # channels of both PixelCNN stacks
     prior_layers: int = 6  # gated layers after the first (masked, type A) one
     prior_kernel: int = 3  # odd kernel side of the masked convolutions
     top_k: int = 0  # sampling: draw each code among the top_k most likely only (0: all K)
 
     def __post_init__(self):
-        # The parent is fixed when the config is made (a preset, the --set overrides, a run's
-        # config.yaml): the absolute path, and its checksum unless one is recorded already.
+        # An absolute path, so that the run's config.yaml names the parent from any directory.
         if self.parent:
-            path = Path(self.parent).expanduser().absolute()
-            if not (path / "run.json").is_file():
-                raise VaekitError(f"model.parent '{path}' is not a run directory (no run.json): give a trained "
-                                  f"vqvae run")
-            object.__setattr__(self, "parent", str(path))
-            if not self.parent_sha256:
-                object.__setattr__(self, "parent_sha256", parent_checksum(path))
+            object.__setattr__(self, "parent", str(Path(self.parent).expanduser().absolute()))
 
     def check(self) -> None:
         if not self.parent:
@@ -87,41 +63,20 @@ class VQPriorConfig(ModelConfig):
             raise VaekitError(f"model.top_k must be >= 0, got {self.top_k}")
 
 
-def load_parent(cfg: VQPriorConfig, *, rngs: nnx.Rngs | None = None) -> VQVAE:
-    """The parent vqvae model (eval mode) with its best checkpoint, after checking that it is a
-    vqvae run and unchanged. With `rngs` inside a shape-only trace (`abstract_model`, which
-    `load_run` restores into) only its structure is built: the weights come from the prior's own
-    checkpoint, which holds the frozen parent too."""
-    from vaekit.runs.layout import RUN_FILE, read_config, read_json
-    from vaekit.runs.run import load_run
-
-    cfg.check()
-    parent_cfg = read_config(cfg.parent)
-    if parent_cfg.model.kind != "vqvae":
-        raise VaekitError(f"model.parent '{cfg.parent}' is a {parent_cfg.model.kind} run, not a vqvae run")
-    digest = parent_checksum(cfg.parent)
-    if digest != cfg.parent_sha256:
-        raise VaekitError(f"model.parent '{cfg.parent}' changed since this prior was configured: its checksum is "
-                          f"{digest[:12]}..., the run recorded {cfg.parent_sha256[:12]}... (retrain the prior)")
-    if rngs is not None and isinstance(jnp.zeros(()), jax.core.Tracer):
-        spec = DataSpec.from_run_info(read_json(Path(cfg.parent) / RUN_FILE))
-        parent = VQVAE(parent_cfg.model, parent_cfg.objective, spec, rngs=rngs)
-        parent.eval()
-        return parent
-    return load_run(cfg.parent, checkpoint="best").model
-
-
 class VQPrior(ModelBase):
     """A PixelCNN prior over a frozen VQ-VAE's codes; the pair is the generative model."""
 
     kind = "vqprior"
     config_class = VQPriorConfig
-    needs_parent_run = True  # built on a trained stage-1 run (`model.parent`)
+    needs_parent_run = True  # built on a trained stage-1 run (`model.parent`), handed as `parent=`
 
-    def __init__(self, model: VQPriorConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs):
+    def __init__(self, model: VQPriorConfig, objective: ObjectiveConfig, spec: DataSpec, *, rngs: nnx.Rngs,
+                 parent: VQVAE):
         check_objective(self.kind, objective)
+        model.check()
         self.model_cfg, self.spec = model, spec
-        parent = load_parent(model, rngs=rngs)
+        if parent.kind != "vqvae":
+            raise VaekitError(f"model.parent '{model.parent}' is a {parent.kind} run, not a vqvae run")
         if tuple(parent.spec.shape) != tuple(spec.shape):
             raise VaekitError(f"model.parent '{model.parent}' was trained on examples of shape "
                               f"{tuple(parent.spec.shape)}; this data's are {tuple(spec.shape)}")
@@ -151,7 +106,7 @@ class VQPrior(ModelBase):
         return self.parent.decode(z)
 
     def _terms(self, batch: dict):
-        x = self.parent._as_data(batch["x"])
+        x = jnp.asarray(batch["x"], jnp.float32).reshape(-1, *self.spec.shape)  # (B, H, W, C), as the parent reads it
         q = jax.lax.stop_gradient(self.parent.encode(x))
         log_px = jax.lax.stop_gradient(self.parent.decode(q.z_q).log_prob(x))  # (B,)
         return q.codes, log_px, self.pixelcnn.log_prob(q.codes)
@@ -181,15 +136,12 @@ class VQPrior(ModelBase):
     def reconstruct(self, x: jax.Array, y: jax.Array | None = None) -> jax.Array:
         return self.parent.reconstruct(x)
 
-    def extra_pictures(self, run_dir, splits, key: jax.Array) -> None:
+    def picture_data(self, splits, key: jax.Array) -> dict[str, PictureData]:
         """The parent's code usage and per-position entropy, and samples at temperature 0.7 next to
         samples.png (temperature 1)."""
-        from vaekit import plots
-
-        save_code_pictures(run_dir, validation_codes(self, splits.val["x"]), self.pixelcnn.num_codes)
         images = np.asarray(self.sample(64, rngs=nnx.Rngs(sample=key), temperature=0.7))
-        plots.save_images(Path(run_dir) / "samples_t0.7.png", images, ncols=8,
-                          title="64 samples from the prior, temperature 0.7 (decoder means)")
+        return {**code_pictures(validation_codes(self, splits.val["x"]), self.pixelcnn.num_codes),
+                "samples_t0.7.png": ImageGrid(images, 8, "64 samples from the prior, temperature 0.7 (decoder means)")}
 
     def sample_codes(self, n: int, key: jax.Array, temperature: float = 1.0, top_k: int | None = None) -> jax.Array:
         """n code grids (n, h, w) drawn ancestrally, compiled as one loop over positions."""
@@ -213,4 +165,4 @@ def _draw_codes(graphdef, state, key, temperature, n: int, grid: tuple, top_k: i
     return nnx.merge(graphdef, state).sample(key, n, grid, temperature, top_k)
 
 
-__all__ = ["VQPrior", "VQPriorConfig", "load_parent", "parent_checksum"]
+__all__ = ["VQPrior", "VQPriorConfig"]

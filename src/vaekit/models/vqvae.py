@@ -31,12 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from vaekit.config import ModelConfig, ObjectiveConfig, changed_objective
+from vaekit.config.schema import ModelConfig, ObjectiveConfig, changed_objective
 from vaekit.data.spec import DataSpec
-from vaekit.core.distributions import LIKELIHOODS
+from vaekit.core.distributions import LIKELIHOODS, Posterior
 from vaekit.errors import VaekitError
 from vaekit.core.metrics import mean_of
-from vaekit.models.base import DEFAULT_GROUPS, Capabilities, ModelBase, ParamGroup, apply_batched
+from vaekit.models.base import (DEFAULT_GROUPS, Bars, Capabilities, Heatmap, ModelBase, ParamGroup, PictureData,
+                                apply_batched)
 from vaekit.nets.cpu_conv import conv, conv_transpose
 
 log = logging.getLogger("vaekit")
@@ -62,9 +63,9 @@ class VQVAEConfig(ModelConfig):
         if self.codebook_size < 2:
             raise VaekitError(f"model.codebook_size must be >= 2 (one code carries no information), got "
                               f"{self.codebook_size}")
-        for key in ("code_dim", "stages", "channels"):
-            if getattr(self, key) <= 0:
-                raise VaekitError(f"model.{key} must be positive, got {getattr(self, key)}")
+        for key, value in (("code_dim", self.code_dim), ("stages", self.stages), ("channels", self.channels)):
+            if value <= 0:
+                raise VaekitError(f"model.{key} must be positive, got {value}")
         if self.res_blocks < 0:
             raise VaekitError(f"model.res_blocks must be >= 0, got {self.res_blocks}")
         if self.codebook not in CODEBOOK_UPDATES:
@@ -73,9 +74,6 @@ class VQVAEConfig(ModelConfig):
             raise VaekitError(f"model.ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.ema_epsilon <= 0 or self.commitment < 0 or self.restart_threshold < 0:
             raise VaekitError("model.ema_epsilon must be positive, model.commitment and model.restart_threshold >= 0")
-        if self.posterior != "gaussian" or self.prior != "normal":
-            raise VaekitError(f"model.kind={self.kind} has a codebook posterior and a code prior of its own; "
-                              f"model.posterior and model.prior must stay gaussian/normal")
 
 
 def code_grid(image_shape, stages: int) -> tuple[int, int]:
@@ -164,7 +162,7 @@ class CodebookStat(nnx.Variable):
 
 
 @struct.dataclass
-class Quantized:
+class Quantized(Posterior):
     """The quantizer's output for encoder outputs z_e (..., D)."""
 
     codes: jax.Array  # (...) int32 code indices
@@ -305,27 +303,16 @@ def validation_codes(model, x: np.ndarray, batch_size: int = 500) -> np.ndarray:
     return apply_batched(model, lambda m, xb: m.encode(xb).codes, x, batch_size)
 
 
-def save_code_pictures(run_dir, codes: np.ndarray, k: int) -> None:
+def code_pictures(codes: np.ndarray, k: int) -> dict[str, PictureData]:
     """codebook_usage.png (assignments per code, most used first) and code_entropy.png (the entropy of
-    the code at each grid position, against the uniform log K), for codes (N, h, w)."""
-    from pathlib import Path
-
-    from vaekit.plots import _save_figure, plt
-
+    the code at each grid position, against the uniform log K), for codes (N, h, w), as picture data."""
     stats = code_statistics(codes, k)
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar(np.arange(k), np.sort(stats["counts"])[::-1], width=1.0)
-    ax.set_yscale("symlog", linthresh=1)
-    ax.set_xlabel("code (most used first)")
-    ax.set_ylabel("assignments")
-    ax.set_title(f"codebook usage over {len(codes):,} validation images: {stats['codes_in_use']}/{k} codes in use, "
-                 f"perplexity {stats['perplexity']:.1f}", fontsize=9)
-    _save_figure(fig, Path(run_dir) / "codebook_usage.png")
-    fig, ax = plt.subplots(figsize=(4, 3.4))
-    im = ax.imshow(stats["entropy"], cmap="viridis", vmin=0, vmax=math.log(k), interpolation="nearest")
-    fig.colorbar(im, ax=ax, label=f"nats (uniform: log K = {math.log(k):.2f})")
-    ax.set_title("entropy of the code at each position", fontsize=9)
-    _save_figure(fig, Path(run_dir) / "code_entropy.png")
+    usage = Bars(np.sort(stats["counts"])[::-1], "code (most used first)", "assignments",
+                 f"codebook usage over {len(codes):,} validation images: {stats['codes_in_use']}/{k} codes in use, "
+                 f"perplexity {stats['perplexity']:.1f}")
+    entropy = Heatmap(stats["entropy"], math.log(k), f"nats (uniform: log K = {math.log(k):.2f})",
+                      "entropy of the code at each position")
+    return {"codebook_usage.png": usage, "code_entropy.png": entropy}
 
 
 # --------------------------------------------------------------------------- the model
@@ -424,9 +411,9 @@ class VQVAE(ModelBase):
         """Decoder mean at the nearest codes: (N, H, W, C)."""
         return self.decode(self.encode(x).z_q).mean()
 
-    def extra_pictures(self, run_dir, splits, key: jax.Array) -> None:
+    def picture_data(self, splits, key: jax.Array) -> dict[str, PictureData]:
         """The codebook's usage and the per-position code entropy over the validation split."""
-        save_code_pictures(run_dir, validation_codes(self, splits.val["x"]), self.model_cfg.codebook_size)
+        return code_pictures(validation_codes(self, splits.val["x"]), self.model_cfg.codebook_size)
 
     def sample(self, n: int, *, rngs: nnx.Rngs, y: jax.Array | None = None, temperature: float = 1.0) -> jax.Array:
         """Decoder means at n code grids drawn uniformly (a stage-1 model has no learned prior)."""
@@ -436,4 +423,4 @@ class VQVAE(ModelBase):
 
 
 __all__ = ["Codebook", "CodebookStat", "Quantized", "UniformCodes", "VQVAE", "VQVAEConfig", "batch_perplexity",
-           "code_grid", "code_statistics", "save_code_pictures", "validation_codes"]
+           "code_grid", "code_pictures", "code_statistics", "validation_codes"]

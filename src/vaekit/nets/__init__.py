@@ -19,28 +19,22 @@ from vaekit.nets.mlp import MLP, MLPDecoder, MLPEncoder
 from vaekit.nets.resnet import ResNetDecoder, ResNetEncoder
 
 
-def _batch_normed(cfg, kw) -> bool:
-    """Whether an MLP net is the batch-normalized one: a kind whose config has `batch_norm` set
-    (model.kind=hvae). Those nets take no condition."""
-    if not getattr(cfg, "batch_norm", False):
-        return False
-    if kw["cond_dim"]:
+def _batch_normed(batch_norm: bool, cond_dim: int) -> bool:
+    """Whether to build the batch-normalized dense net (`nets.dense`; model.kind=hvae asks for it
+    with its `model.batch_norm`, for model.net=mlp). Those nets take no condition."""
+    if batch_norm and cond_dim:
         raise VaekitError("model.batch_norm=true builds unconditional dense nets; this model is conditional")
-    return True
+    return batch_norm
 
 
 ENCODERS = {
-    "mlp": lambda cfg, shape, out, kw: (
-        DenseEncoder(shape, cfg.hidden, out, cfg.activation, rngs=kw["rngs"]) if _batch_normed(cfg, kw)
-        else MLPEncoder(shape, cfg.hidden, out, cfg.activation, **kw)),
+    "mlp": lambda cfg, shape, out, kw: MLPEncoder(shape, cfg.hidden, out, cfg.activation, **kw),
     "conv": lambda cfg, shape, out, kw: ConvEncoder(shape, cfg.conv_channels, cfg.conv_dense, out, **kw),
     "resnet": lambda cfg, shape, out, kw: ResNetEncoder(shape, cfg.conv_channels, cfg.resnet_blocks, cfg.conv_dense, out,
                                                         **kw),
 }
 DECODERS = {
-    "mlp": lambda cfg, d, shape, p, kw: (
-        DenseDecoder(d, cfg.hidden, shape, p, cfg.activation, rngs=kw["rngs"]) if _batch_normed(cfg, kw)
-        else MLPDecoder(d, cfg.hidden, shape, p, cfg.activation, **kw)),
+    "mlp": lambda cfg, d, shape, p, kw: MLPDecoder(d, cfg.hidden, shape, p, cfg.activation, **kw),
     "conv": lambda cfg, d, shape, p, kw: ConvDecoder(d, cfg.conv_channels, cfg.conv_dense, shape, p, **kw),
     "resnet": lambda cfg, d, shape, p, kw: ResNetDecoder(d, cfg.conv_channels, cfg.resnet_blocks, cfg.conv_dense, shape,
                                                          p, **kw),
@@ -56,17 +50,25 @@ def _check_shape(cfg, event_shape) -> tuple[int, ...]:
     return event_shape
 
 
-def build_encoder(cfg, event_shape, out_dim, *, cond_dim: int = 0, condition: str | None = None, rngs):
-    """Encoder for `cfg.net` (a ModelConfig) producing `out_dim` features."""
-    kw = dict(cond_dim=cond_dim, condition=condition, rngs=rngs)
-    return ENCODERS[cfg.net](cfg, _check_shape(cfg, event_shape), out_dim, kw)
+def build_encoder(cfg, event_shape, out_dim, *, cond_dim: int = 0, condition: str | None = None,
+                  batch_norm: bool = False, rngs):
+    """Encoder for `cfg.net` (a ModelConfig) producing `out_dim` features; `batch_norm`: the
+    batch-normalized dense net instead of the MLP (model.net=mlp, unconditional)."""
+    event_shape = _check_shape(cfg, event_shape)
+    if _batch_normed(batch_norm, cond_dim):
+        return DenseEncoder(event_shape, cfg.hidden, out_dim, cfg.activation, rngs=rngs)
+    return ENCODERS[cfg.net](cfg, event_shape, out_dim, dict(cond_dim=cond_dim, condition=condition, rngs=rngs))
 
 
 def build_decoder(cfg, latent_dim, event_shape, params_per_channel, *, cond_dim: int = 0,
-                  condition: str | None = None, rngs):
-    """Decoder for `cfg.net` from `latent_dim` to `params_per_channel` outputs per data entry."""
+                  condition: str | None = None, batch_norm: bool = False, rngs):
+    """Decoder for `cfg.net` from `latent_dim` to `params_per_channel` outputs per data entry;
+    `batch_norm` as for `build_encoder`."""
+    event_shape = _check_shape(cfg, event_shape)
+    if _batch_normed(batch_norm, cond_dim):
+        return DenseDecoder(latent_dim, cfg.hidden, event_shape, params_per_channel, cfg.activation, rngs=rngs)
     kw = dict(cond_dim=cond_dim, condition=condition, rngs=rngs)
-    return DECODERS[cfg.net](cfg, latent_dim, _check_shape(cfg, event_shape), params_per_channel, kw)
+    return DECODERS[cfg.net](cfg, latent_dim, event_shape, params_per_channel, kw)
 
 
 # The nets whose hidden layers train.precision=bf16 computes in bfloat16, each with its output

@@ -143,7 +143,7 @@ def _conv_norm(op, layer, norm, h, c):
     Only the batch mean itself includes the bias, so it is added to the running mean here, which
     then moves exactly as the layer's own would. On CPU this drops a bias add per layer and its
     gradient's channel reduction: the `shapes-beta` step's work on one core went from 110.7 to
-    99.1 ms (docs/benchmarks.md). In evaluation mode (running averages), and where the faster conv
+    99.1 ms (docs/results.md). In evaluation mode (running averages), and where the faster conv
     form does not apply (`op` = `cpu_conv.conv` or `conv_transpose`), the layer runs whole.
     """
     bn = norm.norm if isinstance(norm, ConditionalBatchNorm) else norm

@@ -8,32 +8,27 @@ convolutions or matmuls:
 
 Convolution, `nnx.Conv(i, o, (4, 4), strides=2, padding="SAME")`; along each axis, with the input
 padded to 2 * out + 2 (SAME: one zero before, one or two after), output i = sum over taps
-k = 2a + b (a, b in {0, 1}) of w[k] x_pad[2(i + a) + b]:
-
-* `conv_s2d`: space-to-depth of the padded input (pixel pairs b -> channels, 4 * C channels),
-  then a 2x2 stride-1 VALID convolution with the kernel regrouped to (2, 2, 4 * C, O);
-* `conv_s2d_matmul`: the same, the 2x2 window gathered as four slices (16 * C channels) and
-  contracted with one matmul (XLA's dot kernels instead of its convolution);
-* `conv_patches`: `lax.conv_general_dilated_patches` + one matmul (im2col the direct way).
+k = 2a + b (a, b in {0, 1}) of w[k] x_pad[2(i + a) + b]. `conv_s2d`: space-to-depth of the padded
+input (pixel pairs b -> channels, 4 * C channels), then a 2x2 stride-1 VALID convolution with the
+kernel regrouped to (2, 2, 4 * C, O).
 
 Transposed convolution, `nnx.ConvTranspose(i, o, (4, 4), strides=2, padding="SAME")`
 (`lax.conv_transpose`, kernel not flipped); along each axis, with x padded by one on each side,
-output 2i + q = sum over d in {0, 1} of w[2d + q] x_pad[i + q + d]:
+output 2i + q = sum over d in {0, 1} of w[2d + q] x_pad[i + q + d]. `conv_transpose_d2s`: a 2x2
+stride-1 VALID convolution to 4 * O channels (every tap used) on the padded input, depth-to-space,
+then a one-pixel crop on each side: re-indexing the odd outputs 2i + 1 = 2(i + 1) - 1 puts both
+phases on the same 2x2 window x_pad[i' + d], i' = 0..H, so one convolution computes them all (the
+transpose of `conv_s2d`); the crop wastes (H+1)^2/H^2 - 1 of the FLOPs (1.56x at 4x4 inputs, 1.13x
+at 16x16).
 
-* `conv_transpose_subpixel`: vaekit's current form (`vaekit.nets.conv.conv_transpose`): a 3x3
-  stride-1 convolution to 4 * O channels (9 taps for each of the 4 output phases, of which 4 are
-  non-zero: 2.25x the useful FLOPs), then depth-to-space;
-* `conv_transpose_d2s`: a 2x2 stride-1 VALID convolution to 4 * O channels (every tap used) on the
-  padded input, depth-to-space, then a one-pixel crop on each side: re-indexing the odd outputs
-  2i + 1 = 2(i + 1) - 1 puts both phases on the same 2x2 window x_pad[i' + d], i' = 0..H, so one
-  convolution computes them all (the transpose of `conv_s2d`); the crop wastes (H+1)^2/H^2 - 1
-  of the FLOPs (1.56x at 4x4 inputs, 1.13x at 16x16);
-* `conv_transpose_d2s_matmul`: the same, the 2x2 window as four slices and one matmul.
+These two won the side-by-side measurements of benchmarks/conv_throughput.py; the other forms
+measured there (native, a matmul over gathered windows, im2col patches, the sub-pixel transposed
+convolution vaekit used before) are in benchmarks/conv_forms.py.
 
-`conv(layer, x)` and `conv_transpose(layer, x)` are the entry points for the nets: they use the
-recommended form on CPU and fall back to `layer(x)` on other backends and for any layer that is not
-4x4 stride 2 SAME (other kernel sizes, dilation, groups, a mask, `transpose_kernel=True`).
-`CONV_FORMS` and `CONV_TRANSPOSE_FORMS` name every form for benchmarks/conv_throughput.py.
+`conv(layer, x)` and `conv_transpose(layer, x)` are the entry points for the nets: they use these
+forms on CPU and fall back to `layer(x)` on other backends and for any layer that is not 4x4
+stride 2 SAME (other kernel sizes, dilation, groups, a mask, `transpose_kernel=True`). A form is a
+function `(x (N, H, W, C), kernel, bias or None, precision) -> y`; `form=` picks another.
 """
 
 from __future__ import annotations
@@ -43,11 +38,11 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from flax.nnx.nn import dtypes as nnx_dtypes
 
-_NHWC = ("NHWC", "HWIO", "NHWC")
+from vaekit._compat import variable_can_update
+
+NHWC = ("NHWC", "HWIO", "NHWC")  # lax dimension numbers of channels-last images and HWIO kernels
 
 
 # --------------------------------------------------------------------------- helpers
@@ -67,7 +62,7 @@ def _is_4x4_s2_same(layer) -> bool:
         and isinstance(pad, str)
         and pad.upper() == "SAME"
         and _pair(layer.kernel_dilation) == (1, 1)
-        and getattr(layer, "mask", None) is None
+        and layer.mask is None
     )
 
 
@@ -132,19 +127,11 @@ def depth_to_space(y: jax.Array) -> jax.Array:
     return y.reshape(n, a, b, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * a, 2 * b, c)
 
 
-def _windows2x2(s: jax.Array, oh: int, ow: int) -> jax.Array:
-    """(N, oh+1, ow+1, K) -> (N, oh, ow, 4K): the 2x2 window at each position, (dy, dx, K) order."""
-    return jnp.concatenate([s[:, dy : dy + oh, dx : dx + ow] for dy in (0, 1) for dx in (0, 1)], axis=-1)
-
-
-def _add_bias(y, bias):
-    return add_bias(y, bias)  # in the row view: see "per-channel reductions" below
-
-
 # --------------------------------------------------------------------------- convolution
 
 
-def _s2d_input(x: jax.Array) -> tuple[jax.Array, int, int]:
+def s2d_input(x: jax.Array) -> tuple[jax.Array, int, int]:
+    """The SAME-padded input (N, H, W, C), space-to-depth: (N, oh + 1, ow + 1, 4C), oh, ow."""
     n, h, w, c = x.shape
     oh, ph = _same_pads(h)
     ow, pw = _same_pads(w)
@@ -160,58 +147,13 @@ def s2d_kernel(kernel: jax.Array) -> jax.Array:
 
 def conv_s2d(x, kernel, bias=None, precision=None):
     """4x4 stride-2 SAME convolution as space-to-depth + 2x2 stride-1 VALID convolution."""
-    s, _, _ = _s2d_input(x)
-    y = jax.lax.conv_general_dilated(s, s2d_kernel(kernel), (1, 1), "VALID", dimension_numbers=_NHWC,
+    s, _, _ = s2d_input(x)
+    y = jax.lax.conv_general_dilated(s, s2d_kernel(kernel), (1, 1), "VALID", dimension_numbers=NHWC,
                                      precision=precision)
-    return _add_bias(y, bias)
-
-
-def conv_s2d_matmul(x, kernel, bias=None, precision=None):
-    """4x4 stride-2 SAME convolution as space-to-depth, 2x2 windows gathered by slicing, one matmul."""
-    s, oh, ow = _s2d_input(x)
-    k = s2d_kernel(kernel)
-    patches = _windows2x2(s, oh, ow)  # (N, oh, ow, 16C), order (a_y, a_x, b_y, b_x, c)
-    y = jnp.dot(patches, k.reshape(-1, k.shape[-1]), precision=precision)
-    return _add_bias(y, bias)
-
-
-def conv_patches(x, kernel, bias=None, precision=None):
-    """4x4 stride-2 SAME convolution as lax.conv_general_dilated_patches + one matmul."""
-    p = jax.lax.conv_general_dilated_patches(x, (4, 4), (2, 2), "SAME", dimension_numbers=_NHWC,
-                                             precision=precision)  # (N, oh, ow, C*16), order (c, ky, kx)
-    c, o = kernel.shape[2:]
-    y = jnp.dot(p, kernel.transpose(2, 0, 1, 3).reshape(16 * c, o), precision=precision)
-    return _add_bias(y, bias)
-
-
-def conv_native(x, kernel, bias=None, precision=None):
-    """Reference: lax.conv_general_dilated, 4x4 stride 2 SAME (what nnx.Conv computes)."""
-    y = jax.lax.conv_general_dilated(x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC, precision=precision)
-    return _add_bias(y, bias)
+    return add_bias(y, bias)  # in the row view: see "per-channel reductions" below
 
 
 # --------------------------------------------------------------------------- transposed convolution
-
-# Sub-pixel form (vaekit.nets.conv): along each axis, output 2i + q = sum over taps k with k + q even
-# of w[k] x[i + m]; tap k -> (m + 1, q): 0 -> (0, 0), 1 -> (1, 1), 2 -> (1, 0), 3 -> (2, 1).
-_TAP_OFFSET = np.array([0, 1, 1, 2])
-_TAP_PHASE = np.array([0, 1, 0, 1])
-
-
-def subpixel_kernel(kernel: jax.Array) -> jax.Array:
-    """(4, 4, I, O) transposed-conv kernel -> (3, 3, I, 4O) stride-1 kernel, phases (qy, qx, O)."""
-    i, o = kernel.shape[2:]
-    out = jnp.zeros((3, 3, i, 2, 2, o), kernel.dtype)
-    m, q = _TAP_OFFSET, _TAP_PHASE
-    out = out.at[m[:, None], m[None, :], :, q[:, None], q[None, :]].set(kernel)
-    return out.reshape(3, 3, i, 4 * o)
-
-
-def conv_transpose_subpixel(x, kernel, bias=None, precision=None):
-    """vaekit's current form: 3x3 stride-1 convolution to 4O channels, then depth-to-space."""
-    y = jax.lax.conv_general_dilated(x, subpixel_kernel(kernel), (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=_NHWC, precision=precision)
-    return _add_bias(depth_to_space(y), bias)
 
 
 def d2s_kernel(kernel: jax.Array) -> jax.Array:
@@ -225,60 +167,31 @@ def d2s_kernel(kernel: jax.Array) -> jax.Array:
     return k.transpose(0, 2, 4, 1, 3, 5).reshape(2, 2, i, 4 * o)
 
 
-def _d2s_crop(z: jax.Array, bias) -> jax.Array:
+def d2s_crop(z: jax.Array, bias) -> jax.Array:
     """(N, H+1, W+1, 4O) -> (N, 2H, 2W, O): depth-to-space, then drop the first and last row/column."""
     y = depth_to_space(z)
-    return _add_bias(y[:, 1:-1, 1:-1], bias)
+    return add_bias(y[:, 1:-1, 1:-1], bias)
 
 
 def conv_transpose_d2s(x, kernel, bias=None, precision=None):
     """4x4 stride-2 SAME transposed convolution as one 2x2 stride-1 convolution to 4O channels + d2s."""
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    z = jax.lax.conv_general_dilated(xp, d2s_kernel(kernel), (1, 1), "VALID", dimension_numbers=_NHWC,
+    z = jax.lax.conv_general_dilated(xp, d2s_kernel(kernel), (1, 1), "VALID", dimension_numbers=NHWC,
                                      precision=precision)  # (N, H+1, W+1, 4O)
-    return _d2s_crop(z, bias)
-
-
-def conv_transpose_d2s_matmul(x, kernel, bias=None, precision=None):
-    """`conv_transpose_d2s` with the 2x2 window gathered by slicing and one matmul."""
-    n, h, w, _ = x.shape
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    k = d2s_kernel(kernel)
-    z = jnp.dot(_windows2x2(xp, h + 1, w + 1), k.reshape(-1, k.shape[-1]), precision=precision)
-    return _d2s_crop(z, bias)
-
-
-def conv_transpose_native(x, kernel, bias=None, precision=None):
-    """Reference: lax.conv_transpose, 4x4 stride 2 SAME (what nnx.ConvTranspose computes)."""
-    y = jax.lax.conv_transpose(x, kernel, (2, 2), "SAME", dimension_numbers=_NHWC, precision=precision)
-    return _add_bias(y, bias)
+    return d2s_crop(z, bias)
 
 
 # --------------------------------------------------------------------------- entry points
 
 KernelFn = Callable[..., jax.Array]
 
-#: Every form of the convolution, by name (benchmarks/conv_throughput.py measures each).
-CONV_FORMS: dict[str, KernelFn] = {
-    "native": conv_native,
-    "s2d": conv_s2d,
-    "s2d_matmul": conv_s2d_matmul,
-    "patches": conv_patches,
-}
-#: Every form of the transposed convolution, by name.
-CONV_TRANSPOSE_FORMS: dict[str, KernelFn] = {
-    "native": conv_transpose_native,
-    "subpixel": conv_transpose_subpixel,
-    "d2s": conv_transpose_d2s,
-    "d2s_matmul": conv_transpose_d2s_matmul,
-}
 #: The forms `conv` and `conv_transpose` use on CPU (chosen by benchmarks/conv_throughput.py).
-CONV_FORM = "s2d"
-CONV_TRANSPOSE_FORM = "d2s"
+CONV_FORM: KernelFn = conv_s2d
+CONV_TRANSPOSE_FORM: KernelFn = conv_transpose_d2s
 
 
-def conv(layer: nnx.Conv, x: jax.Array, *, form: str | None = None, use_bias: bool = True) -> jax.Array:
-    """`layer(x)` for an `nnx.Conv`; a 4x4 stride-2 SAME one on CPU runs in the faster form.
+def conv(layer: nnx.Conv, x: jax.Array, *, form: KernelFn | None = None, use_bias: bool = True) -> jax.Array:
+    """`layer(x)` for an `nnx.Conv`; a 4x4 stride-2 SAME one on CPU runs in the faster form (or `form`).
 
     `use_bias=False` leaves the layer's bias out; only the faster form can (check `conv_applies`).
     """
@@ -287,12 +200,12 @@ def conv(layer: nnx.Conv, x: jax.Array, *, form: str | None = None, use_bias: bo
             raise ValueError("use_bias=False needs a layer that conv_applies to")
         return layer(x)
     x, kernel, bias = _params(layer, x)
-    return _batched(CONV_FORMS[form or CONV_FORM], x, kernel, bias if use_bias else None, precision=layer.precision)
+    return _batched(form or CONV_FORM, x, kernel, bias if use_bias else None, precision=layer.precision)
 
 
-def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array, *, form: str | None = None,
+def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array, *, form: KernelFn | None = None,
                    use_bias: bool = True) -> jax.Array:
-    """`layer(x)` for an `nnx.ConvTranspose`; a 4x4 stride-2 SAME one on CPU runs in the faster form.
+    """`layer(x)` for an `nnx.ConvTranspose`; a 4x4 stride-2 SAME one on CPU runs in the faster form (or `form`).
 
     `use_bias=False` leaves the layer's bias out; only the faster form can (check `conv_transpose_applies`).
     """
@@ -301,7 +214,7 @@ def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array, *, form: str | None =
             raise ValueError("use_bias=False needs a layer that conv_transpose_applies to")
         return layer(x)
     x, kernel, bias = _params(layer, x)
-    return _batched(CONV_TRANSPOSE_FORMS[form or CONV_TRANSPOSE_FORM], x, kernel, bias if use_bias else None,
+    return _batched(form or CONV_TRANSPOSE_FORM, x, kernel, bias if use_bias else None,
                     precision=layer.precision)
 
 
@@ -317,7 +230,7 @@ def conv_transpose(layer: nnx.ConvTranspose, x: jax.Array, *, form: str | None =
 #   does not fuse its operand's producer, so the elementwise work stays in the channels-last shape,
 #   where XLA vectorizes it (a reduction in the (N*H, W*C) row view is faster alone, but pulled the
 #   transposes of the stride-1 conv forms into row-shaped fusions that ran 3-5x slower). The
-#   shapes-beta step: 55 -> 45 ms on two cores, 93 -> 80 ms on one (docs/benchmarks.md).
+#   shapes-beta step: 55 -> 45 ms on two cores, 93 -> 80 ms on one (docs/results.md).
 # * `add_bias` adds a bias in the row view, so that its gradient is a fast row sum.
 
 
@@ -392,12 +305,13 @@ def batch_norm(layer: nnx.BatchNorm, x: jax.Array, use_running_average: bool | N
         s = jnp.ones((c,), x.dtype) if scale is None else scale
         b = jnp.zeros((c,), x.dtype) if bias is None else bias
         y, mean, var = _bn_train(float(layer.epsilon), stat_dtype, x, s, b)
-        can_update = getattr(layer.mean, "_can_update", False) or getattr(layer.var, "_can_update", False)
+        can_update = variable_can_update(layer.mean) or variable_can_update(layer.var)
         sg = jax.lax.stop_gradient if can_update else (lambda v: v)
         layer.mean[...] = sg(layer.momentum * layer.mean[...] + (1 - layer.momentum) * mean)
         layer.var[...] = sg(layer.momentum * layer.var[...] + (1 - layer.momentum) * var)
-    args = [a for a in (x, scale, bias) if a is not None]
-    return jnp.asarray(y, nnx_dtypes.canonicalize_dtype(*args, dtype=layer.dtype))
+    # nnx.BatchNorm's output dtype: layer.dtype, else that of the promoted inputs (inexact)
+    out = layer.dtype if layer.dtype is not None else jnp.result_type(*(a for a in (x, scale, bias) if a is not None))
+    return jnp.asarray(y, out if jnp.issubdtype(out, jnp.inexact) else jnp.promote_types(jnp.float32, out))
 
 
 def _bn_train_fwd(eps, stat_dtype, x, scale, bias):

@@ -199,7 +199,7 @@ def _model_pictures(run_dir: Path) -> dict:
     from vaekit.evaluate import latent
     from vaekit.runs.run import load_run
     from vaekit.evaluate.embed import encode_all, linear_probe
-    from vaekit.evaluate.disentanglement import latent_traversal
+    from vaekit.evaluate.traversal import latent_traversal
 
     try:
         run = load_run(run_dir)
@@ -251,12 +251,12 @@ def _model_pictures(run_dir: Path) -> dict:
 
 def run_contents(run_dir: str | Path, *, model: bool = True) -> dict:
     """Everything the template shows of one run (a dict of strings, tables and data URIs)."""
-    from vaekit.runs import layout as ck
+    from vaekit.runs import layout
 
-    run_dir = ck.check_run_dir(run_dir)
-    cfg = ck.read_config(run_dir)
-    info = ck.read_json(run_dir / ck.RUN_FILE)
-    history = ck.read_metrics(run_dir)
+    run_dir = layout.check_run_dir(run_dir)
+    cfg = layout.read_config(run_dir)
+    info = layout.read_json(run_dir / layout.RUN_FILE)
+    history = layout.read_metrics(run_dir)
     cfg_dict = cfg.to_dict()
     in_steps = cfg.train.steps is not None
     final = info.get("final") or (history[-1] if history else {})
@@ -280,7 +280,7 @@ def run_contents(run_dir: str | Path, *, model: bool = True) -> dict:
         "pictures": [{"id": f.split(".")[0], "title": t, "uri": data_uri((run_dir / f).read_bytes())}
                      for f, t in RUN_PICTURES if (run_dir / f).is_file()],
         "results": _results(run_dir),
-        "evaluation": ck.read_json(run_dir / "evaluation.json") if (run_dir / "evaluation.json").exists() else {},
+        "evaluation": layout.read_json(run_dir / "evaluation.json") if (run_dir / "evaluation.json").exists() else {},
         "model": _model_pictures(run_dir) if model else {"error": "pictures from the model were not asked for"},
     }
     return contents
@@ -350,24 +350,24 @@ def render(run_dirs: list[str | Path], *, model: bool = True) -> str:
         columns, score_rows = _scores_table(runs)
         compare = {"diff": config_diff({r["name"]: r["config"] for r in runs}), "columns": columns,
                    "curves": None if fig is None else figure_uri(fig), "scores": score_rows}
-    from vaekit.runs.train import vaekit_version as _version
+    from vaekit._version import version
 
     return _environment().get_template("report.html.j2").render(
         runs=runs, compare=compare, title=("vaekit report: " + runs[0]["name"]) if len(runs) == 1 else
         f"vaekit comparison of {len(runs)} runs", generated=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        version=_version())
+        version=version())
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None, *, model: bool = True) -> Path:
     """Write the report (one run: default <run>/report.html; several: default compare.html) and
     return its path. The HTML is rendered whole before anything is written, then written to a
     temporary file that is renamed into place: an error leaves no partial report."""
-    from vaekit.runs import layout as ck
+    from vaekit.runs import layout
 
     if not run_dirs:
         raise VaekitError("vaekit report needs at least one run directory")
     for d in run_dirs:  # before any work: the cheap checks
-        ck.check_run_dir(d)
+        layout.check_run_dir(d)
     if out is None:
         out = Path(run_dirs[0]) / "report.html" if len(run_dirs) == 1 else Path("compare.html")
     out = Path(out)
@@ -378,7 +378,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None, *, m
     if out.is_dir():
         raise VaekitError(f"--out '{out}' is a directory")
     text = render(run_dirs, model=model)
-    ck.write_text_atomic(out, text)
+    layout.write_text_atomic(out, text)
     return out
 
 

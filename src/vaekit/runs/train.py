@@ -76,7 +76,9 @@ def train(
         and optionally "y", "x_val", "y_val", "x_test", "y_test"} read as an .npz file's are
         (`vaekit.data.arrays`; data.binarize, data.limit and data.val_size apply). run.json
         records that the data came from Python: such a run resumes with the same `data` again.
-    encoder, decoder: the user's own `nnx.Module`s, built into the model (`build_model`).
+    encoder, decoder: your own `nnx.Module`s in place of the nets `model.net` builds (`build_model`
+        has the contract); config.yaml records their import paths and constructor arguments
+        (`models.user_nets.record`), from which the run loads and resumes.
     layers: `config.resolve_layers`'s record, kept in run.json as "config_layers"; on resume,
         its overrides are added as "resume_overrides".
 
@@ -91,8 +93,7 @@ def train(
     if out is not None:
         runs_dir, name = Path(out).parent, Path(out).name
     with _watch_sigint(), compilation_cache(cfg.train.compilation_cache):
-        return _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, dict(encoder=encoder,
-                                                                                            decoder=decoder))
+        return _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, encoder, decoder)
 
 
 @contextlib.contextmanager
@@ -122,8 +123,10 @@ def _watch_sigint():
         INTERRUPTED.clear()
 
 
-def _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, nets) -> Path:
+def _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, encoder, decoder) -> Path:
     """Check, load, build, then make and lock the run directory; `_train_run` does the rest."""
+    from vaekit.runs.run import resolve_parent
+
     main = distributed.is_main()  # several processes: only process 0 writes the run directory
     lock = None
     try:
@@ -134,8 +137,10 @@ def _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, nets)
                 _check_configured_data(run_dir)
         else:
             run_dir = layout.prepare_run_dir(runs_dir, name or _default_name(cfg), overwrite)
+        cfg, handed = resolve_parent(cfg)  # a parent run checked, its checksum recorded in config.yaml
+        cfg, nets = _own_nets(cfg, encoder, decoder)
         splits = load_splits(cfg, data)
-        trainer = Trainer(cfg, splits, **nets)
+        trainer = Trainer(cfg, splits, handed=handed | nets)
         if resume is None:
             distributed.barrier("vaekit-run-dir-checked")  # every process checked it before process 0 makes it
             if main:
@@ -165,6 +170,16 @@ def _default_name(cfg: Config) -> str:
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(distributed.agreed_time()))
     return f"{default_run_name(cfg)}-{stamp}"
+
+
+def _own_nets(cfg: Config, encoder, decoder) -> tuple[Config, dict]:
+    """(cfg recording your own encoder/decoder, {role: module} for `build_model`): none given, (cfg, {})."""
+    nets = {role: net for role, net in (("encoder", encoder), ("decoder", decoder)) if net is not None}
+    if not nets:
+        return cfg, {}
+    from vaekit.models import user_nets
+
+    return user_nets.record(cfg, encoder, decoder), nets
 
 
 def load_splits(cfg: Config, data=None):
@@ -294,8 +309,10 @@ def _record_layers(info: dict, layers: dict | None, resuming: bool) -> None:
 
 def _run_facts(cfg: Config, trainer: Trainer, splits, python_data: bool) -> dict:
     """What run.json says of the run while it trains."""
+    from vaekit._version import version
+
     facts = {
-        "vaekit_version": vaekit_version(),
+        "vaekit_version": version(),
         "data_spec": splits.spec.to_dict(),
         "model_kind": cfg.model.kind,
         "parameters": int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(trainer.state.params))),  # trainable
@@ -309,16 +326,6 @@ def _run_facts(cfg: Config, trainer: Trainer, splits, python_data: bool) -> dict
     if python_data:  # not in config.yaml: `Run.data()` and a resume from the CLI say so instead of loading cfg.data
         facts["data_origin"] = PYTHON_DATA
     return facts
-
-
-def vaekit_version() -> str:
-    """The installed vaekit's version ("unknown" when run from a source tree that is not installed)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vaekit")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _write_info(run_dir: Path, info: dict) -> None:
@@ -415,4 +422,4 @@ def _pictures(cfg: Config, run_dir: Path, trainer: Trainer, splits, history: lis
         raise _PicturesFailed(f"writing pictures: {type(e).__name__}: {e}") from e
 
 
-__all__ = ["PYTHON_DATA", "RunInterrupted", "load_splits", "train", "vaekit_version"]
+__all__ = ["PYTHON_DATA", "RunInterrupted", "load_splits", "train"]

@@ -134,11 +134,14 @@ class Trainer:
     """Trains any registered model on resident arrays (or a streamed source). Usable without a run
     directory: `fit_epoch()` trains one host epoch, `validate()` gives exact mean metrics.
 
+    handed: what `build_model` is handed besides the config (a parent run's model, your own
+    encoder/decoder modules; see `state.init_state`).
+
     Chunks: `run_chunk(state, data, idx)` runs the steps of idx (S, B) without the per-step NaN
     guard; `run_guarded_chunk` (None for a streamed source) with it. Both donate `state`.
     """
 
-    def __init__(self, cfg: Config, splits, *, chunk_callback=None, encoder=None, decoder=None):
+    def __init__(self, cfg: Config, splits, *, chunk_callback=None, handed: dict | None = None):
         t = cfg.train
         if t.batch_size > splits.num_train:
             raise VaekitError(f"train.batch_size {t.batch_size} is larger than the training set "
@@ -152,8 +155,7 @@ class Trainer:
         self.num_epochs = -(-self.total_steps // self.epoch_steps)
         self.mesh = _data_mesh(t)
         with compilation_cache(t.compilation_cache):
-            self.model, self.state = init_state(cfg, splits.spec, self.data_pass_steps, encoder=encoder,
-                                                decoder=decoder)
+            self.model, self.state = init_state(cfg, splits.spec, self.data_pass_steps, **(handed or {}))
         self.capabilities = self.model.capabilities
         self.root = jax.random.PRNGKey(t.seed)
         self.stream = splits.stream
@@ -185,7 +187,7 @@ class Trainer:
         that copy with the guard (`run_guarded_chunk`; jit compiles it on that first call), which
         returns the last good state. The guard's select of old or new state after every step held
         each step's optimizer update back until the whole gradient was checked: mnist-mlp
-        1.28-1.31 against 1.59-1.68 ms a step on two cores (docs/benchmarks.md). A streamed
+        1.28-1.31 against 1.59-1.68 ms a step on two cores (docs/results.md). A streamed
         source guards every step (its batches are read once): no rerun, no copy.
         """
         program, jit_kw = self.program, {}

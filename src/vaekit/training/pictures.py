@@ -65,8 +65,8 @@ def _reconstruct(model, x: jax.Array, y: jax.Array | None) -> jax.Array:
 
 def write_pictures(run_dir: Path, model, splits, seed: int, n: int = 64) -> None:
     """samples.png (prior samples; one row per class for a conditional model) and reconstructions.png
-    (validation inputs and outputs), for image data, and whatever the model's
-    `extra_pictures(run_dir, splits, key)` draws. The model's train/eval mode is left as given."""
+    (validation inputs and outputs), for image data, and the pictures of the model's
+    `picture_data(splits, key)`. The model's train/eval mode is left as given."""
     from vaekit import plots
 
     if not splits.spec.is_images:
@@ -80,7 +80,8 @@ def write_pictures(run_dir: Path, model, splits, seed: int, n: int = 64) -> None
         y = splits.val.get("y")
         x_hat = np.asarray(_reconstruct(model, jnp.asarray(x), None if y is None else jnp.asarray(y[:32])))
         plots.save_reconstructions(run_dir / "reconstructions.png", x, x_hat)
-        model.extra_pictures(run_dir, splits, key)  # a model's own pictures, e.g. its codebook's use
+        for name, data in model.picture_data(splits, key).items():  # a model's own, e.g. its codebook's use
+            plots.save_picture(run_dir / name, data)
 
 
 def write_curves(run_dir: Path, history: list[dict], latent_layers: dict) -> None:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from vaekit.config import Config
-from vaekit.models import MODELS, build_model
+from vaekit.models import build_model
 from vaekit.training.optim import group_optimizers
 
 # Sub-keys of the run's root key (train.seed), by purpose.
@@ -67,29 +67,25 @@ def full_model_state(params: dict, rest) -> nnx.State:
     return nnx.merge_state(*params.values(), rest)
 
 
-def init_state(cfg: Config, spec, data_pass_steps: int, *, encoder=None, decoder=None) -> tuple:
+def init_state(cfg: Config, spec, data_pass_steps: int, **handed) -> tuple:
     """A fresh model and its `TrainState` (what a latest checkpoint holds, as two items).
 
     Built inside one `nnx.jit`: run eagerly, every initializer and optimizer-state op was its own
     small computation, each traced, lowered and looked up in the compilation cache (0.26-0.32 s
     for mnist-mlp with a warm cache, 0.15 s as one; cold, one compilation instead of dozens). The
-    values are the same bits as eagerly (tested). Built eagerly instead: a model built on a trained
-    run (`needs_parent_run`: it reads that run's weights while it is built), and a model around a
-    user's own `encoder`/`decoder` modules (built already, with arrays of their own).
+    values are the same bits as eagerly (tested). `handed` goes to `build_model` as an argument of
+    the compiled function: a parent run's model (`vaekit.runs.run.resolve_parent`), the user's own
+    `encoder`/`decoder` modules.
 
     data_pass_steps: steps of one pass over the training data (the learning-rate schedules').
     """
-    make = functools.partial(build_state, cfg, spec, data_pass_steps, encoder=encoder, decoder=decoder)
-    if MODELS[cfg.model.kind].needs_parent_run or encoder is not None or decoder is not None:
-        return make()
-    return nnx.jit(make)()
+    return nnx.jit(functools.partial(build_state, cfg, spec, data_pass_steps))(handed)
 
 
-def build_state(cfg: Config, spec, data_pass_steps: int, *, encoder=None, decoder=None) -> tuple:
+def build_state(cfg: Config, spec, data_pass_steps: int, handed: dict | None = None) -> tuple:
     """`init_state` op by op (eagerly, or traced by its one `nnx.jit`)."""
     root = jax.random.PRNGKey(cfg.train.seed)
-    own_nets = {name: net for name, net in (("encoder", encoder), ("decoder", decoder)) if net is not None}
-    model = build_model(cfg, spec, rngs=nnx.Rngs(params=jax.random.fold_in(root, INIT)), **own_nets)
+    model = build_model(cfg, spec, rngs=nnx.Rngs(params=jax.random.fold_in(root, INIT)), **(handed or {}))
     model.train()
     _, params, rest = split_model(model)
     txs = group_optimizers(model, cfg.train, data_pass_steps)
