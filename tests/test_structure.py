@@ -136,3 +136,11 @@ def test_architecture_page_draws_the_package():
     actual = {str(p.relative_to(SRC / PACKAGE)) for p in (SRC / PACKAGE).rglob("*.py") if p.name != "__main__.py"}
     assert drawn - actual == set(), f"docs/architecture.md names modules that do not exist: {sorted(drawn - actual)}"
     assert actual - drawn == set(), f"modules missing from docs/architecture.md's tree: {sorted(actual - drawn)}"
+
+
+def test_every_public_name_resolves():
+    """Each name of `vaekit.__all__` (imported lazily) is there."""
+    import vaekit
+
+    missing = [name for name in vaekit.__all__ if getattr(vaekit, name, None) is None]
+    assert missing == []
