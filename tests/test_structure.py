@@ -144,3 +144,14 @@ def test_every_public_name_resolves():
 
     missing = [name for name in vaekit.__all__ if getattr(vaekit, name, None) is None]
     assert missing == []
+
+
+def test_training_path_functions_read_in_one_screen():
+    """No function of the training path (training/ and runs/train.py) is over 60 lines."""
+    files = [*(SRC / PACKAGE / "training").glob("*.py"), SRC / PACKAGE / "runs" / "train.py"]
+    long = {}
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long[f"{path.name}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert long == {}
