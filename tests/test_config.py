@@ -250,3 +250,18 @@ def test_the_schema_is_the_bottom_of_the_package():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert set(eval(out)) <= {"vaekit.config", "vaekit.config.overrides", "vaekit.config.resolve",
                               "vaekit.config.schema", "vaekit.errors"}, out
+
+
+def test_overrides_from_python_as_a_dict_equal_the_cli_strings():
+    sets = ["train.epochs=3", "model.hidden=[64, 32]", "data.path=my data.npz", "train.steps=null",
+            "objective.beta=0.5", "train.loggers=[tensorboard]"]
+    as_dict = {"train.epochs": 3, "model.hidden": (64, 32), "data.path": "my data.npz", "train.steps": None,
+               "objective.beta": 0.5, "train.loggers": ["tensorboard"]}
+    from vaekit.config.overrides import override_texts
+
+    assert [C.parse_override(t) for t in override_texts(as_dict)] == [C.parse_override(t) for t in sets]
+    assert C.resolve("mnist-mlp", None, as_dict) == C.resolve("mnist-mlp", None, sets)
+    cfg, layers = C.resolve_layers("mnist-mlp", None, {"train.epochs": 3})
+    assert cfg.train.epochs == 3 and layers["overrides"] == ["train.epochs=3"]
+    with pytest.raises(VaekitError, match="list of 'section.key=value' strings or a dict"):
+        C.resolve("mnist-mlp", None, "train.epochs=3")

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,23 @@ def apply_keys(base, updates: dict, section: str):
             raise VaekitError(f"unknown config key '{section}.{key}'{closest(key, list(types_))}")
         changes[key] = coerce(value, types_[key], f"{section}.{key}")
     return dataclasses.replace(base, **changes)
+
+
+def override_texts(overrides) -> list[str]:
+    """Overrides as `section.key=value` strings: a list of them as given (the CLI's `--set`), or a
+    mapping {"section.key": value} from Python, each value written as the YAML the CLI would read."""
+    if isinstance(overrides, str):
+        raise VaekitError(f"overrides must be a list of 'section.key=value' strings or a dict, got the string "
+                          f"{overrides!r}")
+    if not isinstance(overrides, Mapping):
+        return list(overrides)
+
+    def text(value) -> str:
+        if isinstance(value, tuple):
+            value = list(value)
+        return yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix("\n...").strip()
+
+    return [f"{key}={text(value)}" for key, value in overrides.items()]
 
 
 def parse_override(text: str) -> dict:

@@ -24,7 +24,7 @@ import logging
 from pathlib import Path
 
 from vaekit.config.overrides import (apply_keys, closest, coerce, field_default, field_types, list_presets,
-                                     load_preset, parse_override, read_yaml)
+                                     load_preset, override_texts, parse_override, read_yaml)
 from vaekit.config.schema import (BINARIZE_MODES, KL_OPTIONS, PRECISIONS, SECTIONS, Config, DataConfig, ModelConfig,
                                   changed_objective)
 from vaekit.errors import VaekitError
@@ -181,7 +181,7 @@ def _path_means_arrays(data: DataConfig) -> DataConfig:
 
 
 def resolve_data(preset: str | None = None, config_file: str | None = None,
-                 overrides: list[str] = ()) -> DataConfig | None:
+                 overrides: list[str] | dict = ()) -> DataConfig | None:
     """The data section alone, as `resolve_layers` resolves it, or None where that fails.
 
     Only the layers' `data` keys are read, so neither the model registry nor JAX is imported:
@@ -192,7 +192,7 @@ def resolve_data(preset: str | None = None, config_file: str | None = None,
     try:
         doc, name, _ = _config_file_and_preset(preset, config_file)
         data = _apply_section(DataConfig(), {}, "data")
-        for layer in (load_preset(name), doc, *(parse_override(text) for text in overrides)):
+        for layer in (load_preset(name), doc, *(parse_override(text) for text in override_texts(overrides))):
             section = layer.get("data")
             if section:
                 data = _apply_section(data, section, "data")
@@ -201,22 +201,26 @@ def resolve_data(preset: str | None = None, config_file: str | None = None,
         return None
 
 
-def resolve(preset: str | None = None, config_file: str | None = None, overrides: list[str] = ()) -> Config:
-    """The preset, then the config file, then the overrides, validated (see `resolve_layers`)."""
+def resolve(preset: str | None = None, config_file: str | None = None, overrides: list[str] | dict = ()) -> Config:
+    """The preset, then the config file, then the overrides, validated (see `resolve_layers`).
+
+        vaekit.resolve("mnist-conv", overrides={"train.epochs": 3, "model.latent_dim": 16})
+    """
     return resolve_layers(preset, config_file, overrides)[0]
 
 
 def resolve_layers(preset: str | None = None, config_file: str | None = None,
-                   overrides: list[str] = ()) -> tuple[Config, dict]:
+                   overrides: list[str] | dict = ()) -> tuple[Config, dict]:
     """(config, layers): the one precedence order, and a record of every layer that went into it.
 
     1. the preset: `preset` (the --preset flag), else the file's `preset:` key, else DEFAULT_PRESET;
     2. the config file's sections (`config_file`), if any;
-    3. the `section.key=value` overrides, in order.
+    3. the `section.key=value` overrides, in order (or a dict {"section.key": value}).
     `layers` is {"preset": name, "preset_from": "flag" | "file" | "default", "file": path or None,
     "overrides": [...]}, for run.json. An explicit train.epochs (file or override) on a preset that
     counts in train.steps clears train.steps; the user setting both is an error.
     """
+    overrides = override_texts(overrides)
     doc, name, source = _config_file_and_preset(preset, config_file)
     if source == "flag" and doc.get("preset") and doc["preset"] != preset:
         log.warning("--preset %s takes precedence over 'preset: %s' in %s", preset, doc["preset"], config_file)
