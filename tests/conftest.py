@@ -138,16 +138,32 @@ def random_images(n=50, shape=(6, 5), seed=0):
 
 
 def trained_run_dir(tmp_path_factory):
-    """A tiny trained MNIST run (512 examples, 1 epoch, 8 latents), trained once per test session."""
-    path = tmp_path_factory.getbasetemp() / "shared-runs" / "r"
-    if not (path / "run.json").exists() or '"complete"' not in (path / "run.json").read_text():
-        from vaekit.cli import main
+    """A tiny trained MNIST run (512 examples, 1 epoch, 8 latents), trained once per test session for
+    every pytest-xdist worker: the first to take the lock trains it, and each worker gets its own
+    copy of it (tests write evaluation, quality and report files into the run)."""
+    import fcntl
+    import os
+    import shutil
 
-        rc = main(["train", "--runs-dir", str(path.parent), "--name", "r", "--set", "data.limit=512", "--set",
-                   "train.epochs=1", "--set", "model.hidden=[64]", "--set", "model.latent_dim=8", "--no-progress",
-                   "--overwrite"])
-        assert rc in (0, None)
-    return path
+    own = tmp_path_factory.getbasetemp() / "shared-run-copy" / "r"
+    if (own / "run.json").exists():
+        return own
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is a folder of the session's
+        base = base.parent
+    path = base / "shared-runs" / "r"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / "run.json").exists() or '"complete"' not in (path / "run.json").read_text():
+            from vaekit.cli import main
+
+            rc = main(["train", "--runs-dir", str(path.parent), "--name", "r", "--set", "data.limit=512", "--set",
+                       "train.epochs=1", "--set", "model.hidden=[64]", "--set", "model.latent_dim=8", "--no-progress",
+                       "--overwrite"])
+            assert rc in (0, None)
+        shutil.copytree(path, own)
+    return own
 
 
 @pytest.fixture

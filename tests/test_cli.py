@@ -152,6 +152,7 @@ def test_resume_through_cli(run_dir, tmp_path, capsys):
     _err(capsys, ["train", "--resume", str(copy), "--set", "model.latent_dim=3"], "only train.epochs may change")
 
 
+@pytest.mark.slow
 def test_shapes_run_traverse_and_disentanglement(tmp_path, capsys):
     """A tiny conv VAE on the whole generated grid, counted in steps; its traversal and scores."""
     code = main(["train", "--preset", "shapes-beta", "--set", "data.val_size=64", "--set", "train.steps=6",
@@ -209,6 +210,7 @@ def test_a_run_from_vaekit_0_1_fails_in_one_line(capsys, run_dir, tmp_path):
     _err(capsys, ["sample", str(old), "--out", str(tmp_path / "s.png")], "written by vaekit 0.1", "retrain")
 
 
+@pytest.mark.slow
 def test_exit_now_skips_only_the_teardown(tmp_path):
     """The `vaekit` command ends with `exit_now` after `skip_teardown`: the status passes through,
     what a normal exit does first still happens (threads that are not daemons finish, an idle

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +25,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_readme_trains_with_your_own_nets_and_arrays_as_written(tmp_path):
     """The README's "Train from Python" block, run as a script in a fresh directory: it trains, writes
     runs/mine and loads it back (its classes live in the script's __main__)."""
@@ -39,6 +41,7 @@ def test_readme_trains_with_your_own_nets_and_arrays_as_written(tmp_path):
     assert json.loads((tmp_path / "runs" / "mine" / "run.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_a_run_with_your_own_nets_loads_back_in_a_new_process(tmp_path):
     """Trained here with importable classes (tests/test_user_nets.py's); a new process that never saw
     them loads the run from its directory alone and gives the same reconstructions."""

@@ -151,6 +151,7 @@ def test_6_ctrl_c_before_the_first_checkpoint_prints_the_path_and_resumes_from_s
     assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
+@pytest.mark.slow
 def test_7_8_a_second_process_is_refused_and_a_dead_owner_reads_interrupted(tmp_path, capsys):
     runs = tmp_path / "runs"
     proc = _vaekit("train", "--runs-dir", str(runs), "--name", "x", *SMALL, "--set", "train.epochs=200",

@@ -132,6 +132,7 @@ class Chromium:
         os.close(self._r)
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(report):
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:

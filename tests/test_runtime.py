@@ -68,6 +68,7 @@ def test_compilation_cache_goes_to_the_user_cache_unless_set_or_off(monkeypatch,
     assert not runtime.configure_cache() and "JAX_COMPILATION_CACHE_DIR" not in os.environ
 
 
+@pytest.mark.slow
 def test_a_run_fills_the_compilation_cache(tmp_path):
     """A real `vaekit train` process writes compiled executables to the user cache directory."""
     import os

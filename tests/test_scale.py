@@ -66,6 +66,7 @@ FOUR_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_one_and_four_devices_give_the_same_run(tmp_path):
     proc = subprocess.run([sys.executable, "-c", FOUR_DEVICES], capture_output=True, text=True,
                           timeout=240, env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
@@ -112,6 +113,7 @@ def _launch(args, port, n=2, timeout=25):
     return [p.returncode for p in procs], outs
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_and_resume(tmp_path):
     from flax import nnx
     import jax
@@ -144,6 +146,7 @@ def test_two_processes_equal_one_process_and_resume(tmp_path):
     assert json.loads((Path(runs) / "two" / "run.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_unreachable_coordinator_is_one_line_after_the_timeout(tmp_path):
     env = _env(VAEKIT_COORDINATOR=f"127.0.0.1:{_free_port()}", VAEKIT_NUM_PROCESSES="2", VAEKIT_PROCESS_ID="1",
                VAEKIT_DISTRIBUTED_TIMEOUT="2")
