@@ -30,13 +30,17 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import yaml
-
-from vaekit.config import Config, from_dict
 from vaekit.errors import VaekitError
+
+if TYPE_CHECKING:
+    import yaml
+
+    from vaekit.config import Config
+
+# numpy, yaml and the config package are imported where used: the CLI's modules import this one for
+# its atomic writes and path checks, and `vaekit --help` imports no more than it needs.
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -52,6 +56,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def _json_default(o):
+    import numpy as np
+
     if isinstance(o, np.ndarray) or hasattr(o, "__array__"):
         return np.asarray(o).tolist()
     if isinstance(o, np.generic):
@@ -217,10 +223,16 @@ def check_run_dir(path: str | Path) -> Path:
 
 
 def write_config(run_dir: Path, cfg: Config) -> None:
+    import yaml
+
     write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def read_config(run_dir: Path) -> Config:
+    import yaml
+
+    from vaekit.config import from_dict
+
     path = Path(run_dir) / CONFIG_FILE
     try:
         doc = yaml.safe_load(path.read_text())
