@@ -43,15 +43,7 @@ def _train_command(args) -> None:
             raise VaekitError("--resume continues a run with its own config; drop --preset/--config")
         if args.name or args.overwrite:
             raise VaekitError("--resume continues the run in its own directory; drop --name/--overwrite")
-        cfg = layout.read_config(run_dir)
-        length = "train.steps" if cfg.train.steps is not None else "train.epochs"  # how this run counts
-        for text in args.set:
-            update = config_lib.parse_override(text)
-            if list(update) != ["train"] or [f"train.{k}" for k in update["train"]] != [length]:
-                raise VaekitError(f"with --resume only {length} may change (this run is counted in "
-                                  f"{length.split('.')[1]}); got '{text}'")
-            cfg = config_lib.merge(cfg, update)
-        config_lib.validate(cfg)
+        cfg = layout.resume_config(run_dir, args.set)
         layers = {"overrides": list(args.set)}
     else:
         cfg, layers = config_lib.resolve_layers(args.preset, args.config, args.set)
@@ -64,7 +56,6 @@ def _train_command(args) -> None:
 
     from vaekit import plots  # noqa: F401
 
-    from vaekit.runs import checkpoint
     from vaekit.runs.train import train
 
     path = train(

@@ -248,6 +248,25 @@ def read_config(run_dir: Path) -> Config:
         raise VaekitError(f"{path}: {e}") from None
 
 
+def resume_config(run_dir: Path, overrides=()) -> Config:
+    """The config a run resumes with: its own config.yaml, where `overrides` (`section.key=value`
+    strings or a dict) may change only the run's length, train.epochs or train.steps, whichever the
+    run counts in; anything else is one line, since the checkpoints hold that config's model."""
+    from vaekit.config import merge, parse_override, validate
+    from vaekit.config.overrides import override_texts
+
+    cfg = read_config(run_dir)
+    length = "train.steps" if cfg.train.steps is not None else "train.epochs"  # how this run counts
+    for text in override_texts(overrides):
+        update = parse_override(text)
+        if list(update) != ["train"] or [f"train.{k}" for k in update["train"]] != [length]:
+            raise VaekitError(f"with --resume only {length} may change (this run is counted in "
+                              f"{length.split('.')[1]}); got '{text}'")
+        cfg = merge(cfg, update)
+    validate(cfg)
+    return cfg
+
+
 def _yaml_problem(e: yaml.YAMLError) -> str:
     """A YAML error in one line: the problem and where it is."""
     problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
