@@ -49,10 +49,10 @@ def cmd_anomaly(args) -> None:
 
 
 def cmd_embed(args) -> None:
-    from vaekit.evaluate.embed import _out_kind, embed
+    from vaekit.evaluate.embed import embed, out_kind
 
     out = check_out(args.out, (".npz", ".parquet"))
-    _out_kind(out)  # pyarrow present for .parquet, before any work
+    out_kind(out)  # pyarrow present for .parquet, before any work
     if (args.data is None) == (args.split is None):
         raise VaekitError("give exactly one of --data F.npz and --split S")
     run = load(args)

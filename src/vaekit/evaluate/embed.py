@@ -276,7 +276,7 @@ class _NpzStreamWriter:
                 part.unlink(missing_ok=True)
 
 
-def _out_kind(out: Path) -> str:
+def out_kind(out: Path) -> str:
     suffix = out.suffix.lower()
     if suffix == ".npz":
         return "npz"
@@ -299,7 +299,7 @@ def embed(run, out: str | Path, *, data: str | Path | None = None, split: str | 
     from vaekit.models import require
 
     out = check_out(out, (".npz", ".parquet"))
-    kind = _out_kind(out)
+    kind = out_kind(out)
     require(run.model, "latent_vector", "vaekit embed")
     n, blocks = iter_examples(run, data=data, split=split, limit=limit, batch_size=batch_size)
     enc = encoder_fn(run.model, min(batch_size, n))

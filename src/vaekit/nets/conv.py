@@ -29,7 +29,7 @@ from vaekit.nets.cpu_conv import batch_norm, conv, conv_transpose, fast_form_app
 from vaekit.nets.conditioning import ConditionalBatchNorm, FiLM, broadcast_condition
 
 
-def _check_side(image_shape, channels):
+def check_side(image_shape, channels):
     h, w, _ = image_shape
     f = 2 ** len(channels)
     if h % f or w % f:
@@ -40,7 +40,7 @@ def _check_side(image_shape, channels):
     return h // f, w // f
 
 
-def _flatten_lead(x: jax.Array, event_ndim: int):
+def flatten_lead(x: jax.Array, event_ndim: int):
     lead = x.shape[:-event_ndim]
     return x.reshape(-1, *x.shape[-event_ndim:]), lead
 
@@ -50,7 +50,7 @@ class ConvEncoder(nnx.Module):
 
     def __init__(self, image_shape, channels, dense, out_dim, *, cond_dim: int = 0, condition: str | None = None,
                  rngs: nnx.Rngs):
-        h0, w0 = _check_side(image_shape, channels)
+        h0, w0 = check_side(image_shape, channels)
         self.condition = condition if cond_dim else None
         extra = cond_dim if self.condition == "concat" else 0  # one-hot label channels
         ins = (image_shape[-1] + extra, *channels[:-1])
@@ -64,7 +64,7 @@ class ConvEncoder(nnx.Module):
         self.head = nnx.Linear(dense or flat, out_dim, rngs=rngs)
 
     def __call__(self, x: jax.Array, c: jax.Array | None = None) -> jax.Array:
-        h, lead = _flatten_lead(x, 3)  # (N, H, W, C)
+        h, lead = flatten_lead(x, 3)  # (N, H, W, C)
         c = None if c is None else broadcast_condition(c, lead).reshape(h.shape[0], -1)  # (N, K)
         if self.condition == "concat":
             h = jnp.concatenate([h, jnp.broadcast_to(c[:, None, None, :], (*h.shape[:3], c.shape[-1]))], axis=-1)
@@ -83,7 +83,7 @@ class ConvDecoder(nnx.Module):
 
     def __init__(self, latent_dim, channels, dense, image_shape, params_per_channel, *, cond_dim: int = 0,
                  condition: str | None = None, rngs: nnx.Rngs):
-        self.h0, self.w0 = _check_side(image_shape, channels)
+        self.h0, self.w0 = check_side(image_shape, channels)
         self.image_shape = tuple(image_shape)
         self.params_per_channel = params_per_channel
         self.condition = condition if cond_dim else None
@@ -101,7 +101,7 @@ class ConvDecoder(nnx.Module):
         self.films = nnx.List([_film(self.condition, cond_dim, o, rngs) for o in outs[:-1]])
 
     def __call__(self, z: jax.Array, c: jax.Array | None = None) -> jax.Array:
-        h, lead = _flatten_lead(z, 1)  # (N, D)
+        h, lead = flatten_lead(z, 1)  # (N, D)
         c = None if c is None else broadcast_condition(c, lead).reshape(h.shape[0], -1)  # (N, K)
         if self.condition == "concat":
             h = jnp.concatenate([h, c.astype(h.dtype)], axis=-1)

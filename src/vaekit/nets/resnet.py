@@ -26,7 +26,7 @@ from flax import nnx
 
 from vaekit.errors import VaekitError
 from vaekit.nets.conditioning import broadcast_condition
-from vaekit.nets.conv import _check_side, _flatten_lead
+from vaekit.nets.conv import check_side, flatten_lead
 from vaekit.nets.cpu_conv import batch_norm, conv, conv_transpose
 
 
@@ -58,7 +58,7 @@ class ResNetEncoder(nnx.Module):
 
     def __init__(self, image_shape, channels, blocks: int, dense: int, out_dim: int, *, cond_dim: int = 0,
                  condition: str | None = None, rngs: nnx.Rngs):
-        h0, w0 = _check_side(image_shape, channels)
+        h0, w0 = check_side(image_shape, channels)
         self.condition = condition if cond_dim else None
         _check_condition(self.condition)
         ins = (image_shape[-1] + (cond_dim if self.condition else 0), *channels[:-1])
@@ -71,7 +71,7 @@ class ResNetEncoder(nnx.Module):
         self.head = nnx.Linear(dense or flat, out_dim, rngs=rngs)
 
     def __call__(self, x: jax.Array, c: jax.Array | None = None) -> jax.Array:
-        h, lead = _flatten_lead(x, 3)  # (N, H, W, C)
+        h, lead = flatten_lead(x, 3)  # (N, H, W, C)
         if self.condition:
             c = broadcast_condition(c, lead).reshape(h.shape[0], -1)  # (N, K)
             h = jnp.concatenate([h, jnp.broadcast_to(c[:, None, None, :].astype(h.dtype), (*h.shape[:3], c.shape[-1]))], -1)
@@ -90,7 +90,7 @@ class ResNetDecoder(nnx.Module):
 
     def __init__(self, latent_dim, channels, blocks: int, dense: int, image_shape, params_per_channel, *,
                  cond_dim: int = 0, condition: str | None = None, rngs: nnx.Rngs):
-        self.h0, self.w0 = _check_side(image_shape, channels)
+        self.h0, self.w0 = check_side(image_shape, channels)
         self.image_shape = tuple(image_shape)
         self.params_per_channel = params_per_channel
         self.condition = condition if cond_dim else None
@@ -106,7 +106,7 @@ class ResNetDecoder(nnx.Module):
                              for i, o in zip(widths, outs)])
 
     def __call__(self, z: jax.Array, c: jax.Array | None = None) -> jax.Array:
-        h, lead = _flatten_lead(z, 1)  # (N, D)
+        h, lead = flatten_lead(z, 1)  # (N, D)
         if self.condition:
             h = jnp.concatenate([h, broadcast_condition(c, lead).reshape(h.shape[0], -1).astype(h.dtype)], -1)
         if self.dense is not None:
