@@ -2,10 +2,20 @@
 
 import contextlib
 import dataclasses
+import os
 import signal
+from pathlib import Path
 
 from vaekit import runtime
 
+# The suite's programs are tiny, so XLA's compile time is most of its time: without LLVM's
+# optimizations they compile in about 0.6x the time (tests/test_train.py and test_flows.py on 2
+# cores, cold: 225 s at XLA's default level 3, 160 s at level 1, 126 s at level 0) and compute the
+# same values up to float rounding. The few tests that run a program long (e.g. 20,000 ancestral
+# draws) keep their sizes small enough for unoptimized code. Subprocesses (the CLI tests) inherit
+# it; a user's own setting of it is kept.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 runtime.configure()  # the CLI's CPU settings for the whole suite, before JAX is imported (as `vaekit` does)
 
 import numpy as np  # noqa: E402
@@ -137,33 +147,54 @@ def random_images(n=50, shape=(6, 5), seed=0):
     return np.random.default_rng(seed).random((n, *shape), dtype=np.float32)
 
 
-def trained_run_dir(tmp_path_factory):
-    """A tiny trained MNIST run (512 examples, 1 epoch, 8 latents), trained once per test session for
-    every pytest-xdist worker: the first to take the lock trains it, and each worker gets its own
-    copy of it (tests write evaluation, quality and report files into the run)."""
+def shared_run(tmp_path_factory, name: str, make) -> Path:
+    """A run made once per test session for every pytest-xdist worker, and this worker's own copy
+    of it (tests write evaluation, quality and report files into a run). The first worker to take
+    the lock calls `make(runs_dir, name)`, which leaves a complete run at runs_dir / name; the
+    others wait for it and copy it."""
     import fcntl
     import os
     import shutil
 
-    own = tmp_path_factory.getbasetemp() / "shared-run-copy" / "r"
-    if (own / "run.json").exists():
+    own = tmp_path_factory.getbasetemp() / "shared-run-copies" / name
+    if _complete(own):
         return own
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is a folder of the session's
         base = base.parent
-    path = base / "shared-runs" / "r"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / "lock", "w") as lock:
+    runs = base / "shared-runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    with open(runs / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (path / "run.json").exists() or '"complete"' not in (path / "run.json").read_text():
-            from vaekit.cli import main
-
-            rc = main(["train", "--runs-dir", str(path.parent), "--name", "r", "--set", "data.limit=512", "--set",
-                       "train.epochs=1", "--set", "model.hidden=[64]", "--set", "model.latent_dim=8", "--no-progress",
-                       "--overwrite"])
-            assert rc in (0, None)
-        shutil.copytree(path, own)
+        if not _complete(runs / name):
+            make(runs, name)
+            assert _complete(runs / name), f"{name}: make() left no complete run"
+        shutil.copytree(runs / name, own)
     return own
+
+
+def _complete(run_dir) -> bool:
+    return (run_dir / "run.json").exists() and '"complete"' in (run_dir / "run.json").read_text()
+
+
+def trained_run_dir(tmp_path_factory):
+    """A tiny trained MNIST run (512 examples, 1 epoch, 8 latents) made by a real `vaekit train`
+    process (the console script), once per test session (`shared_run`)."""
+    import subprocess
+    import sys
+
+    def make(runs, name):
+        out = subprocess.run([sys.executable, "-m", "vaekit.cli", "train", "--runs-dir", str(runs), "--name", name,
+                              *TRAINED_RUN_ARGS], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip().splitlines()[-1] == str(runs / name)  # the run directory is the last line
+
+    return shared_run(tmp_path_factory, "r", make)
+
+
+#: `trained_run_dir`'s options after `vaekit train --runs-dir DIR --name r`.
+TRAINED_RUN_ARGS = ["--set", "data.limit=512", "--set", "train.epochs=1", "--set", "model.hidden=[64]",
+                    "--set", "model.latent_dim=8", "--set", "train.eval_batch_size=2000", "--no-progress"]
 
 
 @pytest.fixture

@@ -8,22 +8,16 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import TRAINED_RUN_ARGS, trained_run_dir
 from vaekit.cli import main
 
-SMALL = ["--set", "data.limit=512", "--set", "train.epochs=1", "--set", "model.hidden=[64]",
-         "--set", "train.eval_batch_size=2000", "--no-progress"]
+SMALL = TRAINED_RUN_ARGS
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """One real `vaekit train` process (the console script), shared by the tests below."""
-    runs = tmp_path_factory.mktemp("runs")
-    out = subprocess.run([sys.executable, "-m", "vaekit.cli", "train", "--runs-dir", str(runs), "--name", "small",
-                          *SMALL], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    last = out.stdout.strip().splitlines()[-1]
-    assert last == str(runs / "small")  # the run directory is the last line
-    return runs / "small"
+    """The session's tiny run, made by one real `vaekit train` process (conftest.trained_run_dir)."""
+    return trained_run_dir(tmp_path_factory)
 
 
 def test_train_writes_a_complete_run(run_dir):
@@ -45,10 +39,10 @@ def test_sample_reconstruct_interpolate_info(run_dir, tmp_path, capsys):
     assert main(["info", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "train.epochs" in out and "val/elbo" in out and "complete" in out
-    # 784-64-(2x50) encoder and 50-64-784 decoder, counted on the built model (the table may wrap the row)
+    # 784-64-(2x8) encoder and 8-64-784 decoder, counted on the built model (the table may wrap the row)
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["parameters"] == 784 * 64 + 64 + 64 * 100 + 100 + 50 * 64 + 64 + 64 * 784 + 784 == 110_964
-    assert info["code_width"] == 50 and "110,964" in out
+    assert info["parameters"] == 784 * 64 + 64 + 64 * 16 + 16 + 8 * 64 + 64 + 64 * 784 + 784 == 102_816
+    assert info["code_width"] == 8 and "102,816" in out
     assert main(["presets"]) == 0
     assert "mnist-mlp" in capsys.readouterr().out
 
@@ -61,7 +55,7 @@ def test_python_api_loads_the_run(run_dir):
 
     run = vaekit.load_run(run_dir)
     x = jnp.asarray(run.data().test["x"][:4])
-    assert run.model.encode(x).mean.shape == (4, 50)
+    assert run.model.encode(x).mean.shape == (4, 8)
     assert run.model.reconstruct(x).shape == (4, 28, 28, 1)
     assert run.model.sample(3, rngs=nnx.Rngs(sample=0)).shape == (3, 28, 28, 1)
     loss, metrics = run.model.loss({"x": x}, rngs=nnx.Rngs(sample=0), step=jnp.asarray(0))

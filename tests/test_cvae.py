@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 import vaekit
+from conftest import shared_run
 from vaekit.cli import main
 
 SMALL = ["--set", "data.limit=600", "--set", "train.epochs=1", "--set", "model.hidden=[64]",
@@ -16,9 +17,11 @@ SMALL = ["--set", "data.limit=600", "--set", "train.epochs=1", "--set", "model.h
 
 @pytest.fixture(scope="module")
 def cvae_run(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
-    assert main(["train", "--preset", "mnist-cvae", "--runs-dir", str(runs), "--name", "cvae", *SMALL]) == 0
-    return runs / "cvae"
+    """A tiny mnist-cvae run, trained once per session for every worker (`conftest.shared_run`)."""
+    def make(runs, name):
+        assert main(["train", "--preset", "mnist-cvae", "--runs-dir", str(runs), "--name", name, *SMALL]) == 0
+
+    return shared_run(tmp_path_factory, "cvae", make)
 
 
 def test_cvae_run_records_kind_and_a_class_grid(cvae_run):

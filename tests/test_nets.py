@@ -129,6 +129,7 @@ def test_conv_nets_in_training_equal_the_nnx_layers_whole(part, condition):
             kernel_scale = float(np.max(np.abs(flat0[(*path[:-1], "kernel")][...])))
             assert np.max(np.abs(ref)) < 1e-2 * kernel_scale  # the reference's is float noise
         else:
-            np.testing.assert_allclose(g[...], ref, rtol=1e-3, atol=1e-4 * max(1.0, float(np.max(np.abs(ref)))))
+            # float32 sums in another order (and XLA's unoptimized code in the suite) differ by ~1e-4 of the scale
+            np.testing.assert_allclose(g[...], ref, rtol=1e-3, atol=5e-4 * max(1.0, float(np.max(np.abs(ref)))))
     net.eval()  # evaluation mode runs the layers whole
     np.testing.assert_allclose(net(x, c), _reference_conv_net(net, x, c), **tol)

@@ -15,7 +15,7 @@ from vaekit.core.priors import KL
 from vaekit.config import ObjectiveConfig
 from vaekit.models import build_model
 
-from conftest import replace, tiny_config
+from conftest import tiny_config
 
 
 def beta(schedule, step, **kw):

@@ -6,6 +6,7 @@ import gzip
 import itertools
 import json
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import shared_run
 from vaekit import config as config_lib
 from vaekit.cli import main
 from vaekit.data import DataSpec, load_configured
@@ -187,21 +189,27 @@ def test_beam_search_finds_the_exact_argmax_by_enumeration():
 
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("text")
-    corpus = root / "corpus.txt"
-    rng = np.random.default_rng(0)
-    words = "the a cat dog saw ran home fast slowly big".split()
-    corpus.write_text("\n".join(" ".join(rng.choice(words, rng.integers(2, 7))) for _ in range(120)) + "\n")
-    rc = main(["train", "--preset", "text-demo", "--runs-dir", str(root), "--name", "t", "--no-progress",
-               "--set", f"data.path={corpus}", "--set", "data.max_len=6", "--set", "data.vocab_size=9",
-               "--set", "data.val_size=10", "--set", "model.latent_dim=2", "--set", "model.embed_dim=4",
-               "--set", "model.rnn_hidden=6", "--set", "train.steps=4", "--set", "train.eval_every=4",
-               "--set", "train.batch_size=10", "--set", "train.chunk_steps=2"])
-    assert rc == 0
-    return root / "t", corpus
+    """(run directory, corpus): a tiny text-demo run on a 120-sentence corpus, trained once per
+    session for every worker (`conftest.shared_run`)."""
+    def make(runs, name):
+        corpus = runs / f"{name}-corpus.txt"
+        rng = np.random.default_rng(0)
+        words = "the a cat dog saw ran home fast slowly big".split()
+        corpus.write_text("\n".join(" ".join(rng.choice(words, rng.integers(2, 7))) for _ in range(120)) + "\n")
+        rc = main(["train", "--preset", "text-demo", "--runs-dir", str(runs), "--name", name, "--no-progress",
+                   "--set", f"data.path={corpus}", "--set", "data.max_len=6", "--set", "data.vocab_size=9",
+                   "--set", "data.val_size=10", "--set", "model.latent_dim=2", "--set", "model.embed_dim=4",
+                   "--set", "model.rnn_hidden=6", "--set", "train.steps=4", "--set", "train.eval_every=4",
+                   "--set", "train.batch_size=10", "--set", "train.chunk_steps=2"])
+        assert rc == 0
+
+    from vaekit.runs.layout import read_config
+
+    run_dir = shared_run(tmp_path_factory, "text", make)
+    return run_dir, Path(read_config(run_dir).data.path)
 
 
-def test_vocabulary_round_trips_through_the_run_directory(text_run):
+def test_vocabulary_round_trips_through_the_run_directory(text_run, tmp_path):
     from vaekit.runs.run import load_run
 
     run_dir, corpus = text_run
@@ -212,7 +220,7 @@ def test_vocabulary_round_trips_through_the_run_directory(text_run):
     assert len(vocab) == 9 and vocab.max_len == 6 and run.spec.vocab_size == 9
     np.testing.assert_array_equal(vocab.encode(["The zebra"])["x"][0, :3], [vocab.ids["the"], UNK, EOS])
     np.testing.assert_array_equal(run.data().val["x"], splits["val"]["x"])  # the run's data encodes the same way
-    other = corpus.parent / "changed.txt"
+    other = tmp_path / "changed.txt"
     other.write_text(corpus.read_text().replace(vocab.words[4], "lion"))  # the most frequent word renamed
     run.config = config_lib.merge(run.config, {"data": {"path": str(other)}})
     with pytest.raises(VaekitError, match="another vocab.json"):

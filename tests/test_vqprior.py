@@ -85,19 +85,21 @@ def test_prior_log_likelihood_against_a_direct_computation():
 def test_ancestral_sampling_is_reproducible_and_draws_the_model_distribution():
     net = _net(k=3)
     graphdef, state = nnx.split(net)
-    draw = jax.jit(lambda s, key, t, k: nnx.merge(graphdef, s).sample(key, 20000, (2, 2), t, k), static_argnums=(2, 3))
-    a, b = draw(state, jax.random.PRNGKey(5), 1.0, 0), draw(state, jax.random.PRNGKey(5), 1.0, 0)
+    draw = jax.jit(lambda s, key, t, k, n: nnx.merge(graphdef, s).sample(key, n, (2, 2), t, k),
+                   static_argnums=(2, 3, 4))
+    a, b = draw(state, jax.random.PRNGKey(5), 1.0, 0, 500), draw(state, jax.random.PRNGKey(5), 1.0, 0, 500)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert not np.array_equal(np.asarray(a), np.asarray(draw(state, jax.random.PRNGKey(6), 1.0, 0)))
+    assert not np.array_equal(np.asarray(a), np.asarray(draw(state, jax.random.PRNGKey(6), 1.0, 0, 500)))
     grids = np.asarray(list(itertools.product(range(3), repeat=4)))
     p = np.exp(np.asarray(net.log_prob(jnp.asarray(grids.reshape(-1, 2, 2))), np.float64))
-    index = np.asarray(a).reshape(-1, 4) @ (3 ** np.arange(3, -1, -1))
+    many = draw(state, jax.random.PRNGKey(5), 1.0, 0, 20000)
+    index = np.asarray(many).reshape(-1, 4) @ (3 ** np.arange(3, -1, -1))
     freq = np.bincount(index, minlength=81) / len(index)
     assert np.max(np.abs(freq - p)) < 4 * np.sqrt(p.max() / 20000) + 1e-3
     # top_k = 1 is the greedy path, whatever the key; a low temperature concentrates on it
-    g1, g2 = draw(state, jax.random.PRNGKey(1), 1.0, 1), draw(state, jax.random.PRNGKey(2), 1.0, 1)
+    g1, g2 = draw(state, jax.random.PRNGKey(1), 1.0, 1, 500), draw(state, jax.random.PRNGKey(2), 1.0, 1, 500)
     np.testing.assert_array_equal(np.asarray(g1), np.asarray(g2))
-    cold = np.asarray(draw(state, jax.random.PRNGKey(3), 0.05, 0))
+    cold = np.asarray(draw(state, jax.random.PRNGKey(3), 0.05, 0, 500))
     assert np.mean(np.all(cold == np.asarray(g1)[:1], axis=(1, 2))) > 0.9
 
 
@@ -126,10 +128,10 @@ def test_two_stage_bound_and_the_frozen_parent(parent, splits):
     assert n_trained == sum(v.size for v in jax.tree.leaves(nnx.state(model.pixelcnn, nnx.Param)))
 
 
-def test_trains_saves_and_loads_with_a_frozen_parent(parent, splits, tmp_path, monkeypatch):
+def test_trains_saves_and_loads_with_a_frozen_parent(parent, splits, tmp_path):
     """What the conformance suite checks of every kind, on a tiny prior over the tiny parent."""
-    monkeypatch.setattr("vaekit.data.load_configured", lambda data_cfg, **kw: splits)
-    run = load_run(train(_prior_cfg(parent), runs_dir=tmp_path, name="prior", progress=False), checkpoint="latest")
+    run = load_run(train(_prior_cfg(parent), data=splits, runs_dir=tmp_path, name="prior", progress=False),
+                   checkpoint="latest")
     assert run.info["model_kind"] == "vqprior" and run.spec == splits.spec
     assert len(run.config.model.parent_sha256) == 64  # recorded in config.yaml when training started
     last = run.history[-1]

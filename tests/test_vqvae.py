@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import synthetic_splits, tiny_config
+from conftest import shared_run, synthetic_splits, tiny_config
 from vaekit.runs.run import load_run
 from vaekit.data import DataSpec
 from vaekit.errors import VaekitError
@@ -34,15 +34,12 @@ def splits():
 
 
 def tiny_vq_run(tmp_path_factory):
-    """A tiny trained vqvae run (6 steps on the synthetic images), trained once per session: also
-    the parent of tests/test_vqprior.py."""
-    path = tmp_path_factory.getbasetemp() / "vq-runs" / "vq"
-    if not (path / "run.json").exists() or '"complete"' not in (path / "run.json").read_text():
-        splits = synthetic_splits(n=120)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr("vaekit.data.load_configured", lambda data_cfg, **kw: splits)
-            train(_cfg(), runs_dir=path.parent, name="vq", overwrite=True, progress=False)
-    return path
+    """A tiny trained vqvae run (6 steps on the synthetic images), trained once per session for
+    every worker (`conftest.shared_run`): also the parent of tests/test_vqprior.py."""
+    def make(runs, name):
+        train(_cfg(), data=synthetic_splits(n=120), runs_dir=runs, name=name, progress=False)
+
+    return shared_run(tmp_path_factory, "vq", make)
 
 
 @pytest.fixture(scope="module")
