@@ -135,16 +135,16 @@ def test_the_record_follows_the_constructor_or_says_what_is_missing(splits):
         build_model(missing, splits.spec, rngs=nnx.Rngs(0))
 
 
-def test_a_run_with_its_own_nets_saves_loads_and_resumes_identically(splits, tmp_path, monkeypatch):
+def test_a_run_with_its_own_nets_saves_loads_and_resumes_identically(splits, tmp_path):
     """The run's config.yaml names the classes; loading and resuming rebuild them from it."""
-    monkeypatch.setattr("vaekit.data.load_configured", lambda data_cfg, **kw: splits)
     cfg = user_nets.record(_cfg(), *_nets(splits.spec.shape))
-    once = train(cfg, runs_dir=tmp_path, name="once", progress=False)
+    once = train(cfg, data=splits, runs_dir=tmp_path, name="once", progress=False)
     run = load_run(once, checkpoint="latest")
     assert isinstance(run.model.encoder.net, MyEncoder) and run.config.model.decoder_args["shape"] == [8, 8, 1]
     two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
-    straight = load_run(train(two, runs_dir=tmp_path, name="straight", progress=False), checkpoint="latest")
-    resumed = load_run(train(two, resume=once, progress=False), checkpoint="latest")
+    straight = load_run(train(two, data=splits, runs_dir=tmp_path, name="straight",
+                                      progress=False), checkpoint="latest")
+    resumed = load_run(train(two, data=splits, resume=once, progress=False), checkpoint="latest")
     x = jnp.asarray(splits.val["x"][:6])
     np.testing.assert_array_equal(np.asarray(resumed.model.reconstruct(x)), np.asarray(straight.model.reconstruct(x)))
 

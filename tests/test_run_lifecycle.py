@@ -1,5 +1,5 @@
-"""Issue 17 ("trust and polish"): one test per item, each failing on the behaviour before its fix
-(the command line's items, 11, 18 and 19, are tested in test_cli.py).
+"""A run's life from the user's side: the config it records, its name, Ctrl-C and the lock
+against a second process, damaged checkpoints, divergence, and the status a failure leaves.
 
 Interrupts and locks run real `vaekit train` processes and send them real signals.
 """
@@ -74,10 +74,10 @@ def _running(run):
         return False
 
 
-# ------------------------------------------------------------------ 1, 2, 4, 5: configuration
+# ------------------------------------------------------------------ the recorded config and the run's name
 
 
-def test_1_config_file_starts_from_a_preset_and_every_layer_is_recorded(tmp_path, monkeypatch, capsys, caplog):
+def test_config_file_starts_from_a_preset_and_every_layer_is_recorded(tmp_path, monkeypatch, capsys, caplog):
     """Item 1 (also 5, 16, 17: the run's name, whole output lines, a 'compiling' line)."""
     plain = tmp_path / "plain.yaml"
     plain.write_text("train:\n  learning_rate: 3.0e-3\n")
@@ -106,7 +106,7 @@ def test_1_config_file_starts_from_a_preset_and_every_layer_is_recorded(tmp_path
     assert not (run / layout.LOCK_FILE).exists()  # item 7: the lock is released on exit
 
 
-def test_2_explicit_epochs_win_over_a_presets_steps():
+def test_explicit_epochs_win_over_a_presets_steps():
     cfg = C.resolve("shapes-beta", None, ["train.epochs=1"])
     assert cfg.train.steps is None and cfg.train.epochs == 1
     with pytest.raises(VaekitError, match="train.epochs and train.steps are both set"):
@@ -114,7 +114,7 @@ def test_2_explicit_epochs_win_over_a_presets_steps():
     assert C.resolve("shapes-beta", None, ["train.steps=none", "train.epochs=2"]).train.steps is None
 
 
-def test_4_a_yaml_boolean_names_what_the_user_typed(tmp_path):
+def test_a_yaml_boolean_names_what_the_user_typed(tmp_path):
     with pytest.raises(VaekitError, match="got 'yes'"):
         C.resolve(None, None, ["data.binarize=yes"])
     f = tmp_path / "c.yaml"
@@ -123,17 +123,17 @@ def test_4_a_yaml_boolean_names_what_the_user_typed(tmp_path):
         C.resolve(None, str(f))
 
 
-def test_5_default_run_name_follows_the_data_and_net():
+def test_default_run_name_follows_the_data_and_net():
     assert C.default_run_name(C.resolve("mnist-conv")) == "mnist-conv"
     assert C.default_run_name(C.resolve("mnist-mlp", None, ["model.net=conv", "data.path=/d/faces.npz"])) == "faces-conv"
     assert C.default_run_name(C.resolve(None, None, ["model.kind=cvae"])) == "mnist-mlp-cvae"
     assert C.default_run_name(C.resolve("shapes-beta", None, ["model.net=mlp"])) == "shapes-mlp"
 
 
-# ------------------------------------------------------------------ 6, 7, 8: interrupts and locks
+# ------------------------------------------------------------------ interrupts and locks
 
 
-def test_6_ctrl_c_before_the_first_checkpoint_prints_the_path_and_resumes_from_scratch(tmp_path, capsys):
+def test_ctrl_c_before_the_first_checkpoint_prints_the_path_and_resumes_from_scratch(tmp_path, capsys):
     runs = tmp_path / "runs"
     proc = _vaekit("train", "--runs-dir", str(runs), "--name", "x", *SMALL, "--set", "train.epochs=1",
                    "--set", "data.limit=5000", "--no-progress")
@@ -152,7 +152,7 @@ def test_6_ctrl_c_before_the_first_checkpoint_prints_the_path_and_resumes_from_s
 
 
 @pytest.mark.slow
-def test_7_8_a_second_process_is_refused_and_a_dead_owner_reads_interrupted(tmp_path, capsys):
+def test_a_second_process_is_refused_and_a_dead_owner_reads_interrupted(tmp_path, capsys):
     runs = tmp_path / "runs"
     proc = _vaekit("train", "--runs-dir", str(runs), "--name", "x", *SMALL, "--set", "train.epochs=200",
                    "--no-progress")
@@ -180,7 +180,7 @@ def test_7_8_a_second_process_is_refused_and_a_dead_owner_reads_interrupted(tmp_
     assert not (run / layout.LOCK_FILE).exists()
 
 
-# ------------------------------------------------------------------ 10: damaged files
+# ------------------------------------------------------------------ damaged checkpoints
 
 
 def _damage(checkpoint_dir: Path):
@@ -189,10 +189,10 @@ def _damage(checkpoint_dir: Path):
             f.write_bytes(f.read_bytes()[:20])
 
 
-def test_10_corrupted_checkpoint_one_clean_line_and_resume_falls_back(tmp_path, monkeypatch, caplog):
-    _fake_data(monkeypatch)
+def test_corrupted_checkpoint_one_clean_line_and_resume_falls_back(tmp_path, caplog):
+    splits = synthetic_splits()
     cfg = tiny_config(train={"epochs": 2})
-    run = train(cfg, runs_dir=tmp_path, name="r", progress=False)
+    run = train(cfg, data=splits, runs_dir=tmp_path, name="r", progress=False)
     _damage(run / "checkpoints" / "best")
     out = subprocess.run([sys.executable, "-m", "vaekit.cli", "sample", str(run), "--out", str(tmp_path / "s.png")],
                          capture_output=True, text=True, timeout=300)
@@ -204,16 +204,16 @@ def test_10_corrupted_checkpoint_one_clean_line_and_resume_falls_back(tmp_path, 
     # --resume: the newest "latest" checkpoint is damaged, epoch 1's is intact: fall back and train on
     _damage(run / "checkpoints" / "latest" / "2")
     caplog.set_level(logging.INFO, logger="vaekit")
-    train(replace(cfg, "train", epochs=3), resume=run, progress=False)
+    train(replace(cfg, "train", epochs=3), data=splits, resume=run, progress=False)
     assert "resuming from the intact checkpoint of epoch 1 instead" in caplog.text
     assert [json.loads(r)["epoch"] for r in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
 
-# ------------------------------------------------------------------ 12: divergence
+# ------------------------------------------------------------------ divergence
 
 
-def test_12_trainer_keeps_the_last_good_state_after_divergence(splits):
+def test_trainer_keeps_the_last_good_state_after_divergence(splits):
     for loop in ("scan", "steps"):
         tr = Trainer(tiny_config(train={"learning_rate": 1e30, "loop": loop}), splits)
         with pytest.raises(TrainingDiverged, match=r"at step (\d+)") as e:
@@ -225,39 +225,37 @@ def test_12_trainer_keeps_the_last_good_state_after_divergence(splits):
         assert "val/elbo" in tr.validate()  # usable from Python: no deleted (donated) buffers
 
 
-def test_12_nonfinite_validation_stops_the_run_as_diverged(tmp_path, monkeypatch):
-    _fake_data(monkeypatch)
+def test_nonfinite_validation_stops_the_run_as_diverged(tmp_path, monkeypatch):
     real = Trainer.validate
     monkeypatch.setattr(Trainer, "validate", lambda self, *a, **k: dict(real(self, *a, **k), **{"val/elbo": float("nan")}))
     with pytest.raises(TrainingDiverged, match="validation elbo is nan"):
-        train(tiny_config(), runs_dir=tmp_path, name="r", progress=False)
+        train(tiny_config(), data=synthetic_splits(), runs_dir=tmp_path, name="r", progress=False)
     assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "diverged"
 
 
-# ------------------------------------------------------------------ 9, 13, 14, 15: fixed before, tested here
+# ------------------------------------------------------------------ failures, objective options, evaluation, pictures
 
 
-def test_9_a_failure_after_training_starts_marks_the_run_failed(tmp_path, monkeypatch):
-    _fake_data(monkeypatch)
+def test_a_failure_after_training_starts_marks_the_run_failed(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise RuntimeError("cannot draw this")
 
     monkeypatch.setattr("vaekit.plots.save_curves", boom)
     with pytest.raises(RuntimeError, match="cannot draw this"):
-        train(tiny_config(train={"epochs": 1}), runs_dir=tmp_path, name="r", progress=False)
+        train(tiny_config(train={"epochs": 1}), data=synthetic_splits(), runs_dir=tmp_path, name="r", progress=False)
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["status"] == "failed" and "cannot draw this" in info["error"]
     assert not (tmp_path / "r" / layout.LOCK_FILE).exists()
 
 
-def test_13_iwae_rejects_kl_options():
+def test_iwae_rejects_kl_options():
     for option in ("objective.beta=2", "objective.free_bits=0.5", "objective.capacity_max=5"):
         with pytest.raises(VaekitError, match="objective.kind=iwae .* cannot apply"):
             C.resolve("mnist-iwae", None, [option])
 
 
-def test_14_bits_per_dim_only_for_discrete_likelihoods(monkeypatch, splits):
+def test_bits_per_dim_only_for_discrete_likelihoods(monkeypatch, splits):
     from vaekit.evaluate import evaluate
     from vaekit.models import build_model
 
@@ -270,7 +268,7 @@ def test_14_bits_per_dim_only_for_discrete_likelihoods(monkeypatch, splits):
         assert ("bits_per_dim" in s) is expected, likelihood
 
 
-def test_15_write_pictures_restores_the_models_mode(tmp_path, splits):
+def test_write_pictures_restores_the_models_mode(tmp_path, splits):
     from vaekit.models import build_model
     from vaekit.training.pictures import write_pictures
 
