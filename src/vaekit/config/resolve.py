@@ -25,15 +25,13 @@ from pathlib import Path
 
 from vaekit.config.overrides import (apply_keys, closest, coerce, field_default, field_types, list_presets,
                                      load_preset, override_texts, parse_override, read_yaml)
-from vaekit.config.schema import (BINARIZE_MODES, KL_OPTIONS, PRECISIONS, SECTIONS, Config, DataConfig, ModelConfig,
-                                  changed_objective)
+from vaekit.config.schema import (BINARIZE_MODES, KL_OPTIONS, LOOPS, PRECISIONS, SECTIONS, Config, DataConfig,
+                                  ModelConfig, changed_objective)
 from vaekit.errors import VaekitError
 
 log = logging.getLogger("vaekit")
 
 DEFAULT_PRESET = "mnist-mlp"
-BETA_SCHEDULES = ("constant", "linear", "sigmoid", "cyclical")
-LR_SCHEDULES = ("constant", "cosine", "exponential", "step", "iwae")
 
 # The key that picks the section's config class, by section.
 _SELECTOR = {"model": "kind", "data": "source"}
@@ -333,8 +331,10 @@ def _validate_model(m: ModelConfig) -> None:
 
 
 def _validate_objective(cfg: Config) -> None:
+    from vaekit.core.objectives import BETA_SCHEDULES, OBJECTIVE_KINDS
+
     o = cfg.objective
-    _one_of(o.kind, ("elbo", "iwae"), "objective.kind")
+    _one_of(o.kind, OBJECTIVE_KINDS, "objective.kind")
     _check(o.iwae_k >= 1, f"objective.iwae_k must be >= 1, got {o.iwae_k}")
     _check(o.beta >= 0, f"objective.beta must be >= 0, got {o.beta}")
     _one_of(o.beta_schedule, BETA_SCHEDULES, "objective.beta_schedule")
@@ -352,6 +352,7 @@ def _validate_objective(cfg: Config) -> None:
 
 
 def _validate_train(cfg: Config) -> None:
+    from vaekit.training.optim import LR_SCHEDULES, OPTIMIZERS
     from vaekit.training.tracking import LOGGERS
 
     t = cfg.train
@@ -360,7 +361,7 @@ def _validate_train(cfg: Config) -> None:
     _check(t.steps is None or t.steps > 0, f"train.steps must be positive, got {t.steps}")
     _check(t.eval_every > 0, f"train.eval_every must be positive, got {t.eval_every}")
     _check(t.batch_size > 0, f"train.batch_size must be positive, got {t.batch_size}")
-    _one_of(t.optimizer, ("adam", "adamw"), "train.optimizer")
+    _one_of(t.optimizer, OPTIMIZERS, "train.optimizer")
     _check(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}")
     _check(0 <= t.adam_b1 < 1 and 0 <= t.adam_b2 < 1, "train.adam_b1 and train.adam_b2 must be in [0, 1)")
     _check(t.adam_eps > 0, f"train.adam_eps must be positive, got {t.adam_eps}")
@@ -370,7 +371,7 @@ def _validate_train(cfg: Config) -> None:
     _check(0 < t.decay_rate <= 1, f"train.decay_rate must be in (0, 1], got {t.decay_rate}")
     _check(t.decay_steps > 0, f"train.decay_steps must be positive, got {t.decay_steps}")
     _check(t.grad_clip >= 0, f"train.grad_clip must be >= 0, got {t.grad_clip}")
-    _one_of(t.loop, ("auto", "scan", "steps"), "train.loop")
+    _one_of(t.loop, LOOPS, "train.loop")
     _one_of(t.precision, PRECISIONS, "train.precision")
     _check(t.chunk_steps > 0, f"train.chunk_steps must be positive, got {t.chunk_steps}")
     _check(t.eval_batch_size > 0, f"train.eval_batch_size must be positive, got {t.eval_batch_size}")

@@ -77,6 +77,9 @@ class ObjectiveConfig:
     capacity_gamma: float = 1000.0  # weight gamma of |KL - C|
 
 
+#: train.loop: "scan" (a chunk of steps as one jitted lax.scan), "steps" (a host loop of jitted
+#: steps) or "auto" (`training.loop.resolve_loop` picks one by the model).
+LOOPS = ("auto", "scan", "steps")
 PRECISIONS = ("fp32", "bf16")  # train.precision: the compute dtype of the nets' hidden layers while training
 KL_OPTIONS = ("beta", "beta_schedule", "free_bits", "capacity_max")  # what acts on an ELBO's KL term
 

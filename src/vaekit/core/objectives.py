@@ -16,6 +16,25 @@ from vaekit.config.schema import ObjectiveConfig
 from vaekit.core.priors import KL
 
 
+#: objective.kind: the evidence lower bound (with the KL options below), or the importance-weighted
+#: bound of objective.iwae_k draws (Burda et al. 2015), which has no KL term.
+OBJECTIVE_KINDS = ("elbo", "iwae")
+
+#: objective.beta_schedule -> the fraction of beta at step t (float32) of anneal_steps `total`.
+BETA_SCHEDULES = {
+    "constant": lambda t, total, cfg: jnp.ones_like(t),
+    "linear": lambda t, total, cfg: jnp.clip(t / total, 0.0, 1.0),
+    "sigmoid": lambda t, total, cfg: jax.nn.sigmoid(10.0 * (t / total - 0.5)),
+    "cyclical": lambda t, total, cfg: _cyclical(t, total, cfg),
+}
+
+
+def _cyclical(t: jax.Array, total: float, cfg: ObjectiveConfig) -> jax.Array:
+    period = total / cfg.cycles
+    tau = jnp.mod(t, period) / period
+    return jnp.where(t >= total, 1.0, jnp.clip(tau / cfg.cycle_ratio, 0.0, 1.0))
+
+
 def beta_at(step: jax.Array, cfg: ObjectiveConfig) -> jax.Array:
     """The KL weight at `step`.
 
@@ -26,21 +45,10 @@ def beta_at(step: jax.Array, cfg: ObjectiveConfig) -> jax.Array:
       rises linearly from 0 to beta over the first `cycle_ratio` of the cycle and is held at beta for the
       rest; after anneal_steps it stays at beta.
     """
-    t = jnp.asarray(step, jnp.float32)
-    total = float(cfg.anneal_steps)
-    if cfg.beta_schedule == "constant":
-        frac = jnp.ones_like(t)
-    elif cfg.beta_schedule == "linear":
-        frac = jnp.clip(t / total, 0.0, 1.0)
-    elif cfg.beta_schedule == "sigmoid":
-        frac = jax.nn.sigmoid(10.0 * (t / total - 0.5))
-    elif cfg.beta_schedule == "cyclical":
-        period = total / cfg.cycles
-        tau = jnp.mod(t, period) / period
-        frac = jnp.where(t >= total, 1.0, jnp.clip(tau / cfg.cycle_ratio, 0.0, 1.0))
-    else:
+    if cfg.beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"unknown beta schedule {cfg.beta_schedule!r}")
-    return cfg.beta * frac
+    t = jnp.asarray(step, jnp.float32)
+    return cfg.beta * BETA_SCHEDULES[cfg.beta_schedule](t, float(cfg.anneal_steps), cfg)
 
 
 def capacity_at(step: jax.Array, cfg: ObjectiveConfig) -> jax.Array:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vaekit.config import TrainConfig
+from vaekit.config.schema import TrainConfig  # not the package: config.validate imports this module
 
 
 def total_steps(t: TrainConfig, data_pass_steps: int) -> int:
@@ -21,23 +21,31 @@ def total_steps(t: TrainConfig, data_pass_steps: int) -> int:
     return t.steps if t.steps is not None else t.epochs * data_pass_steps
 
 
+#: train.lr_schedule -> (train config, total steps, steps of a pass over the data) -> Optax schedule.
+LR_SCHEDULES = {
+    "constant": lambda t, total, passes: optax.constant_schedule(t.learning_rate),
+    "cosine": lambda t, total, passes: optax.cosine_decay_schedule(t.learning_rate, total),
+    "exponential": lambda t, total, passes: optax.exponential_decay(t.learning_rate, t.decay_steps, t.decay_rate),
+    "step": lambda t, total, passes: optax.exponential_decay(t.learning_rate, t.decay_steps, t.decay_rate,
+                                                             staircase=True),
+    # Burda et al. 2015: stage i = 0..7 lasts 3^i epochs at lr * 10^(-i/7).
+    "iwae": lambda t, total, passes: optax.piecewise_constant_schedule(
+        t.learning_rate, {sum(3**j for j in range(i)) * passes: 10 ** (-1 / 7) for i in range(1, 8)}),
+}
+
+#: train.optimizer -> (train config, learning-rate schedule) -> Optax transform.
+OPTIMIZERS = {
+    "adam": lambda t, lr: optax.adam(lr, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps),
+    "adamw": lambda t, lr: optax.adamw(lr, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps, weight_decay=t.weight_decay),
+}
+
+
 def learning_rate_schedule(t: TrainConfig, data_pass_steps: int) -> optax.Schedule:
     """The configured schedule, with optional linear warm-up, as a function of the step.
 
     data_pass_steps: steps of one pass over the training data (the "iwae" stages count these).
     """
-    lr, total = t.learning_rate, max(1, total_steps(t, data_pass_steps))
-    schedules = {
-        "constant": lambda: optax.constant_schedule(lr),
-        "cosine": lambda: optax.cosine_decay_schedule(lr, total),
-        "exponential": lambda: optax.exponential_decay(lr, t.decay_steps, t.decay_rate),
-        "step": lambda: optax.exponential_decay(lr, t.decay_steps, t.decay_rate, staircase=True),
-        # Burda et al. 2015: stage i = 0..7 lasts 3^i epochs at lr * 10^(-i/7).
-        "iwae": lambda: optax.piecewise_constant_schedule(
-            lr, {sum(3**j for j in range(i)) * data_pass_steps: 10 ** (-1 / 7) for i in range(1, 8)}
-        ),
-    }
-    base = schedules[t.lr_schedule]()
+    base = LR_SCHEDULES[t.lr_schedule](t, max(1, total_steps(t, data_pass_steps)), data_pass_steps)
     if t.warmup_steps == 0:
         return base
     return lambda step: base(step) * jnp.minimum(1.0, (step + 1) / t.warmup_steps)
@@ -66,10 +74,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 def make_optimizer(t: TrainConfig, data_pass_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(Adam or AdamW on the configured schedule, clipped when train.grad_clip > 0; the schedule)."""
     schedule = learning_rate_schedule(t, data_pass_steps)
-    if t.optimizer == "adamw":
-        opt = optax.adamw(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps, weight_decay=t.weight_decay)
-    else:
-        opt = optax.adam(schedule, b1=t.adam_b1, b2=t.adam_b2, eps=t.adam_eps)
+    opt = OPTIMIZERS[t.optimizer](t, schedule)
     if t.grad_clip > 0:
         opt = optax.chain(clip_by_global_norm(t.grad_clip), opt)
     return opt, schedule
@@ -90,5 +95,5 @@ def group_optimizers(model, t: TrainConfig, data_pass_steps: int) -> dict[str, t
     return out
 
 
-__all__ = ["clip_by_global_norm", "global_norm", "group_optimizers", "learning_rate_schedule", "make_optimizer",
-           "total_steps"]
+__all__ = ["LR_SCHEDULES", "OPTIMIZERS", "clip_by_global_norm", "global_norm", "group_optimizers",
+           "learning_rate_schedule", "make_optimizer", "total_steps"]
