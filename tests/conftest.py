@@ -153,7 +153,6 @@ def shared_run(tmp_path_factory, name: str, make) -> Path:
     the lock calls `make(runs_dir, name)`, which leaves a complete run at runs_dir / name; the
     others wait for it and copy it."""
     import fcntl
-    import os
     import shutil
 
     own = tmp_path_factory.getbasetemp() / "shared-run-copies" / name
@@ -173,8 +172,11 @@ def shared_run(tmp_path_factory, name: str, make) -> Path:
     return own
 
 
-def _complete(run_dir) -> bool:
-    return (run_dir / "run.json").exists() and '"complete"' in (run_dir / "run.json").read_text()
+def _complete(run_dir: Path) -> bool:
+    from vaekit.runs import layout
+
+    info = run_dir / layout.RUN_FILE
+    return info.exists() and layout.read_json(info).get("status") == "complete"
 
 
 def trained_run_dir(tmp_path_factory):

@@ -11,9 +11,6 @@ import pytest
 from conftest import TRAINED_RUN_ARGS, trained_run_dir
 from vaekit.cli import main
 
-SMALL = TRAINED_RUN_ARGS
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """The session's tiny run, made by one real `vaekit train` process (conftest.trained_run_dir)."""
@@ -99,7 +96,7 @@ def test_bad_user_data(capsys, tmp_path):
 
 def test_existing_run_is_not_overwritten(capsys, run_dir):
     before = (run_dir / "run.json").read_text()
-    _err(capsys, ["train", "--runs-dir", str(run_dir.parent), "--name", run_dir.name, *SMALL], "already exists")
+    _err(capsys, ["train", "--runs-dir", str(run_dir.parent), "--name", run_dir.name, *TRAINED_RUN_ARGS], "already exists")
     assert (run_dir / "run.json").read_text() == before
 
 

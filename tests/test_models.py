@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from flax.traverse_util import flatten_dict
 
 from conftest import synthetic_splits, synthetic_token_splits, tiny_config
 from vaekit.core import metrics as metrics_lib
@@ -77,11 +78,9 @@ def _loss_fn(model, batch):
     return jax.jit(jax.value_and_grad(loss_fn, has_aux=True)), params, rest
 
 
-def check_finite_loss_and_gradients(cfg, splits):
-    """The kind builds from its config; its loss, metrics and gradients are finite, and some
-    gradient is not zero; the best metric and the per-dimension KL are among the metrics."""
-    model = build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))
-    assert isinstance(model, Model) and model.kind == cfg.model.kind
+def check_finite_loss_and_gradients(model, cfg, splits):
+    """The kind's loss, metrics and gradients are finite, and some gradient is not zero; the best
+    metric and the per-dimension KL are among the metrics; the same seed builds the same model."""
     model.train()
     value_and_grad, params, rest = _loss_fn(model, _batch(splits))
     (loss, metrics), grads = value_and_grad(params, rest)
@@ -103,10 +102,9 @@ def check_finite_loss_and_gradients(cfg, splits):
     assert float(value_and_grad(twin_params, twin_rest)[0][0]) == float(loss)
 
 
-def check_data_in_data_out_shapes(cfg, splits):
+def check_data_in_data_out_shapes(model, cfg, splits):
     """Encode, decode, reconstruct and sample take and give arrays of the data's shapes (a flow's
     density of its own draws equals the one it drew them with), in one jitted call."""
-    model = build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))
     model.eval()
     batch = _batch(splits)
     x, y = batch["x"], _y(model, batch)
@@ -136,10 +134,9 @@ def check_data_in_data_out_shapes(cfg, splits):
     assert out["sample"].shape == (5, *shape)
 
 
-def check_iwae_bounds_nondecreasing_in_k(cfg, splits):
+def check_iwae_bounds_nondecreasing_in_k(model, cfg, splits):
     """The k-sample bounds of an untrained model (a loose posterior) grow with k; a kind without
     posterior draws gives one exact value per example."""
-    model = build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))
     if not model.capabilities.likelihood_bound:
         return
     model.eval()
@@ -169,8 +166,8 @@ def check_trains_saves_and_loads(cfg, splits, runs_dir):
     assert math.isfinite(run.info["final"]["val/loss"])
     latest = max((run_dir / "checkpoints" / "latest").iterdir(), key=lambda p: int(p.name))
     saved = ocp.StandardCheckpointer().restore(latest / "model")  # the stored arrays as they are on disk
-    saved = {"/".join(map(str, path[:-1])): v for path, v in _flat(saved).items()}  # .../kernel/value
-    loaded = {"/".join(map(str, path)): v for path, v in _flat(nnx.to_pure_dict(nnx.state(run.model))).items()}
+    saved = {"/".join(map(str, path[:-1])): v for path, v in flatten_dict(saved).items()}  # .../kernel/value
+    loaded = {"/".join(map(str, path)): v[...] for path, v in nnx.to_flat_state(nnx.state(run.model))}
     assert loaded and sorted(loaded) == sorted(saved)
     for path, value in loaded.items():
         np.testing.assert_array_equal(np.asarray(value), np.asarray(saved[path]), err_msg=path)
@@ -179,22 +176,17 @@ def check_trains_saves_and_loads(cfg, splits, runs_dir):
     assert np.all(np.isfinite(nnx.jit(lambda m: m.reconstruct(batch["x"], y))(run.model)))
 
 
-def _flat(tree: dict, prefix=()) -> dict:
-    """{path tuple: leaf} of a nested dict."""
-    out = {}
-    for k, v in tree.items():
-        out |= _flat(v, (*prefix, k)) if isinstance(v, dict) else {(*prefix, k): v}
-    return out
-
-
 CHECKS = (check_finite_loss_and_gradients, check_data_in_data_out_shapes, check_iwae_bounds_nondecreasing_in_k)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_conformance(kind, splits, tmp_path):
-    """Every check on one kind, its small config built and compiled once per check."""
+    """Every check on one model of the kind, built once from its small config (params seed 0)."""
+    cfg = _cfg(kind)
+    model = build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0))
+    assert isinstance(model, Model) and model.kind == cfg.model.kind
     for check in CHECKS:
-        check(_cfg(kind), splits)
+        check(model, cfg, splits)
     check_trains_saves_and_loads(_cfg(kind, train={"epochs": 1, "batch_size": 20, "chunk_steps": 3}), splits, tmp_path)
 
 

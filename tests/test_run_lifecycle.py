@@ -189,8 +189,7 @@ def _damage(checkpoint_dir: Path):
             f.write_bytes(f.read_bytes()[:20])
 
 
-def test_corrupted_checkpoint_one_clean_line_and_resume_falls_back(tmp_path, caplog):
-    splits = synthetic_splits()
+def test_corrupted_checkpoint_one_clean_line_and_resume_falls_back(tmp_path, caplog, splits):
     cfg = tiny_config(train={"epochs": 2})
     run = train(cfg, data=splits, runs_dir=tmp_path, name="r", progress=False)
     _damage(run / "checkpoints" / "best")
@@ -225,25 +224,25 @@ def test_trainer_keeps_the_last_good_state_after_divergence(splits):
         assert "val/elbo" in tr.validate()  # usable from Python: no deleted (donated) buffers
 
 
-def test_nonfinite_validation_stops_the_run_as_diverged(tmp_path, monkeypatch):
+def test_nonfinite_validation_stops_the_run_as_diverged(tmp_path, monkeypatch, splits):
     real = Trainer.validate
     monkeypatch.setattr(Trainer, "validate", lambda self, *a, **k: dict(real(self, *a, **k), **{"val/elbo": float("nan")}))
     with pytest.raises(TrainingDiverged, match="validation elbo is nan"):
-        train(tiny_config(), data=synthetic_splits(), runs_dir=tmp_path, name="r", progress=False)
+        train(tiny_config(), data=splits, runs_dir=tmp_path, name="r", progress=False)
     assert json.loads((tmp_path / "r" / "run.json").read_text())["status"] == "diverged"
 
 
 # ------------------------------------------------------------------ failures, objective options, evaluation, pictures
 
 
-def test_a_failure_after_training_starts_marks_the_run_failed(tmp_path, monkeypatch):
+def test_a_failure_after_training_starts_marks_the_run_failed(tmp_path, monkeypatch, splits):
 
     def boom(*a, **k):
         raise RuntimeError("cannot draw this")
 
     monkeypatch.setattr("vaekit.plots.save_curves", boom)
     with pytest.raises(RuntimeError, match="cannot draw this"):
-        train(tiny_config(train={"epochs": 1}), data=synthetic_splits(), runs_dir=tmp_path, name="r", progress=False)
+        train(tiny_config(train={"epochs": 1}), data=splits, runs_dir=tmp_path, name="r", progress=False)
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["status"] == "failed" and "cannot draw this" in info["error"]
     assert not (tmp_path / "r" / layout.LOCK_FILE).exists()

@@ -22,6 +22,7 @@ from vaekit.data.text import (BOS, EOS, PAD, UNK, TextDataConfig, Vocabulary, lo
                               sentence_lengths, tokenize)
 from vaekit.errors import VaekitError
 from vaekit.models import build_model
+from vaekit.runs.layout import read_config
 
 
 def _model(kind="textvae", vocab=9, seq_len=6, **model):
@@ -202,8 +203,6 @@ def text_run(tmp_path_factory):
                    "--set", "model.rnn_hidden=6", "--set", "train.steps=4", "--set", "train.eval_every=4",
                    "--set", "train.batch_size=10", "--set", "train.chunk_steps=2"])
         assert rc == 0
-
-    from vaekit.runs.layout import read_config
 
     run_dir = shared_run(tmp_path_factory, "text", make)
     return run_dir, Path(read_config(run_dir).data.path)

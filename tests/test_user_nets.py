@@ -142,8 +142,8 @@ def test_a_run_with_its_own_nets_saves_loads_and_resumes_identically(splits, tmp
     run = load_run(once, checkpoint="latest")
     assert isinstance(run.model.encoder.net, MyEncoder) and run.config.model.decoder_args["shape"] == [8, 8, 1]
     two = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2))
-    straight = load_run(train(two, data=splits, runs_dir=tmp_path, name="straight",
-                                      progress=False), checkpoint="latest")
+    straight = train(two, data=splits, runs_dir=tmp_path, name="straight", progress=False)
+    straight = load_run(straight, checkpoint="latest")
     resumed = load_run(train(two, data=splits, resume=once, progress=False), checkpoint="latest")
     x = jnp.asarray(splits.val["x"][:6])
     np.testing.assert_array_equal(np.asarray(resumed.model.reconstruct(x)), np.asarray(straight.model.reconstruct(x)))

@@ -20,19 +20,20 @@ from vaekit.core.priors import KL
 #: bound of objective.iwae_k draws (Burda et al. 2015), which has no KL term.
 OBJECTIVE_KINDS = ("elbo", "iwae")
 
-#: objective.beta_schedule -> the fraction of beta at step t (float32) of anneal_steps `total`.
-BETA_SCHEDULES = {
-    "constant": lambda t, total, cfg: jnp.ones_like(t),
-    "linear": lambda t, total, cfg: jnp.clip(t / total, 0.0, 1.0),
-    "sigmoid": lambda t, total, cfg: jax.nn.sigmoid(10.0 * (t / total - 0.5)),
-    "cyclical": lambda t, total, cfg: _cyclical(t, total, cfg),
-}
-
 
 def _cyclical(t: jax.Array, total: float, cfg: ObjectiveConfig) -> jax.Array:
     period = total / cfg.cycles
     tau = jnp.mod(t, period) / period
     return jnp.where(t >= total, 1.0, jnp.clip(tau / cfg.cycle_ratio, 0.0, 1.0))
+
+
+#: objective.beta_schedule -> the fraction of beta at step t (float32) of anneal_steps `total`.
+BETA_SCHEDULES = {
+    "constant": lambda t, total, cfg: jnp.ones_like(t),
+    "linear": lambda t, total, cfg: jnp.clip(t / total, 0.0, 1.0),
+    "sigmoid": lambda t, total, cfg: jax.nn.sigmoid(10.0 * (t / total - 0.5)),
+    "cyclical": _cyclical,
+}
 
 
 def beta_at(step: jax.Array, cfg: ObjectiveConfig) -> jax.Array:
