@@ -97,9 +97,98 @@ def test_k1_equals_elbo():
 def test_results_do_not_depend_on_batching():
     model = build_model(tiny_config(), DataSpec("images", (8, 8, 1)), rngs=nnx.Rngs(params=0))
     x = synthetic_splits(n=20).train["x"][:10]
-    a = log_likelihood(model, {"x": x}, samples=200, chunk=50, batch_size=10)["log_px"]
-    b = log_likelihood(model, {"x": x}, samples=200, chunk=50, batch_size=10)["log_px"]
-    np.testing.assert_array_equal(a, b)  # seeded: the same evaluation gives the same number
+    a = log_likelihood(model, {"x": x}, samples=200, chunk=50, batch_size=10)
+    b = log_likelihood(model, {"x": x}, samples=200, chunk=50, batch_size=3)  # tail calls mix examples and rounds
+    c = log_likelihood(model, {"x": x[4:]}, samples=200, chunk=50, batch_size=10)
+    for key in ("log_px", "elbo", "iwae_5", "iwae_50", "mc_error"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=key)  # an example's draws are its own
+    assert not np.allclose(a["log_px"][4:], c["log_px"])  # keyed by position in the data: another subset, other draws
+    np.testing.assert_array_equal(a["log_px"], log_likelihood(model, {"x": x}, samples=200, chunk=50, batch_size=10)["log_px"])
+
+
+def _log_mean_exp(a, axis=-1):
+    from scipy.special import logsumexp
+
+    return logsumexp(a, axis=axis) - np.log(a.shape[axis])
+
+
+def test_chunked_estimate_equals_all_draws_at_once(ppca):
+    """The chunked, slot-scheduled estimate against the same draws taken in one go and reduced in float64."""
+    w, b, s, x, _ = ppca
+    model = PPCA(w, b, s, exact=False, mean_shift=0.3, scale_factor=1.5)
+    x = x[:7]
+    est = log_likelihood(model, {"x": x}, samples=120, chunk=40, batch_size=4, seed=5)
+    key = jax.random.PRNGKey(5)
+    lw = np.stack([np.concatenate([np.asarray(model.log_weights({"x": x[i : i + 1]}, 40, rngs=nnx.Rngs(
+        sample=jax.random.fold_in(jax.random.fold_in(key, i), r)))[0], np.float64) for r in range(3)]) for i in range(7)])
+    np.testing.assert_allclose(est["log_px"], _log_mean_exp(lw), rtol=1e-6)
+    np.testing.assert_allclose(est["elbo"], lw.mean(axis=1), rtol=1e-6)
+    iwae5 = _log_mean_exp(lw[:, :40].reshape(7, 8, 5)).mean(axis=1)
+    np.testing.assert_allclose(est["iwae_5"], iwae5, rtol=1e-6)
+    w_ = np.exp(lw - lw.max(axis=1, keepdims=True))  # delta method: sd(w) / (sqrt(n) mean(w))
+    np.testing.assert_allclose(est["mc_error"], w_.std(axis=1, ddof=1) / np.sqrt(120) / w_.mean(axis=1), rtol=1e-5)
+    np.testing.assert_array_equal(est["draws"], 120)
+
+
+def test_adaptive_with_zero_error_is_the_fixed_k_estimate(ppca):
+    w, b, s, x, _ = ppca
+    model = PPCA(w, b, s, exact=False, mean_shift=0.3, scale_factor=1.5)
+    fixed = log_likelihood(model, {"x": x}, samples=300, chunk=50, batch_size=16)
+    adaptive = log_likelihood(model, {"x": x}, samples=300, chunk=50, batch_size=16, mc_error=0.0, min_samples=1)
+    np.testing.assert_array_equal(adaptive["draws"], 300)  # E = 0: no example stops before the cap
+    np.testing.assert_allclose(adaptive["log_px"], fixed["log_px"], rtol=1e-12)
+
+
+def test_adaptive_estimate_is_within_its_stated_error_of_the_exact_log_likelihood(ppca):
+    w, b, s, x, exact = ppca
+    model = PPCA(w, b, s, exact=False, mean_shift=0.3, scale_factor=1.5)
+    target = 0.01
+    est = log_likelihood(model, {"x": x}, samples=20_000, chunk=100, batch_size=40, mc_error=target)
+    assert np.all(est["mc_error"] < target)  # every example stopped precise enough, none at the cap
+    assert np.all(est["draws"] < 20_000) and np.all(est["draws"] >= 100)
+    assert est["draws"].min() < est["draws"].max()  # examples differ in how many draws they need
+    z = (est["log_px"] - exact) / est["mc_error"]
+    assert np.mean(np.abs(z) < 2) > 0.8  # per example, within two stated errors for most of the 40
+    mean_error = np.sqrt(np.sum(est["mc_error"] ** 2)) / len(x)
+    assert abs(est["log_px"].mean() - exact.mean()) < 3 * mean_error
+
+
+def test_stated_error_matches_the_spread_over_independent_draws(ppca):
+    """Copies of one example get independent draws: their spread is the Monte Carlo error the estimator states."""
+    w, b, s, x, _ = ppca
+    model = PPCA(w, b, s, exact=False, mean_shift=0.3, scale_factor=1.5)
+    est = log_likelihood(model, {"x": np.repeat(x[:1], 400, axis=0)}, samples=200, chunk=100, batch_size=100)
+    assert est["log_px"].std() == pytest.approx(np.median(est["mc_error"]), rel=0.2)
+
+
+def test_the_stopping_rule_takes_the_minimum_draws_first(ppca):
+    w, b, s, x, _ = ppca
+    exact_q = PPCA(w, b, s, exact=True)  # every weight equals p(x) (to float32 rounding): no Monte Carlo error
+    est = log_likelihood(exact_q, {"x": x[:8]}, samples=1000, chunk=10, batch_size=4, mc_error=1e-3, min_samples=25)
+    np.testing.assert_array_equal(est["draws"], 30)  # 25 rounded up to whole chunks, never fewer
+    loose = PPCA(w, b, s, exact=False, mean_shift=0.3, scale_factor=1.5)
+    est = log_likelihood(loose, {"x": x[:9]}, samples=1000, chunk=10, batch_size=4, mc_error=1e9, min_samples=25)
+    np.testing.assert_array_equal(est["draws"][:8], 30)
+    assert est["draws"][8] >= 30  # the last example alone: idle slots give it more draws in the same calls
+
+
+def test_the_cost_is_said_after_the_first_call(ppca, caplog):
+    w, b, s, x, _ = ppca
+    with caplog.at_level("INFO", logger="vaekit"):
+        log_likelihood(PPCA(w, b, s, exact=True), {"x": x}, samples=100, chunk=10, batch_size=8)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("NLL: about")]
+    assert len(lines) == 1 and "for 40 examples x 100 draws" in lines[0], lines
+
+
+@pytest.mark.parametrize("kwargs, message", [({"mc_error": -0.1}, "--mc-error must be >= 0"),
+                                             ({"min_samples": 0}, "--min-samples must be >= 1"),
+                                             ({"chunk": 0}, "--chunk must be >= 1")])
+def test_bad_settings_are_refused(ppca, kwargs, message):
+    from vaekit.errors import VaekitError
+
+    w, b, s, x, _ = ppca
+    with pytest.raises(VaekitError, match=message):
+        log_likelihood(PPCA(w, b, s, exact=True), {"x": x}, samples=10, **kwargs)
 
 
 def test_evaluate_writes_json_through_the_run(tmp_path, monkeypatch):
@@ -109,10 +198,16 @@ def test_evaluate_writes_json_through_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr("vaekit.data.load_data", lambda *a, **k: splits)
     run = train(tiny_config(train={"epochs": 1}), runs_dir=tmp_path, name="r", progress=False)
     s = evaluate(run, split="test", samples=100, limit=20, progress=False)
-    assert s["examples"] == 20 and s["samples"] == 100
+    assert s["examples"] == 20 and s["samples"] == 100 and s["draws_mean"] == 100 and s["mc_error_target"] == 0
     assert s["nll"] <= -s["elbo"] + 1e-6
     assert s["bits_per_dim"] == pytest.approx(s["nll"] / (64 * np.log(2)))
     import json
 
     saved = json.loads((run / "evaluation.json").read_text())
     assert saved["test-k100-n20"]["nll"] == pytest.approx(s["nll"])
+    a = evaluate(run, split="test", samples=400, limit=20, chunk=50, mc_error=1e9, min_samples=50, progress=False)
+    assert a["draws_mean"] == 50 and a["draws_max"] == 50 and a["mc_error_target"] == 1e9
+    # the mean's Monte Carlo error is the examples' root-mean-square error over sqrt(n)
+    assert a["mc_error_mean"] / np.sqrt(20) <= a["nll_mc_error"] <= a["mc_error_max"] / np.sqrt(20)
+    saved = json.loads((run / "evaluation.json").read_text())
+    assert set(saved) == {"test-k100-n20", "test-k400-n20-e1e+09"}

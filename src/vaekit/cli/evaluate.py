@@ -39,12 +39,19 @@ def cmd_evaluate(args) -> None:
 
     run = load(args)
     s = evaluate(run, split=args.split, samples=args.samples, limit=args.limit, batch_size=args.batch_size,
-                 chunk=args.chunk, progress=not args.no_progress)
-    table = _table(f"{run.path} ({s['split']} split, {s['examples']} examples, k = {s['samples']})", "value")
+                 chunk=args.chunk, mc_error=args.mc_error, min_samples=args.min_samples, progress=not args.no_progress)
+    draws = f"k = {s['samples']}" if not s["mc_error_target"] else \
+        f"draws until the Monte Carlo error < {s['mc_error_target']:g} nats, {s['min_samples']} to {s['samples']}"
+    table = _table(f"{run.path} ({s['split']} split, {s['examples']} examples, {draws})", "value")
     nll = "conditional NLL -log p(x|y) (nats)" if s["conditional"] else "NLL (nats)"
     if s.get("nll_is_bound"):  # an exact bound, no importance sampling
         nll = "NLL upper bound -log p(x|z_q) - log p(z_q) (nats)"
     table.add_row(nll, f"{s['nll']:.2f} ± {s['nll_stderr']:.2f}")
+    if s["nll_mc_error"] is not None:
+        table.add_row("Monte Carlo error of the NLL (nats)", f"{s['nll_mc_error']:.4f}")
+        table.add_row("Monte Carlo error per example, mean / max", f"{s['mc_error_mean']:.3f} / {s['mc_error_max']:.3f}")
+        if s["mc_error_target"]:
+            table.add_row("draws per example, mean / max", f"{s['draws_mean']:.0f} / {s['draws_max']}")
     table.add_row("ELBO (k = 1)", f"{s['elbo']:.2f}")
     for key in ("iwae_k1", "iwae_k5", "iwae_k50"):
         if key in s:
@@ -106,7 +113,13 @@ def register(command) -> None:
     e = command("evaluate", "importance-sampled NLL, IWAE bounds, active units; writes evaluation.json")
     run_arg(e)
     e.add_argument("--split", default="test", help="train, val or test")
-    e.add_argument("--samples", type=int, default=5000, help="importance samples k per example")
+    e.add_argument("--samples", type=int, default=5000, help="importance samples k per example (with --mc-error: "
+                                                             "the most an example may take)")
+    e.add_argument("--mc-error", type=float, default=0.0, metavar="NATS",
+                   help="stop each example once the Monte Carlo error of its log p(x) is below this (default 0: "
+                        "a fixed k, the papers' protocol)")
+    e.add_argument("--min-samples", type=int, help="with --mc-error, the draws every example takes before it may "
+                                                  "stop (default 100)")
     e.add_argument("--limit", type=int, help="score only the first N examples of the split (default: all)")
     e.add_argument("--batch-size", type=int, default=50, help="examples per compiled call")
     e.add_argument("--chunk", type=int, default=100, help="draws per step of the streaming logsumexp")

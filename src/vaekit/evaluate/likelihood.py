@@ -7,10 +7,20 @@ For each example x and k draws z_i ~ q(z|x), with log weights log w_i = log p(x,
     ELBO     ~= (1/k) sum_i log w_i        (unbiased; the k = 1 bound averaged over all draws)
     IWAE_m   ~= mean over groups of m draws of log (1/m) sum w   (the m-sample bound)
 
-The draws are taken in chunks (`chunk` at a time, a `lax.scan` inside one jitted call per batch
-of examples) and reduced with a streaming logsumexp, so memory is bounded whatever k is. The
-estimator calls only the model interface (`log_weights`, `encode`), so every model is scored by
-the same code; every per-example array of the data (labels, masks) is passed to the model, so a
+The draws come in chunks (`chunk` per example per compiled call, `batch_size` examples per call)
+and are merged into per-example running sums in float64, so memory is bounded whatever k is. The
+draws of example i in chunk r are keyed by (seed, i, r) alone: the result does not depend on the
+batch size or on the order the chunks were computed in.
+
+With a fixed k (the papers' protocol) every example gets k draws. With `mc_error` E > 0 each
+example stops as soon as it has at least `min_samples` draws and the Monte Carlo standard error
+of its log p-hat is below E nats; k is then the cap. That error is the delta method's:
+sd(w) / (sqrt(n) mean(w)), from the spread of the weights drawn so far. It is a first-order
+estimate: for heavy-tailed weights (a posterior much narrower than the true one) the draws seen so
+far can miss the rare large weights, which is why a minimum number of draws is always taken.
+
+The estimator calls only the model interface (`log_weights`), so every model is scored by the
+same code; every per-example array of the data (labels, masks) is passed to the model, so a
 conditional model is scored as log p(x|y).
 """
 
@@ -33,36 +43,134 @@ from vaekit.progress import progress_bar
 
 IWAE_BOUNDS = (1, 5, 50)
 EVAL_SEED = 20151102  # seed of the posterior draws of every evaluation (results are reproducible)
+MIN_SAMPLES = 100  # --mc-error never stops an example before this many draws (the error estimate needs them)
 
 
-def _batch_fn(graphdef, k: int, chunk: int, bounds: tuple[int, ...]):
-    """Jitted (state, batch, key) -> per-example (log-mean-exp of k weights, mean log w, IWAE bounds)."""
-    n_chunks = k // chunk
+def _chunk_fn(graphdef, chunk: int, keep: int):
+    """Jitted (state, examples, index (S,), round (S,), key) -> per slot the chunk's weight sums.
+
+    Slot j scores example `index[j]` with `chunk` draws keyed by (key, index[j], round[j]) alone, so
+    an example's draws do not depend on the batch size or on which slot computed them. Returns
+    (max log w, sum exp(log w - max), sum exp(2 (log w - max)), sum log w, the first `keep` log w).
+    """
 
     @jax.jit
-    def run(state, batch, key):
+    def run(state, batch, index, round_, key):
         model = nnx.merge(graphdef, state)
 
-        def body(carry, i):
-            m, s, total = carry  # running max, sum of exp(lw - m), sum of lw; each (B,)
-            lw = model.log_weights(batch, chunk, rngs=nnx.Rngs(sample=jax.random.fold_in(key, i)))  # (B, chunk)
-            m_new = jnp.maximum(m, jnp.max(lw, axis=1))
-            s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(lw - m_new[:, None]), axis=1)
-            return (m_new, s, total + jnp.sum(lw, axis=1)), lw[:, : max(bounds)]
+        def one(example, i, r):
+            rngs = nnx.Rngs(sample=jax.random.fold_in(jax.random.fold_in(key, i), r))
+            lw = model.log_weights(jax.tree.map(lambda v: v[None], example), chunk, rngs=rngs)[0]  # (chunk,)
+            m = jnp.max(lw)
+            e = jnp.exp(lw - m)
+            return m, jnp.sum(e), jnp.sum(e * e), jnp.sum(lw), lw[:keep]
 
-        b = batch["x"].shape[0]
-        init = (jnp.full((b,), -jnp.inf), jnp.zeros((b,)), jnp.zeros((b,)))
-        (m, s, total), first = jax.lax.scan(body, init, jnp.arange(n_chunks))
-        log_px = m + jnp.log(s) - math.log(k)
-        lw0 = first[0]  # (B, max(bounds)): the first chunk's draws, grouped m at a time per bound
-        iwae = {
-            m_: jnp.mean(jax.nn.logsumexp(lw0[:, : (lw0.shape[1] // m_) * m_].reshape(b, -1, m_), axis=-1), axis=1)
-            - math.log(m_)
-            for m_ in bounds
-        }
-        return log_px, total / k, iwae
+        return jax.vmap(one)(batch, index, round_)
 
     return run
+
+
+class _Weights:
+    """Per-example running sums of the importance weights in float64, merged a chunk at a time.
+
+    For n draws with log weights l_i and m = max l_i: s = sum exp(l_i - m), s2 = sum exp(2 (l_i - m)),
+    so that log p-hat = m + log(s / n), and the delta-method Monte Carlo error of log p-hat is
+    sd(w) / (sqrt(n) mean(w)) = sqrt((n s2 / s^2 - 1) / (n - 1)).
+    """
+
+    def __init__(self, n: int):
+        self.m = np.full(n, -np.inf)
+        self.s, self.s2, self.total = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.draws = np.zeros(n, np.int64)
+
+    def add(self, index: np.ndarray, m, s, s2, total, draws: int) -> None:
+        """Merge chunks (one per entry of `index`; an example may appear more than once)."""
+        m, s, s2 = (np.asarray(a, np.float64) for a in (m, s, s2))
+        new = self.m.copy()
+        np.maximum.at(new, index, m)
+        with np.errstate(invalid="ignore"):  # -inf - -inf: an example with no finite weight yet
+            old = np.where(np.isfinite(new), np.exp(self.m - new), 0.0)
+            scale = np.where(np.isfinite(new[index]), np.exp(m - new[index]), 0.0)
+        self.s *= old
+        self.s2 *= old * old
+        np.add.at(self.s, index, s * scale)
+        np.add.at(self.s2, index, s2 * scale * scale)
+        np.add.at(self.total, index, np.asarray(total, np.float64))
+        np.add.at(self.draws, index, draws)
+        self.m = new
+
+    def log_mean(self) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return self.m + np.log(self.s) - np.log(self.draws)
+
+    def mc_error(self) -> np.ndarray:
+        """The Monte Carlo standard error of log p-hat per example (inf before two draws)."""
+        n = self.draws.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.maximum(n * self.s2 / self.s**2 - 1.0, 0.0) / (n - 1.0)
+            return np.where(n > 1, np.sqrt(rel), np.inf)
+
+
+def _log_mean_exp(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    m = np.max(a, axis=axis, keepdims=True)
+    return np.squeeze(m, axis) + np.log(np.mean(np.exp(a - m), axis=axis))
+
+
+class _Schedule:
+    """Which (example, chunk round) each slot of the next call computes.
+
+    Every started example gets its next round; free slots start new examples in order; slots still
+    free (the tail of the data) take further rounds of started examples, so no slot computes padding
+    while work remains. With a fixed k this is the batches of the data in order, k / chunk calls each.
+    With `wait` (an adaptive k), an example whose last round is still being computed gets no round
+    before its results are in: whether it stops depends on them.
+    """
+
+    def __init__(self, n: int, slots: int, rounds: int, wait: bool):
+        self.n, self.slots, self.rounds, self.wait = n, slots, rounds, wait
+        self.next_example = 0
+        self.scheduled = np.zeros(n, np.int64)  # rounds handed out per example
+        self.in_flight = np.zeros(n, np.int64)  # rounds handed out and not yet merged
+        self.active: list[int] = []  # started and not finished, oldest first
+
+    def merged(self, index: np.ndarray, finished) -> None:
+        np.subtract.at(self.in_flight, index, 1)
+        done = set(int(e) for e in finished)
+        if done:
+            self.active = [e for e in self.active if e not in done]
+
+    def next(self) -> tuple[np.ndarray, np.ndarray] | None:
+        take: dict[int, int] = {}  # rounds each example gets in this call
+
+        def room(e: int) -> int:
+            return self.rounds - int(self.scheduled[e]) - take.get(e, 0)
+
+        ready = [e for e in self.active if room(e) > 0 and not (self.wait and self.in_flight[e])]
+        work = ready[: self.slots]
+        while len(work) < self.slots and self.next_example < self.n:
+            self.active.append(self.next_example)
+            ready.append(self.next_example)
+            work.append(self.next_example)
+            self.next_example += 1
+        for e in work:
+            take[e] = 1
+        more = True
+        while len(work) < self.slots and more:  # the tail: further rounds of the ready examples
+            more = False
+            for e in ready:
+                if len(work) < self.slots and room(e) > 0:
+                    take[e] = take.get(e, 0) + 1
+                    work.append(e)
+                    more = True
+        if not work:
+            return None
+        index = np.asarray(work, np.int64)
+        rounds = np.empty_like(index)
+        for j, e in enumerate(work):
+            rounds[j] = self.scheduled[e]
+            self.scheduled[e] += 1
+        np.add.at(self.in_flight, index, 1)
+        return index, rounds
 
 
 def log_likelihood(
@@ -73,43 +181,108 @@ def log_likelihood(
     chunk: int = 100,
     batch_size: int = 50,
     seed: int = EVAL_SEED,
+    mc_error: float = 0.0,
+    min_samples: int = MIN_SAMPLES,
     progress=None,
 ) -> dict[str, np.ndarray]:
     """Per-example estimates over `data` ({"x": (N, ...), and any other per-example arrays such as
     "y"}): arrays of shape (N,).
 
-    Returns {"log_px": importance-sampled log p(x) with `samples` draws, "elbo": mean log weight,
-    "iwae_<m>": the m-sample bound for m in (1, 5, 50) that fit in one chunk}. `progress` is an
-    optional callable advanced with the number of examples done.
+    Returns {"log_px": importance-sampled log p(x), "elbo": mean log weight, "iwae_<m>": the
+    m-sample bound for m in (1, 5, 50) that fit in one chunk, "draws": the draws each example used,
+    "mc_error": the Monte Carlo standard error of each log_px}. With `mc_error` E > 0 an example
+    stops drawing once it has at least `min_samples` draws and its Monte Carlo error is below E;
+    `samples` is the cap (and, with E = 0, the fixed k of the papers' protocol). Draws come `chunk`
+    at a time for `batch_size` examples per compiled call. `progress` is an optional callable
+    advanced with the number of examples finished.
     """
     if samples < 1:
         raise VaekitError(f"--samples must be >= 1, got {samples}")
     if batch_size < 1:
         raise VaekitError(f"--batch-size must be >= 1, got {batch_size}")
+    if chunk < 1:
+        raise VaekitError(f"--chunk must be >= 1, got {chunk}")
+    if not mc_error >= 0:
+        raise VaekitError(f"--mc-error must be >= 0 nats, got {mc_error}")
+    if min_samples < 1:
+        raise VaekitError(f"--min-samples must be >= 1, got {min_samples}")
     chunk = min(chunk, samples)
     if samples % chunk:
         chunk = math.gcd(samples, chunk)  # chunks must tile k exactly
+    rounds = samples // chunk
+    min_rounds = min(rounds, -(-min_samples // chunk))
     bounds = tuple(b for b in IWAE_BOUNDS if b <= chunk)
-    graphdef, state = nnx.split(model)
-    fn = _batch_fn(graphdef, samples, chunk, bounds)
     arrays = {k: np.asarray(v) for k, v in data.items()}
     n = len(arrays["x"])
+    slots = max(1, min(batch_size, n))
+    graphdef, state = nnx.split(model)
     key = jax.random.PRNGKey(seed)
-    out = {"log_px": [], "elbo": [], **{f"iwae_{b}": [] for b in bounds}}
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
-        # pad the last batch to the compiled shape (padding rows are dropped below)
-        idx = np.minimum(np.arange(start, start + batch_size), n - 1)
-        batch = {k: jnp.asarray(v[idx]) for k, v in arrays.items()}
-        log_px, elbo, iwae = jax.device_get(fn(state, batch, jax.random.fold_in(key, start)))
-        keep = stop - start
-        out["log_px"].append(log_px[:keep])
-        out["elbo"].append(elbo[:keep])
-        for b in bounds:
-            out[f"iwae_{b}"].append(iwae[b][:keep])
-        if progress is not None:
-            progress(keep)
-    return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
+    schedule = _Schedule(n, slots, rounds, wait=mc_error > 0)
+    weights = _Weights(n)
+    iwae = {b: np.zeros(n) for b in bounds}
+    finished = np.zeros(n, bool)
+
+    def merge(index, round_, out) -> None:
+        m, s, s2, total, first = (a[: len(index)] for a in jax.device_get(out))  # drop the padding slots
+        weights.add(index, m, s, s2, total, chunk)
+        at = round_ == 0
+        for b in bounds if at.any() else ():  # the m-sample bounds from the groups of m of each first chunk
+            groups = first[at, : (chunk // b) * b].astype(np.float64).reshape(int(at.sum()), -1, b)
+            iwae[b][index[at]] = np.mean(_log_mean_exp(groups), axis=1)
+        touched = np.unique(index)
+        draws = weights.draws[touched]
+        stop = (draws >= samples) | ((draws >= min_rounds * chunk) & (weights.mc_error()[touched] < mc_error))
+        done = touched[stop & ~finished[touched]]
+        finished[done] = True
+        schedule.merged(index, done)
+        if progress is not None and len(done):
+            progress(len(done))
+
+    fn, batch, batch_index, pending = None, None, None, None
+    while True:
+        # Call i + 1 is scheduled and dispatched before call i's results are merged, so the device does
+        # not wait for the host.
+        launched = None
+        if (work := schedule.next()) is not None:
+            index, round_ = work
+            padded = np.resize(index, slots), np.resize(round_, slots)  # fewer items than slots: pad
+            if batch_index is None or not np.array_equal(padded[0], batch_index):  # fixed k: once per k / chunk calls
+                batch, batch_index = {k: jnp.asarray(v[padded[0]]) for k, v in arrays.items()}, padded[0]
+            args = (state, batch, jnp.asarray(padded[0], jnp.int32), jnp.asarray(padded[1], jnp.int32), key)
+            if fn is None:  # compile before the clock starts: the first call's time prices the whole job
+                fn = _chunk_fn(graphdef, chunk, chunk).lower(*args).compile()
+                started = time.perf_counter()
+                out = jax.block_until_ready(fn(*args))
+                _say_cost(time.perf_counter() - started, -(-n * rounds // slots), n, samples, slots, chunk, mc_error)
+            else:
+                out = fn(*args)
+            launched = index, round_, out
+        if pending is not None:
+            merge(*pending)
+        elif launched is None:
+            break  # nothing in flight and nothing to hand out: every example has finished
+        pending = launched
+    out = {"log_px": weights.log_mean(), "elbo": weights.total / weights.draws, **{f"iwae_{b}": v for b, v in iwae.items()},
+           "draws": weights.draws.copy(), "mc_error": weights.mc_error()}
+    return out
+
+
+def _say_cost(seconds: float, calls: int, n: int, samples: int, slots: int, chunk: int, mc_error: float) -> None:
+    """Log the whole estimate's time from its first call: the cost up front, before a long wait."""
+    total = seconds * calls
+    bound = "at most " if mc_error > 0 else ""
+    hint = " (--mc-error E stops each example once its Monte Carlo error is below E nats; --limit N scores fewer)" \
+        if total > 600 and not mc_error else ""
+    logging.getLogger("vaekit").info("NLL: about %s%s for %s examples x %s draws (%.3f s per call of %d x %d draws)%s",
+                                     bound, _duration(total), f"{n:,}", f"{samples:,}", seconds, slots, chunk, hint)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
 
 
 def _rows(a: np.ndarray | None, start: int, size: int):
@@ -189,13 +362,17 @@ def evaluate(
     batch_size: int = 50,
     chunk: int = 100,
     seed: int = EVAL_SEED,
+    mc_error: float = 0.0,
+    min_samples: int | None = None,
     progress: bool = True,
     write: bool = True,
 ) -> dict:
     """Score a run (a `Run` or a run directory) on a split; write/merge runs/<name>/evaluation.json.
 
-    Returns a summary dict: NLL (nats) with its standard error, ELBO, IWAE bounds, bits per
-    dimension, active units, reconstruction error, examples and draws, wall time.
+    Returns a summary dict: NLL (nats) with its standard error over examples and its Monte Carlo
+    error, ELBO, IWAE bounds, bits per dimension, active units, reconstruction error, examples and
+    draws, wall time. `samples` is k (fixed), or the cap of the draws per example when `mc_error`
+    > 0 stops each example once its log p-hat is that precise (see `log_likelihood`).
     """
     from vaekit.runs.run import Run, load_run
     from vaekit.runs.layout import read_json, write_json_atomic
@@ -210,6 +387,7 @@ def evaluate(
     from vaekit.models import require
 
     require(run.model, "likelihood_bound", "vaekit evaluate")
+    min_samples = MIN_SAMPLES if min_samples is None else min_samples
     kind = run.model.capabilities.log_weights  # "bound"/"exact": no posterior draws, every draw is the same
     if kind != "sampled" and samples > 1:
         logging.getLogger("vaekit").info("model.kind %s gives an %s log-likelihood (no posterior draws): scoring it "
@@ -226,7 +404,7 @@ def evaluate(
     with bar:
         task = bar.add_task("nll", total=n, status="")
         est = log_likelihood(model, data, samples=samples, chunk=chunk, batch_size=batch_size, seed=seed,
-                             progress=lambda k: bar.update(task, advance=k))
+                             mc_error=mc_error, min_samples=min_samples, progress=lambda k: bar.update(task, advance=k))
     seconds = time.perf_counter() - t0
     x, y = np.asarray(data["x"]), data.get("y")
     y = None if y is None or not conditional else np.asarray(y)
@@ -239,6 +417,14 @@ def evaluate(
         "samples": samples,
         "nll": float(nll.mean()),
         "nll_stderr": float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+        # the Monte Carlo error of the mean NLL (examples' draws independent), and per example (none from one draw)
+        **({"nll_mc_error": float(np.sqrt(np.sum(est["mc_error"] ** 2)) / n), "mc_error_mean": float(est["mc_error"].mean()),
+            "mc_error_max": float(est["mc_error"].max())} if samples > 1 else
+           {"nll_mc_error": None, "mc_error_mean": None, "mc_error_max": None}),
+        "mc_error_target": mc_error,  # 0: a fixed k for every example
+        "min_samples": min_samples,
+        "draws_mean": float(est["draws"].mean()),
+        "draws_max": int(est["draws"].max()),
         "elbo": float(est["elbo"].mean()),
         **{f"iwae_k{b}": float(est[f"iwae_{b}"].mean()) for b in IWAE_BOUNDS if f"iwae_{b}" in est},
         "conditional": conditional,  # the NLL is -log p(x|y) for a conditional model
@@ -263,6 +449,6 @@ def evaluate(
     if write:
         path = Path(run.path) / "evaluation.json"
         results = read_json(path) if path.exists() else {}
-        results[f"{split}-k{samples}-n{n}"] = summary
+        results[f"{split}-k{samples}-n{n}" + (f"-e{mc_error:g}" if mc_error else "")] = summary
         write_json_atomic(path, results)
     return summary
