@@ -130,6 +130,12 @@ def test_evaluate_command(run_dir, capsys):
     assert (run_dir / "evaluation.json").exists()
     _err(capsys, ["evaluate", str(run_dir), "--samples", "0"], "--samples must be >= 1")
     _err(capsys, ["evaluate", str(run_dir), "--split", "dev"], "--split must be")
+    _err(capsys, ["evaluate", str(run_dir), "--mc-error", "-1"], "--mc-error must be >= 0")
+    assert main(["evaluate", str(run_dir), "--samples", "200", "--limit", "30", "--chunk", "20", "--mc-error", "1e6",
+                 "--min-samples", "40", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "draws per example, mean / max" in out and "40 / 40" in out and "expected bias" in out
+    assert "test-k200-n30-e1e+06" in json.loads((run_dir / "evaluation.json").read_text())
 
 
 def test_resume_through_cli(run_dir, tmp_path, capsys):

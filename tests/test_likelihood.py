@@ -134,17 +134,19 @@ def test_adaptive_with_zero_error_is_the_fixed_k_estimate(ppca):
     w, b, s, x, _ = ppca
     model = PPCA(w, b, s, exact=False, mean_shift=0.3, scale_factor=1.5)
     fixed = log_likelihood(model, {"x": x}, samples=300, chunk=50, batch_size=16)
-    adaptive = log_likelihood(model, {"x": x}, samples=300, chunk=50, batch_size=16, mc_error=0.0, min_samples=1)
-    np.testing.assert_array_equal(adaptive["draws"], 300)  # E = 0: no example stops before the cap
-    np.testing.assert_allclose(adaptive["log_px"], fixed["log_px"], rtol=1e-12)
+    adaptive = log_likelihood(model, {"x": x}, samples=300, chunk=50, batch_size=16, mc_error=1e-9, min_samples=50)
+    np.testing.assert_array_equal(adaptive["draws"], 300)  # E -> 0: every example draws the cap
+    np.testing.assert_array_equal(adaptive["pilot_draws"], 50)  # after a pilot of other draws that sized it
+    np.testing.assert_allclose(adaptive["log_px"], fixed["log_px"], rtol=1e-12)  # the estimate: the fixed-k draws
+    np.testing.assert_array_equal(fixed["pilot_draws"], 0)
 
 
 def test_adaptive_estimate_is_within_its_stated_error_of_the_exact_log_likelihood(ppca):
     w, b, s, x, exact = ppca
     model = PPCA(w, b, s, exact=False, mean_shift=0.3, scale_factor=1.5)
-    target = 0.01
+    target = 0.02
     est = log_likelihood(model, {"x": x}, samples=20_000, chunk=100, batch_size=40, mc_error=target)
-    assert np.all(est["mc_error"] < target)  # every example stopped precise enough, none at the cap
+    assert np.mean(est["mc_error"] < 1.2 * target) > 0.9  # the pilot sized the draws for the target
     assert np.all(est["draws"] < 20_000) and np.all(est["draws"] >= 100)
     assert est["draws"].min() < est["draws"].max()  # examples differ in how many draws they need
     z = (est["log_px"] - exact) / est["mc_error"]

@@ -41,7 +41,7 @@ def cmd_evaluate(args) -> None:
     s = evaluate(run, split=args.split, samples=args.samples, limit=args.limit, batch_size=args.batch_size,
                  chunk=args.chunk, mc_error=args.mc_error, min_samples=args.min_samples, progress=not args.no_progress)
     draws = f"k = {s['samples']}" if not s["mc_error_target"] else \
-        f"draws until the Monte Carlo error < {s['mc_error_target']:g} nats, {s['min_samples']} to {s['samples']}"
+        f"draws sized for a Monte Carlo error of {s['mc_error_target']:g} nats, {s['min_samples']} to {s['samples']}"
     table = _table(f"{run.path} ({s['split']} split, {s['examples']} examples, {draws})", "value")
     nll = "conditional NLL -log p(x|y) (nats)" if s["conditional"] else "NLL (nats)"
     if s.get("nll_is_bound"):  # an exact bound, no importance sampling
@@ -53,6 +53,7 @@ def cmd_evaluate(args) -> None:
         table.add_row("Monte Carlo error per example, mean / max", f"{s['mc_error_mean']:.3f} / {s['mc_error_max']:.3f}")
         if s["mc_error_target"]:
             table.add_row("draws per example, mean / max", f"{s['draws_mean']:.0f} / {s['draws_max']}")
+            table.add_row("pilot draws per example (not in the estimate)", f"{s['pilot_draws_mean']:.0f}")
     table.add_row("ELBO (k = 1)", f"{s['elbo']:.2f}")
     for key in ("iwae_k1", "iwae_k5", "iwae_k50"):
         if key in s:
@@ -117,10 +118,10 @@ def register(command) -> None:
     e.add_argument("--samples", type=int, default=5000, help="importance samples k per example (with --mc-error: "
                                                              "the most an example may take)")
     e.add_argument("--mc-error", type=float, default=0.0, metavar="NATS",
-                   help="stop each example once the Monte Carlo error of its log p(x) is below this (default 0: "
+                   help="size each example's draws for this Monte Carlo error of its log p(x), by a pilot (default 0: "
                         "a fixed k, the papers' protocol)")
-    e.add_argument("--min-samples", type=int, help="with --mc-error, the draws every example takes before it may "
-                                                  "stop (default 100)")
+    e.add_argument("--min-samples", type=int, help="with --mc-error, the pilot's draws and the fewest an estimate "
+                                                  "uses (default 100)")
     e.add_argument("--limit", type=int, help="score only the first N examples of the split (default: all)")
     e.add_argument("--batch-size", type=int, default=50, help="examples per compiled call")
     e.add_argument("--chunk", type=int, default=100, help="draws per step of the streaming logsumexp")
