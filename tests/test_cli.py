@@ -134,7 +134,7 @@ def test_evaluate_command(run_dir, capsys):
     assert main(["evaluate", str(run_dir), "--samples", "200", "--limit", "30", "--chunk", "20", "--mc-error", "1e6",
                  "--min-samples", "40", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "draws per example, mean / max" in out and "40 / 40" in out and "expected bias" in out
+    assert "draws per example, mean / max" in out and "40 / 40" in out and "half the draws" in out
     assert "test-k200-n30-e1e+06" in json.loads((run_dir / "evaluation.json").read_text())
 
 

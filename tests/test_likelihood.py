@@ -125,6 +125,7 @@ def test_chunked_estimate_equals_all_draws_at_once(ppca):
     np.testing.assert_allclose(est["elbo"], lw.mean(axis=1), rtol=1e-6)
     iwae5 = _log_mean_exp(lw[:, :40].reshape(7, 8, 5)).mean(axis=1)
     np.testing.assert_allclose(est["iwae_5"], iwae5, rtol=1e-6)
+    np.testing.assert_allclose(est["log_px_half"], _log_mean_exp(lw[:, :40]), rtol=1e-6)  # the first half of 3 chunks
     w_ = np.exp(lw - lw.max(axis=1, keepdims=True))  # delta method: sd(w) / (sqrt(n) mean(w))
     np.testing.assert_allclose(est["mc_error"], w_.std(axis=1, ddof=1) / np.sqrt(120) / w_.mean(axis=1), rtol=1e-5)
     np.testing.assert_array_equal(est["draws"], 120)
@@ -159,11 +160,11 @@ def test_stated_error_matches_the_spread_over_independent_draws(ppca):
     """Copies of one example get independent draws: their spread is the Monte Carlo error the estimator states."""
     w, b, s, x, exact = ppca
     model = PPCA(w, b, s, exact=False, mean_shift=0.6, scale_factor=1.8)
-    est = log_likelihood(model, {"x": np.repeat(x[:1], 1000, axis=0)}, samples=40, chunk=40, batch_size=200)
+    est = log_likelihood(model, {"x": np.repeat(x[:1], 1000, axis=0)}, samples=40, chunk=20, batch_size=200)
     assert est["log_px"].std() == pytest.approx(np.median(est["mc_error"]), rel=0.2)
-    # and log p-hat is low by about se^2 / 2 on average (what `evaluate` reports as the NLL's bias)
-    bias, expected = est["log_px"].mean() - exact[0], -np.mean(est["mc_error"] ** 2) / 2
-    assert expected < -0.01 and abs(bias - expected) < 0.3 * abs(expected) + 3 * est["log_px"].std() / np.sqrt(1000)
+    # log p-hat is low on average (log is concave), the more so with fewer draws: half the draws, lower still
+    low, lower = exact[0] - est["log_px"].mean(), exact[0] - est["log_px_half"].mean()
+    assert 0.03 < low < lower
 
 
 def test_the_stopping_rule_takes_the_minimum_draws_first(ppca):

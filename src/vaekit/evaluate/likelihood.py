@@ -105,8 +105,9 @@ class _Weights:
         self.m = new
 
     def log_mean(self) -> np.ndarray:
-        with np.errstate(divide="ignore"):
-            return self.m + np.log(self.s) - np.log(self.draws)
+        """log of the mean weight per example (nan where no draws were merged)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.draws > 0, self.m + np.log(self.s) - np.log(np.maximum(self.draws, 1)), np.nan)
 
     def mc_error(self) -> np.ndarray:
         """The Monte Carlo standard error of log p-hat per example (inf before two draws)."""
@@ -182,7 +183,7 @@ def log_likelihood(
     Returns {"log_px": importance-sampled log p(x), "elbo": mean log weight, "iwae_<m>": the
     m-sample bound for m in (1, 5, 50) that fit in one chunk, "draws": the draws each estimate used,
     "mc_error": the Monte Carlo standard error of each log_px, "pilot_draws": the draws that sized
-    it}. With `mc_error` E > 0 each example's draws are sized for that error by a pilot of
+    it, "log_px_half": the estimate from the first half of its chunks (nan for a single chunk)}. With `mc_error` E > 0 each example's draws are sized for that error by a pilot of
     `min_samples` other draws (module docstring), at least `min_samples` and at most `samples`;
     with E = 0 every example gets `samples`, the fixed k of the papers' protocol. Draws come `chunk`
     at a time for `batch_size` examples per compiled call. `progress` is an optional callable
@@ -212,7 +213,7 @@ def log_likelihood(
     key = jax.random.PRNGKey(seed)
     # the estimate's rounds are 0, 1, ...; a pilot's are -1, -2, ... (other draws, used only to size the estimate)
     schedule = _Schedule(n, slots, [-1 - r for r in range(min_rounds)] if adaptive else list(range(rounds)))
-    weights, pilot = _Weights(n), _Weights(n)
+    weights, pilot, half = _Weights(n), _Weights(n), _Weights(n)  # half: the first half of each estimate's rounds
     needed = np.full(n, -1 if adaptive else rounds)  # the estimate's rounds per example (-1: its pilot decides)
     merged = np.zeros(n, np.int64)  # the estimate's rounds merged per example
     iwae = {b: np.zeros(n) for b in bounds}
@@ -223,6 +224,8 @@ def log_likelihood(
         main = ids >= 0
         weights.add(index[main], m[main], s[main], s2[main], total[main], chunk)
         np.add.at(merged, index[main], 1)
+        early = main & (ids < needed[index] // 2)
+        half.add(index[early], m[early], s[early], s2[early], total[early], chunk)
         at = ids == 0
         for b in bounds if at.any() else ():  # the m-sample bounds from the groups of m of each first chunk
             groups = first[at, : (chunk // b) * b].astype(np.float64).reshape(int(at.sum()), -1, b)
@@ -261,7 +264,7 @@ def log_likelihood(
             if calls < 2:  # the second call's time (the first warms up) prices the whole job
                 started = time.perf_counter()
                 out = jax.block_until_ready(fn(*args))
-                if calls == 1 or n * rounds <= slots:
+                if calls == 1:
                     _say_cost(time.perf_counter() - started, most_calls, n, samples, slots, chunk, mc_error)
             else:
                 out = fn(*args)
@@ -273,15 +276,16 @@ def log_likelihood(
             break  # nothing in flight and nothing to hand out: every example has finished
         pending = launched
     out = {"log_px": weights.log_mean(), "elbo": weights.total / weights.draws, **{f"iwae_{b}": v for b, v in iwae.items()},
-           "draws": weights.draws.copy(), "mc_error": weights.mc_error(), "pilot_draws": pilot.draws.copy()}
+           "draws": weights.draws.copy(), "mc_error": weights.mc_error(), "pilot_draws": pilot.draws.copy(),
+           "log_px_half": half.log_mean()}
     return out
 
 
 def _say_cost(seconds: float, calls: int, n: int, samples: int, slots: int, chunk: int, mc_error: float) -> None:
-    """Log the whole estimate's time from its first call: the cost up front, before a long wait."""
+    """Log the whole estimate's time from one call's: the cost up front, before a long wait."""
     total = seconds * calls
     bound = "at most " if mc_error > 0 else ""
-    hint = " (--mc-error E stops each example once its Monte Carlo error is below E nats; --limit N scores fewer)" \
+    hint = " (--mc-error E sizes each example's draws for a Monte Carlo error of E nats; --limit N scores fewer)" \
         if total > 600 and not mc_error else ""
     logging.getLogger("vaekit").info("NLL: about %s%s for %s examples x %s draws (%.3f s per call of %d x %d draws)%s",
                                      bound, _duration(total), f"{n:,}", f"{samples:,}", seconds, slots, chunk, hint)
@@ -427,11 +431,15 @@ def evaluate(
         "samples": samples,
         "nll": float(nll.mean()),
         "nll_stderr": float(nll.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
-        # the Monte Carlo error of the mean NLL (examples' draws independent), and per example (none from one draw)
-        # and the first-order bias of log p-hat, -se^2 / 2 per example: the NLL is too high by about its mean
+        # the Monte Carlo sd of the mean NLL (examples' draws independent) and per example (none from one draw)
         **({"nll_mc_error": float(np.sqrt(np.sum(est["mc_error"] ** 2)) / n), "mc_error_mean": float(est["mc_error"].mean()),
-            "mc_error_max": float(est["mc_error"].max()), "nll_mc_bias": float(np.mean(est["mc_error"] ** 2) / 2)}
-           if samples > 1 else {"nll_mc_error": None, "mc_error_mean": None, "mc_error_max": None, "nll_mc_bias": None}),
+            "mc_error_max": float(est["mc_error"].max())}
+           if samples > 1 else {"nll_mc_error": None, "mc_error_mean": None, "mc_error_max": None}),
+        # the NLL from the first half of every example's draws: how much the last doubling of k moved it
+        # (the estimate is biased high, by less each doubling; this is what the bias shrank by)
+        **({"nll_half_draws": float(-np.mean(est["log_px_half"])),
+            "nll_last_doubling": float(-np.mean(est["log_px_half"]) - nll.mean())}
+           if np.all(np.isfinite(est["log_px_half"])) else {"nll_half_draws": None, "nll_last_doubling": None}),
         "mc_error_target": mc_error,  # 0: a fixed k for every example
         "min_samples": min_samples,
         "draws_mean": float(est["draws"].mean()),
