@@ -136,6 +136,9 @@ def test_evaluate_command(run_dir, capsys):
     out = capsys.readouterr().out
     assert "draws per example, mean / max" in out and "40 / 40" in out and "half the draws" in out
     assert "test-k200-n30-e1e+06" in json.loads((run_dir / "evaluation.json").read_text())
+    assert main(["info", str(run_dir)]) == 0  # an adaptive result is labelled by its target, not as a k
+    out = " ".join(capsys.readouterr().out.split())  # the table may wrap the label
+    assert "--mc-error 1e+06" in out and "40 draws per" in out, out
 
 
 def test_resume_through_cli(run_dir, tmp_path, capsys):

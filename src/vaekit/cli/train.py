@@ -199,13 +199,15 @@ def _show_results(out, run_dir: Path) -> None:
         for key, s in results.items():
             if not isinstance(s, dict):
                 continue
-            label = f"{s.get('split', '?')}, {s.get('examples', '?')} examples, k = {s.get('samples', '?')}"
+            draws = f"k = {s.get('samples', '?')}" if not s.get("mc_error_target") else \
+                f"--mc-error {s['mc_error_target']:g}, {s.get('draws_mean', float('nan')):.0f} draws per example"
+            label = f"{s.get('split', '?')}, {s.get('examples', '?')} examples, {draws}"
             nll = "NLL -log p(x|y)" if s.get("conditional") else "NLL"
             if "nll" in s:
                 table.add_row(f"{nll} ({label})", f"{_fmt(s['nll'])} ± {_fmt(s.get('nll_stderr', float('nan')))}")
-            for k in ("elbo", "iwae_k5", "iwae_k50", "bits_per_dim", "perplexity", "kl", "active_units",
-                      "reconstruction_mse"):
-                if k in s:
+            for k in ("nll_last_doubling", "elbo", "iwae_k5", "iwae_k50", "bits_per_dim", "perplexity", "kl",
+                      "active_units", "reconstruction_mse"):
+                if s.get(k) is not None:
                     table.add_row(f"  {k}", _fmt(s[k]))
         out.print(table)
     path = run_dir / "disentanglement.json"
