@@ -123,8 +123,9 @@ def test_chunked_estimate_equals_all_draws_at_once(ppca):
         sample=jax.random.fold_in(jax.random.fold_in(key, i), r)))[0], np.float64) for r in range(3)]) for i in range(7)])
     np.testing.assert_allclose(est["log_px"], _log_mean_exp(lw), rtol=1e-6)
     np.testing.assert_allclose(est["elbo"], lw.mean(axis=1), rtol=1e-6)
-    iwae5 = _log_mean_exp(lw[:, :40].reshape(7, 8, 5)).mean(axis=1)
+    iwae5 = _log_mean_exp(lw.reshape(7, 24, 5)).mean(axis=1)  # every disjoint group of 5 of the 120 draws
     np.testing.assert_allclose(est["iwae_5"], iwae5, rtol=1e-6)
+    np.testing.assert_allclose(est["iwae_1"], est["elbo"], rtol=1e-9)  # the 1-sample bound is the ELBO estimate
     np.testing.assert_allclose(est["log_px_half"], _log_mean_exp(lw[:, :40]), rtol=1e-6)  # the first half of 3 chunks
     w_ = np.exp(lw - lw.max(axis=1, keepdims=True))  # delta method: sd(w) / (sqrt(n) mean(w))
     np.testing.assert_allclose(est["mc_error"], w_.std(axis=1, ddof=1) / np.sqrt(120) / w_.mean(axis=1), rtol=1e-5)

@@ -5,7 +5,8 @@ For each example x and k draws z_i ~ q(z|x), with log weights log w_i = log p(x,
     log p(x) ~= log (1/k) sum_i w_i        (Burda et al. 2015; a lower bound in expectation,
                                              converging to log p(x) as k grows)
     ELBO     ~= (1/k) sum_i log w_i        (unbiased; the k = 1 bound averaged over all draws)
-    IWAE_m   ~= mean over groups of m draws of log (1/m) sum w   (the m-sample bound)
+    IWAE_m   ~= mean over groups of m draws of log (1/m) sum w   (the m-sample bound, averaged over
+                                             every disjoint group of m draws within each chunk)
 
 The draws come in chunks (`chunk` per example per compiled call, `batch_size` examples per call)
 and are merged into per-example running sums in float64, so memory is bounded whatever k is. The
@@ -51,12 +52,13 @@ EVAL_SEED = 20151102  # seed of the posterior draws of every evaluation (results
 MIN_SAMPLES = 100  # --mc-error never stops an example before this many draws (the error estimate needs them)
 
 
-def _chunk_fn(graphdef, chunk: int, keep: int):
+def _chunk_fn(graphdef, chunk: int, bounds: tuple[int, ...]):
     """Jitted (state, examples, index (S,), round (S,), key) -> per slot the chunk's weight sums.
 
     Slot j scores example `index[j]` with `chunk` draws keyed by (key, index[j], round[j]) alone, so
     an example's draws do not depend on the batch size or on which slot computed them. Returns
-    (max log w, sum exp(log w - max), sum exp(2 (log w - max)), sum log w, the first `keep` log w).
+    (max log w, sum exp(log w - max), sum exp(2 (log w - max)), sum log w, and for each m in
+    `bounds` the sum over the chunk's disjoint groups of m draws of log (1/m) sum w).
     """
 
     @jax.jit
@@ -68,7 +70,9 @@ def _chunk_fn(graphdef, chunk: int, keep: int):
             lw = model.log_weights(jax.tree.map(lambda v: v[None], example), chunk, rngs=rngs)[0]  # (chunk,)
             m = jnp.max(lw)
             e = jnp.exp(lw - m)
-            return m, jnp.sum(e), jnp.sum(e * e), jnp.sum(lw), lw[:keep]
+            groups = jnp.stack([jnp.sum(jax.nn.logsumexp(lw[: (chunk // b) * b].reshape(-1, b), axis=1) - math.log(b))
+                                for b in bounds])
+            return m, jnp.sum(e), jnp.sum(e * e), jnp.sum(lw), groups
 
         return jax.vmap(one)(batch, index, round_)
 
@@ -115,11 +119,6 @@ class _Weights:
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.maximum(n * self.s2 / self.s**2 - 1.0, 0.0) / (n - 1.0)
             return np.where(n > 1, np.sqrt(rel), np.inf)
-
-
-def _log_mean_exp(a: np.ndarray, axis: int = -1) -> np.ndarray:
-    m = np.max(a, axis=axis, keepdims=True)
-    return np.squeeze(m, axis) + np.log(np.mean(np.exp(a - m), axis=axis))
 
 
 class _Schedule:
@@ -181,7 +180,7 @@ def log_likelihood(
     "y"}): arrays of shape (N,).
 
     Returns {"log_px": importance-sampled log p(x), "elbo": mean log weight, "iwae_<m>": the
-    m-sample bound for m in (1, 5, 50) that fit in one chunk, "draws": the draws each estimate used,
+    m-sample bound for m in (1, 5, 50) that fit in one chunk (over all disjoint groups), "draws": the draws each estimate used,
     "mc_error": the Monte Carlo standard error of each log_px, "pilot_draws": the draws that sized
     it, "log_px_half": the estimate from the first half of its chunks (nan for a single chunk)}. With `mc_error` E > 0 each example's draws are sized for that error by a pilot of
     `min_samples` other draws (module docstring), at least `min_samples` and at most `samples`;
@@ -216,20 +215,17 @@ def log_likelihood(
     weights, pilot, half = _Weights(n), _Weights(n), _Weights(n)  # half: the first half of each estimate's rounds
     needed = np.full(n, -1 if adaptive else rounds)  # the estimate's rounds per example (-1: its pilot decides)
     merged = np.zeros(n, np.int64)  # the estimate's rounds merged per example
-    iwae = {b: np.zeros(n) for b in bounds}
+    iwae = np.zeros((n, len(bounds)))  # sums over every disjoint group of m draws of the estimate
     finished = np.zeros(n, bool)
 
     def merge(index, ids, out) -> None:
-        m, s, s2, total, first = (a[: len(index)] for a in jax.device_get(out))  # drop the padding slots
+        m, s, s2, total, groups = (a[: len(index)] for a in jax.device_get(out))  # drop the padding slots
         main = ids >= 0
         weights.add(index[main], m[main], s[main], s2[main], total[main], chunk)
         np.add.at(merged, index[main], 1)
         early = main & (ids < needed[index] // 2)
         half.add(index[early], m[early], s[early], s2[early], total[early], chunk)
-        at = ids == 0
-        for b in bounds if at.any() else ():  # the m-sample bounds from the groups of m of each first chunk
-            groups = first[at, : (chunk // b) * b].astype(np.float64).reshape(int(at.sum()), -1, b)
-            iwae[b][index[at]] = np.mean(_log_mean_exp(groups), axis=1)
+        np.add.at(iwae, index[main], groups[main].astype(np.float64))
         if not main.all():
             pilot.add(index[~main], m[~main], s[~main], s2[~main], total[~main], chunk)
             sized = np.unique(index[~main])
@@ -260,7 +256,7 @@ def log_likelihood(
                 batch, batch_index = {k: jnp.asarray(v[padded[0]]) for k, v in arrays.items()}, padded[0]
             args = (state, batch, jnp.asarray(padded[0], jnp.int32), jnp.asarray(padded[1], jnp.int32), key)
             if fn is None:
-                fn = _chunk_fn(graphdef, chunk, chunk).lower(*args).compile()
+                fn = _chunk_fn(graphdef, chunk, bounds).lower(*args).compile()
             if calls < 2:  # the second call's time (the first warms up) prices the whole job
                 started = time.perf_counter()
                 out = jax.block_until_ready(fn(*args))
@@ -275,7 +271,9 @@ def log_likelihood(
         elif launched is None:
             break  # nothing in flight and nothing to hand out: every example has finished
         pending = launched
-    out = {"log_px": weights.log_mean(), "elbo": weights.total / weights.draws, **{f"iwae_{b}": v for b, v in iwae.items()},
+    counts = merged[:, None] * np.asarray([chunk // b for b in bounds])  # the groups of m within each chunk
+    out = {"log_px": weights.log_mean(), "elbo": weights.total / weights.draws,
+           **{f"iwae_{b}": iwae[:, j] / counts[:, j] for j, b in enumerate(bounds)},
            "draws": weights.draws.copy(), "mc_error": weights.mc_error(), "pilot_draws": pilot.draws.copy(),
            "log_px_half": half.log_mean()}
     return out
