@@ -36,6 +36,37 @@ def test_configure_respects_the_user(env):
     assert not runtime.configure_xla() and "XLA_FLAGS" not in os.environ
 
 
+def test_the_likelihood_warns_once_when_the_fusions_are_on(monkeypatch, caplog):
+    import numpy as np
+    from flax import nnx
+
+    from vaekit.data.spec import DataSpec
+    from vaekit.evaluate import likelihood
+    from vaekit.models import build_model
+
+    from conftest import tiny_config
+
+    assert not runtime.ynn_fusions_on()  # the suite runs configured, as the CLI does
+    monkeypatch.setattr(likelihood, "_warned_unconfigured", False)
+    model = build_model(tiny_config(), DataSpec("images", (8, 8, 1)), rngs=nnx.Rngs(params=0))
+    x = {"x": np.zeros((3, 8, 8, 1), np.float32)}
+    with caplog.at_level("WARNING", logger="vaekit"):
+        likelihood.log_likelihood(model, x, samples=2)
+        assert not [r for r in caplog.records if "YNNPACK" in r.getMessage()]
+        monkeypatch.setattr(runtime, "ynn_fusions_on", lambda: True)  # as in a process that never configured
+        likelihood.log_likelihood(model, x, samples=2)
+        likelihood.log_likelihood(model, x, samples=2)
+    assert len([r for r in caplog.records if "YNNPACK" in r.getMessage()]) == 1
+
+
+def test_the_fusions_are_on_without_the_flag(env):
+    from jaxlib import version
+
+    assert runtime.ynn_fusions_on() == version.__version__.startswith(runtime.TESTED_JAXLIB)
+    env.setenv("XLA_FLAGS", f"{runtime.YNN_FLAG}=")
+    assert not runtime.ynn_fusions_on()
+
+
 def test_configure_leaves_untested_jaxlib_alone(env):
     import os
 

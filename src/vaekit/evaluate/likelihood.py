@@ -190,6 +190,7 @@ def log_likelihood(
     """
     if samples < 1:
         raise VaekitError(f"--samples must be >= 1, got {samples}")
+    _warn_if_unconfigured()
     if batch_size < 1:
         raise VaekitError(f"--batch-size must be >= 1, got {batch_size}")
     if chunk < 1:
@@ -277,6 +278,21 @@ def log_likelihood(
            "draws": weights.draws.copy(), "mc_error": weights.mc_error(), "pilot_draws": pilot.draws.copy(),
            "log_px_half": half.log_mean()}
     return out
+
+
+_warned_unconfigured = False
+
+
+def _warn_if_unconfigured() -> None:
+    """Once per process: say that XLA's YNNPACK fusions make this estimate ~3.5x slower on CPU."""
+    global _warned_unconfigured
+    from vaekit import runtime
+
+    if not _warned_unconfigured and jax.default_backend() == "cpu" and runtime.ynn_fusions_on():
+        _warned_unconfigured = True
+        logging.getLogger("vaekit").warning(
+            "XLA's YNNPACK fusions are on in this process: the NLL estimate runs about 3.5x slower on CPU. "
+            "Call vaekit.runtime.configure() before JAX starts (the vaekit command does).")
 
 
 def _say_cost(seconds: float, calls: int, n: int, samples: int, slots: int, chunk: int, mc_error: float) -> None:
