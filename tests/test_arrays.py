@@ -131,8 +131,7 @@ def test_directory_error_gives_a_working_conversion(tmp_path):
     for i, picture in enumerate(pictures):
         Image.fromarray(picture).save(folder / f"{i:03d}.png")
     message = _error(str(folder))
-    assert "is a directory (12 image files)" in message and "not supported yet" in message
-    assert "np.savez(" in message
+    assert "is a directory (12 image files)" in message and "--set data.source=folder" in message
     command = message.split("`")[1]
     assert command.startswith("python -c ")
     # Run the suggested command as a user would (with this interpreter as `python`).
@@ -145,7 +144,7 @@ def test_directory_error_gives_a_working_conversion(tmp_path):
 
 def test_empty_directory_still_explains(tmp_path):
     message = _error(str(tmp_path))
-    assert "is a directory;" in message and "not supported yet" in message
+    assert "is a directory:" in message and "--set data.source=folder" in message
 
 
 # ------------------------------------------------------------------------ vectors

@@ -149,7 +149,13 @@ def test_resume_through_cli(run_dir, tmp_path, capsys):
     assert main(["train", "--resume", str(copy), "--set", "train.epochs=2", "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(copy)
     assert json.loads((copy / "run.json").read_text())["epoch"] == 2
-    _err(capsys, ["train", "--resume", str(copy), "--set", "model.latent_dim=3"], "only train.epochs may change")
+    _err(capsys, ["train", "--resume", str(copy), "--set", "model.latent_dim=3"], "only train.epochs and train.max_minutes may change")
+    stamps = {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()}
+    assert main(["train", "--resume", str(copy), "--set", "train.max_minutes=0", "--no-progress"]) == 0  # lifts a budget
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1] == str(copy)
+    assert "is complete (epoch 2 of 2): nothing to train, nothing changed" in " ".join(captured.err.split())
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file()} == stamps  # not a file touched
 
 
 @pytest.mark.slow
@@ -170,7 +176,7 @@ def test_shapes_run_traverse_and_disentanglement(tmp_path, capsys):
     assert main(["train", "--resume", str(run), "--set", "train.steps=8", "--no-progress"]) == 0
     assert json.loads((run / "run.json").read_text())["step"] == 8
     capsys.readouterr()
-    _err(capsys, ["train", "--resume", str(run), "--set", "train.epochs=3"], "only train.steps may change")
+    _err(capsys, ["train", "--resume", str(run), "--set", "train.epochs=3"], "only train.steps and train.max_minutes may change")
     assert main(["evaluate", str(run), "--split", "train", "--limit", "4", "--samples", "10", "--no-progress"]) == 0
     capsys.readouterr()
     _err(capsys, ["evaluate", str(run), "--split", "train", "--samples", "10"], "ask for at most 200,000")

@@ -130,6 +130,23 @@ def test_default_run_name_follows_the_data_and_net():
     assert C.default_run_name(C.resolve("shapes-beta", None, ["model.net=mlp"])) == "shapes-mlp"
 
 
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    from vaekit.runs import train as train_module
+
+    splits = synthetic_splits(n=40)
+    monkeypatch.setattr(train_module.distributed, "agreed_time", lambda: 1_700_000_000.0)  # one second for both
+    cfg = tiny_config(train={"epochs": 1})
+    first = train_module.train(cfg, data=splits, runs_dir=tmp_path, progress=False)
+    second = train_module.train(cfg, data=splits, runs_dir=tmp_path, progress=False)
+    assert second == first.with_name(first.name + "-2") and (second / "run.json").exists()
+    # a default-named directory another process created after the check: the next free name, not an error
+    taken = tmp_path / "stem"
+    taken.mkdir()
+    assert train_module._create(taken, False, rename=True) == tmp_path / "stem-2"
+    with pytest.raises(VaekitError, match="already exists"):  # a name the user chose is never changed
+        train_module._create(taken, False, rename=False)
+
+
 # ------------------------------------------------------------------ interrupts and locks
 
 

@@ -146,6 +146,22 @@ def test_every_public_name_resolves():
     assert missing == []
 
 
+def test_subpackages_are_attributes_after_import_vaekit():
+    """`import vaekit; vaekit.evaluate.evaluate(...)` works as the docs write it, in a fresh process
+    whose `import vaekit` has imported no JAX."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vaekit; assert 'jax' not in sys.modules; "
+            "print(vaekit.evaluate.evaluate.__name__, vaekit.runtime.configure.__name__, vaekit.data.load_data.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["evaluate", "configure", "load_data"]
+    import vaekit
+
+    names = {p.name for p in (SRC / PACKAGE).iterdir() if (p / "__init__.py").exists() and p.name != "cli"}
+    assert names <= set(vaekit._SUBMODULES) | {"presets"}, names - set(vaekit._SUBMODULES)
+
+
 def test_training_path_functions_read_in_one_screen():
     """No function of the training path (training/ and runs/train.py) is over 60 lines."""
     files = [*(SRC / PACKAGE / "training").glob("*.py"), SRC / PACKAGE / "runs" / "train.py"]

@@ -35,18 +35,26 @@ _LAZY = {
 }
 
 
+# The subpackages a user reaches as attributes (`vaekit.evaluate.evaluate(...)` after `import vaekit`),
+# imported on first use like the names above.
+_SUBMODULES = ("config", "core", "data", "distributed", "evaluate", "models", "nets", "plots", "report", "runs",
+               "runtime", "training")
+
+
 def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'vaekit' has no attribute {name!r}")
     import importlib
 
+    if name in _SUBMODULES:
+        return importlib.import_module(f"vaekit.{name}")  # the import system sets it as an attribute too
+    if name not in _LAZY:
+        raise AttributeError(f"module 'vaekit' has no attribute {name!r}")
     value = getattr(importlib.import_module(_LAZY[name]), name)
     globals()[name] = value
     return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __all__ = [

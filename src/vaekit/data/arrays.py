@@ -76,9 +76,9 @@ def _directory_message(path: str) -> str:
     found = f" ({images} image files)" if images else ""
     out = os.path.normpath(path) + ".npz"
     return (
-        f"data path {path} is a directory{found}; folders of images are not supported yet: give an .npz file, "
-        f"e.g. convert a folder of same-size PNGs with `{convert_command(path, out)}` "
-        f"(or np.savez({out!r}, x=array of shape (N, H, W[, C]) uint8)) and use {out}"
+        f"data path {path} is a directory{found}: for a folder of images add --set data.source=folder (or train "
+        f"--preset folder-conv64 --set data.path={shlex.quote(path)}); for arrays give an .npz file, e.g. convert same-size PNGs "
+        f"with `{convert_command(path, out)}` and use {out}"
     )
 
 

@@ -98,6 +98,10 @@ def prepare_run_dir(runs_dir: str | Path, name: str, overwrite: bool) -> Path:
     return path
 
 
+class RunDirTaken(VaekitError):
+    """The run directory was created by another process between the check and the creation."""
+
+
 def create_run_dir(path: Path, overwrite: bool) -> Path:
     """Create the run directory; with `overwrite`, an existing run there is removed first."""
     if path.exists() and overwrite:
@@ -110,7 +114,7 @@ def create_run_dir(path: Path, overwrite: bool) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=False)
     except FileExistsError:  # another process created it since prepare_run_dir checked
-        raise VaekitError(f"run directory '{path}' already exists (another vaekit process just created it); "
+        raise RunDirTaken(f"run directory '{path}' already exists (another vaekit process just created it); "
                           f"choose another --name") from None
     return path
 
@@ -251,17 +255,19 @@ def read_config(run_dir: Path) -> Config:
 def resume_config(run_dir: Path, overrides=()) -> Config:
     """The config a run resumes with: its own config.yaml, where `overrides` (`section.key=value`
     strings or a dict) may change only the run's length, train.epochs or train.steps, whichever the
-    run counts in; anything else is one line, since the checkpoints hold that config's model."""
+    run counts in, and its time budget train.max_minutes (0 lifts it); anything else is one line,
+    since the checkpoints hold that config's model."""
     from vaekit.config import merge, parse_override, validate
     from vaekit.config.overrides import override_texts
 
     cfg = read_config(run_dir)
     length = "train.steps" if cfg.train.steps is not None else "train.epochs"  # how this run counts
+    allowed = {length, "train.max_minutes"}
     for text in override_texts(overrides):
         update = parse_override(text)
-        if list(update) != ["train"] or [f"train.{k}" for k in update["train"]] != [length]:
-            raise VaekitError(f"with --resume only {length} may change (this run is counted in "
-                              f"{length.split('.')[1]}); got '{text}'")
+        if list(update) != ["train"] or not {f"train.{k}" for k in update["train"]} <= allowed:
+            raise VaekitError(f"with --resume only {length} and train.max_minutes may change (this run is counted "
+                              f"in {length.split('.')[1]}); got '{text}'")
         cfg = merge(cfg, update)
     validate(cfg)
     return cfg

@@ -135,8 +135,10 @@ def _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, encod
             lock = _lock_existing(run_dir) if main else None  # first: another live process may be training it
             if data is None:
                 _check_configured_data(run_dir)
+            if _already_complete(run_dir, cfg):
+                return run_dir
         else:
-            run_dir = layout.prepare_run_dir(runs_dir, name or _default_name(cfg), overwrite)
+            run_dir = layout.prepare_run_dir(runs_dir, name or _free_name(runs_dir, _default_name(cfg)), overwrite)
         cfg, handed = resolve_parent(cfg)  # a parent run checked, its checksum recorded in config.yaml
         cfg, nets = _own_nets(cfg, encoder, decoder)
         splits = load_splits(cfg, data)
@@ -144,7 +146,7 @@ def _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, encod
         if resume is None:
             distributed.barrier("vaekit-run-dir-checked")  # every process checked it before process 0 makes it
             if main:
-                layout.create_run_dir(run_dir, overwrite)
+                run_dir = _create(run_dir, overwrite, rename=name is None and jax.process_count() == 1)
                 lock = layout.RunLock(run_dir).acquire()
             distributed.barrier("vaekit-run-dir-created")
         return _train_run(cfg, run_dir, trainer, splits, resume is not None, progress, layers, data is not None)
@@ -155,6 +157,19 @@ def _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, encod
     finally:
         if lock is not None:
             lock.release()
+
+
+def _already_complete(run_dir: Path, cfg) -> bool:
+    """A complete run resumed at its own length has nothing to train: say so and change nothing."""
+    info = layout.read_json(run_dir / layout.RUN_FILE)
+    own = layout.read_config(run_dir).train
+    if info.get("status") != "complete" or (own.epochs, own.steps) != (cfg.train.epochs, cfg.train.steps):
+        return False
+    counted = ("steps", f"step {info.get('step')} of {cfg.train.steps}") if cfg.train.steps is not None else \
+        ("epochs", f"epoch {info.get('epoch')} of {cfg.train.epochs}")
+    log.info("run %s is complete (%s): nothing to train, nothing changed; --set train.%s=N trains it longer",
+             run_dir, counted[1], counted[0])
+    return True
 
 
 def _lock_existing(run_dir: Path) -> layout.RunLock:
@@ -170,6 +185,28 @@ def _default_name(cfg: Config) -> str:
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(distributed.agreed_time()))
     return f"{default_run_name(cfg)}-{stamp}"
+
+
+def _free_name(runs_dir, stem: str) -> str:
+    """`stem`, or `stem-2`, `stem-3`, ... where runs_dir already has it: two runs started in the same
+    second get their own directories."""
+    name, n = stem, 1
+    while (Path(runs_dir) / name).exists():
+        n += 1
+        name = f"{stem}-{n}"
+    return name
+
+
+def _create(run_dir: Path, overwrite: bool, rename: bool) -> Path:
+    """Create the run directory; a default-named one that another process created since it was
+    checked takes the next free name instead (`rename`), a chosen name is an error."""
+    while True:
+        try:
+            return layout.create_run_dir(run_dir, overwrite)
+        except layout.RunDirTaken:
+            if not rename:
+                raise
+            run_dir = run_dir.with_name(_free_name(run_dir.parent, run_dir.name))
 
 
 def _own_nets(cfg: Config, encoder, decoder) -> tuple[Config, dict]:
