@@ -141,6 +141,28 @@ def test_evaluate_command(run_dir, capsys):
     assert "--mc-error 1e+06" in out and "40 draws per" in out, out
 
 
+def test_info_marks_an_evaluation_of_a_replaced_checkpoint_stale(run_dir, tmp_path, capsys):
+    import shutil
+
+    from vaekit.runs import layout
+
+    copy = tmp_path / "scored"
+    shutil.copytree(run_dir, copy)
+    assert main(["evaluate", str(copy), "--samples", "10", "--limit", "5", "--no-progress"]) == 0
+    best = layout.newest_checkpoint(copy, "best")
+    assert json.loads((copy / "evaluation.json").read_text())["test-k10-n5"]["checkpoint_epoch"] == best
+    capsys.readouterr()
+    assert main(["info", str(copy)]) == 0
+    assert "stale" not in capsys.readouterr().out
+    best_dir = copy / layout.CHECKPOINT_DIR / "best"
+    shutil.copytree(best_dir / str(best), best_dir / str(best + 3))  # a newer best, as further training saves
+    assert main(["info", str(copy)]) == 0
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())  # the table may wrap the label
+    assert "stale: scored the best" in out
+    entry = json.loads((copy / "evaluation.json").read_text())["test-k10-n5"]
+    assert layout.stale_result(copy, entry) == f"stale: scored the best checkpoint of epoch {best}; the run's is now epoch {best + 3}"
+
+
 def test_resume_through_cli(run_dir, tmp_path, capsys):
     import shutil
 

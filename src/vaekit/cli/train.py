@@ -202,6 +202,8 @@ def _show_results(out, run_dir: Path) -> None:
             draws = f"k = {s.get('samples', '?')}" if not s.get("mc_error_target") else \
                 f"--mc-error {s['mc_error_target']:g}, {s.get('draws_mean', float('nan')):.0f} draws per example"
             label = f"{s.get('split', '?')}, {s.get('examples', '?')} examples, {draws}"
+            stale = layout.stale_result(run_dir, s)
+            label += f"; {stale}" if stale else ""
             nll = "NLL -log p(x|y)" if s.get("conditional") else "NLL"
             if "nll" in s:
                 table.add_row(f"{nll} ({label})", f"{_fmt(s['nll'])} ± {_fmt(s.get('nll_stderr', float('nan')))}")

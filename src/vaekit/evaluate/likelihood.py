@@ -441,6 +441,7 @@ def evaluate(
     summary = {
         "split": split,
         "checkpoint": run.checkpoint,
+        "checkpoint_epoch": run.checkpoint_epoch,  # `vaekit info` marks the result stale once a newer one replaces it
         "examples": n,
         "samples": samples,
         "nll": float(nll.mean()),

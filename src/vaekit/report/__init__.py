@@ -172,7 +172,7 @@ def _kl_heatmap_uri(history: list[dict]) -> str | None:
 
 def _results(run_dir: Path) -> list[dict]:
     """Tables of the result JSON files that exist: [{"title", "file", "groups": [(name, rows)]}]."""
-    from vaekit.runs.layout import read_json
+    from vaekit.runs.layout import read_json, stale_result
 
     out = []
     for name, title in RESULT_FILES.items():
@@ -185,7 +185,9 @@ def _results(run_dir: Path) -> list[dict]:
             groups.append(("scores", _table({k: v for k, v in _flatten(doc).items() if not k.startswith("seconds")})))
         else:
             for key, entry in doc.items():
-                groups.append((key, _table(_flatten(entry) if isinstance(entry, dict) else {key: entry})))
+                stale = stale_result(run_dir, entry) if name == "evaluation.json" and isinstance(entry, dict) else None
+                groups.append((f"{key} ({stale})" if stale else key,
+                               _table(_flatten(entry) if isinstance(entry, dict) else {key: entry})))
         out.append({"title": title, "file": name, "groups": groups})
     return out
 

@@ -98,6 +98,26 @@ def prepare_run_dir(runs_dir: str | Path, name: str, overwrite: bool) -> Path:
     return path
 
 
+def newest_checkpoint(run_dir: Path, which: str) -> int | None:
+    """The epoch of the newest finished `which` ("best" or "latest") checkpoint of a run, from its
+    directory names alone (Orbax names each finished checkpoint by its epoch), or None."""
+    folder = Path(run_dir) / CHECKPOINT_DIR / which
+    epochs = [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    return max(epochs, default=None)
+
+
+def stale_result(run_dir: Path, entry: dict) -> str | None:
+    """Why a result of `vaekit evaluate` no longer describes the run (its checkpoint has been
+    replaced by a newer one since it was scored), or None when it still does or cannot be told."""
+    which, epoch = entry.get("checkpoint"), entry.get("checkpoint_epoch")
+    if which not in ("best", "latest") or epoch is None:
+        return None
+    now = newest_checkpoint(run_dir, which)
+    if now is None or now == epoch:
+        return None
+    return f"stale: scored the {which} checkpoint of epoch {epoch}; the run's is now epoch {now}"
+
+
 class RunDirTaken(VaekitError):
     """The run directory was created by another process between the check and the creation."""
 

@@ -40,6 +40,7 @@ class Run:
     info: dict  # run.json: data_spec, status, epoch, final metrics
     history: list[dict]  # metrics.jsonl epoch records
     checkpoint: str  # "best" or "latest"
+    checkpoint_epoch: int | None = None  # the epoch of the checkpoint the model was restored from
 
     @property
     def spec(self) -> DataSpec:
@@ -80,14 +81,15 @@ def load_run(path: str | Path, *, checkpoint: str = "best") -> Run:
     graphdef, abstract = nnx.split(abstract_model(cfg, DataSpec.from_run_info(info), **handed))
     ckpt = Checkpointer(run_dir, keep=cfg.train.keep_checkpoints)
     try:
-        if ckpt.latest_epoch(checkpoint) is None:
+        epoch = ckpt.latest_epoch(checkpoint)  # once: a run still training may save a newer one meanwhile
+        if epoch is None:
             raise VaekitError(f"run '{run_dir}' has no '{checkpoint}' checkpoint yet")
-        state = ckpt.restore(checkpoint, {"model": abstract})["model"]
+        state = ckpt.restore(checkpoint, {"model": abstract}, epoch=epoch)["model"]
     finally:
         ckpt.close()
     model = nnx.merge(graphdef, state)
     model.eval()
-    return Run(run_dir, cfg, model, info, read_metrics(run_dir), checkpoint)
+    return Run(run_dir, cfg, model, info, read_metrics(run_dir), checkpoint, epoch)
 
 
 # --------------------------------------------------------------------------- parent runs
