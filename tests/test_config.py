@@ -17,6 +17,10 @@ def test_presets_listed_with_descriptions():
     presets = C.list_presets()
     assert {"mnist-mlp", "mnist-conv"} <= set(presets)
     assert all(presets.values())
+    names = list(presets)  # `vaekit presets` shows them in this order: each base preset before its -paper variant
+    assert names == sorted(names) and names.index("mnist-hvae") < names.index("mnist-hvae-paper")
+    pairs = [(n.removesuffix("-paper"), n) for n in names if n.endswith("-paper") and n.removesuffix("-paper") in names]
+    assert len(pairs) >= 5 and all(names.index(base) < names.index(paper) for base, paper in pairs)
 
 
 @pytest.mark.parametrize("name", sorted(C.list_presets()))

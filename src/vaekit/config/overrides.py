@@ -171,7 +171,7 @@ def _preset_dir():
 def list_presets() -> dict[str, str]:
     """Preset name -> one-line description, from the YAML files shipped in vaekit/presets."""
     out = {}
-    for entry in sorted(_preset_dir().iterdir(), key=lambda p: p.name):
+    for entry in sorted(_preset_dir().iterdir(), key=lambda p: p.name.removesuffix(".yaml")):  # a base before its -paper
         if entry.name.endswith(".yaml"):
             doc = yaml_load(entry.read_text()) or {}
             out[entry.name[: -len(".yaml")]] = str(doc.get("description", "")).strip()
