@@ -29,8 +29,16 @@ def test_every_shipped_preset_resolves_and_validates(name):
         with pytest.raises(VaekitError, match="needs model.parent=RUN"):
             C.resolve(name)
         return
-    cfg = C.resolve(name, None, ["data.path=/data/images"] if name.startswith("folder-") else [])
+    path = {"folder-conv64": "/data/images", "folder-resnet64": "/data/images", "text-vae": "/data/sentences.txt"}
+    cfg = C.resolve(name, None, [f"data.path={path[name]}"] if name in path else [])
     assert cfg.preset == name and C.from_dict(cfg.to_dict()) == cfg
+
+
+def test_a_preset_for_your_own_data_asks_for_it():
+    with pytest.raises(VaekitError, match="preset text-vae needs data.path: it is the sentence VAE for your corpus"):
+        C.resolve("text-vae")
+    assert C.resolve("text-vae", None, ["data.path=my.txt"]).data.path == "my.txt"
+    assert C.resolve("text-demo").data.path is None  # the demo trains on the shipped corpus
 
 
 def test_overrides_are_typed_and_applied_last(tmp_path):
@@ -126,7 +134,7 @@ FLAT_DATA_KEYS = {"source": "mnist", "path": None, "limit": None, "binarize": "n
 
 
 @pytest.mark.parametrize("preset,sets", [
-    ("shapes-tcvae", []), ("mnist-ladder", []), ("mnist-vqvae", []), ("text-vae", []), ("mnist-planar", []),
+    ("shapes-tcvae", []), ("mnist-ladder", []), ("mnist-vqvae", []), ("text-vae", ["data.path=s.txt"]), ("mnist-planar", []),
     ("folder-conv64", ["data.path=/data/images"]), ("mnist-cvae", ["model.condition=film"]),
 ])
 def test_an_old_config_yaml_with_every_flat_key_loads(preset, sets):
@@ -147,7 +155,7 @@ def test_sections_are_the_classes_their_kind_and_source_declare():
     from vaekit.models.disentangle import TCVAEConfig
     from vaekit.models.vae import VAEConfig
 
-    cfg = C.resolve("text-vae")
+    cfg = C.resolve("text-vae", None, ["data.path=s.txt"])
     assert type(cfg.data) is TextDataConfig and "max_len" not in C.resolve().to_dict()["data"]
     assert type(C.resolve("folder-conv64", None, ["data.path=/d"]).data) is FolderDataConfig
     assert type(C.resolve().model) is VAEConfig and issubclass(CVAEConfig, VAEConfig)

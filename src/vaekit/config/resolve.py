@@ -142,7 +142,7 @@ def merge(config: Config, updates: dict, lenient: bool = False) -> Config:
         raise VaekitError(f"a config file must hold a mapping of sections, got {type(updates).__name__}")
     new = config
     for section, values in updates.items():
-        if section in ("description", "preset"):
+        if section in ("description", "preset", "requires"):
             continue
         if section not in SECTIONS:
             raise VaekitError(f"unknown config section '{section}'{closest(section, SECTIONS)}")
@@ -222,7 +222,8 @@ def resolve_layers(preset: str | None = None, config_file: str | None = None,
     doc, name, source = _config_file_and_preset(preset, config_file)
     if source == "flag" and doc.get("preset") and doc["preset"] != preset:
         log.warning("--preset %s takes precedence over 'preset: %s' in %s", preset, doc["preset"], config_file)
-    cfg = dataclasses.replace(merge(Config(), load_preset(name)), preset=name)
+    preset_doc = load_preset(name)
+    cfg = dataclasses.replace(merge(Config(), preset_doc), preset=name)
     preset_steps = cfg.train.steps
     explicit: set[str] = set()  # train keys the user set, in the file or with --set
     if config_file is not None:
@@ -242,6 +243,7 @@ def resolve_layers(preset: str | None = None, config_file: str | None = None,
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=None))
     cfg = dataclasses.replace(cfg, data=_path_means_arrays(cfg.data))
     validate(cfg)
+    _check_required(cfg, name, preset_doc.get("requires") or {})
     layers = {"preset": name, "preset_from": source, "file": None if config_file is None else str(config_file),
               "overrides": list(overrides)}
     return cfg, layers
@@ -291,6 +293,15 @@ def validate(cfg: Config) -> None:
     _validate_model(cfg.model)
     _validate_objective(cfg)
     _validate_train(cfg)
+
+
+def _check_required(cfg: Config, preset: str, required: dict) -> None:
+    """A preset's `requires:` ({"section.key": why}): keys the user must set (a preset "for your
+    corpus" must not train on a stand-in without saying so)."""
+    for key, why in required.items():
+        section, field = key.split(".")
+        if getattr(getattr(cfg, section), field) is None:
+            raise VaekitError(f"preset {preset} needs {key}: {why}")
 
 
 def _section_class(value, cls: type, section: str) -> None:
