@@ -130,6 +130,19 @@ def test_default_run_name_follows_the_data_and_net():
     assert C.default_run_name(C.resolve("shapes-beta", None, ["model.net=mlp"])) == "shapes-mlp"
 
 
+def test_your_own_grey_images_under_a_binarizing_preset_are_announced(tmp_path, caplog):
+    x = np.random.default_rng(0).random((60, 8, 8, 1)).astype(np.float32)  # grey levels
+    with caplog.at_level("INFO", logger="vaekit"):
+        train(tiny_config(train={"epochs": 1}), data={"x": x}, runs_dir=tmp_path, name="grey", progress=False)
+    said = [r.getMessage() for r in caplog.records if "data.binarize=dynamic" in r.getMessage()]
+    assert len(said) == 1 and "--set data.binarize=none keeps them grey" in said[0]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="vaekit"):
+        train(tiny_config(train={"epochs": 1}, data={"binarize": "none"}), data={"x": x}, runs_dir=tmp_path,
+              name="kept", progress=False)
+    assert not [r for r in caplog.records if "data.binarize=" in r.getMessage()]
+
+
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
     from vaekit.runs import train as train_module
 

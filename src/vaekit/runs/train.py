@@ -142,6 +142,8 @@ def _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, encod
         cfg, handed = resolve_parent(cfg)  # a parent run checked, its checksum recorded in config.yaml
         cfg, nets = _own_nets(cfg, encoder, decoder)
         splits = load_splits(cfg, data)
+        if resume is None:
+            _say_binarized(cfg, data)
         trainer = Trainer(cfg, splits, handed=handed | nets)
         if resume is None:
             distributed.barrier("vaekit-run-dir-checked")  # every process checked it before process 0 makes it
@@ -157,6 +159,17 @@ def _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, encod
     finally:
         if lock is not None:
             lock.release()
+
+
+def _say_binarized(cfg: Config, data) -> None:
+    """Your own images under a binarizing preset: say that their grey levels become 0/1 draws."""
+    from vaekit.data import Splits
+
+    own = cfg.data.source == "arrays" or (data is not None and not isinstance(data, Splits))  # an .npz or arrays
+    if own and cfg.data.binarize != "none":
+        log.info("data.binarize=%s: your images' grey levels are treated as the probabilities of 0/1 pixels (%s), "
+                 "as the Bernoulli likelihood needs; --set data.binarize=none keeps them grey", cfg.data.binarize,
+                 "a fresh draw each batch" if cfg.data.binarize == "dynamic" else "drawn once")
 
 
 def _already_complete(run_dir: Path, cfg) -> bool:
