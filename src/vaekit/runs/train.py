@@ -142,9 +142,9 @@ def _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, encod
         cfg, handed = resolve_parent(cfg)  # a parent run checked, its checksum recorded in config.yaml
         cfg, nets = _own_nets(cfg, encoder, decoder)
         splits = load_splits(cfg, data)
-        if resume is None:
-            _say_binarized(cfg, data)
         trainer = Trainer(cfg, splits, handed=handed | nets)
+        if resume is None:  # once the data and model are known to fit: a refused run says only why
+            _say_binarized(cfg, data)
         if resume is None:
             distributed.barrier("vaekit-run-dir-checked")  # every process checked it before process 0 makes it
             if main:
