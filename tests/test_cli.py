@@ -71,7 +71,7 @@ def _err(capsys, argv, *needles):
 
 def test_bad_inputs_give_one_line_and_nonzero_exit(capsys, tmp_path, run_dir):
     _err(capsys, ["train", "--preset", "nope"], "unknown preset 'nope'")
-    _err(capsys, ["train", "--set", "train.epoch=2"], "did you mean 'epochs'")
+    _err(capsys, ["train", "--set", "train.epoch=2"], "did you mean 'train.epochs'")
     _err(capsys, ["train", "--set", "model.latent_dim=0"], "model.latent_dim must be positive")
     _err(capsys, ["train", "--set", "train.learning_rate=-1"], "train.learning_rate must be positive")
     _err(capsys, ["train", "--set", "objective.beta=-0.5"], "objective.beta must be >= 0")
@@ -159,7 +159,12 @@ def test_info_marks_an_evaluation_of_a_replaced_checkpoint_stale(run_dir, tmp_pa
     assert main(["info", str(copy)]) == 0
     out = " ".join(capsys.readouterr().out.replace("│", " ").split())  # the table may wrap the label
     assert "stale: scored the best" in out
+    shutil.rmtree(best_dir)  # no best checkpoint at all: the error says which one there is
+    _err(capsys, ["evaluate", str(copy), "--samples", "2", "--limit", "2"],
+         "has no 'best' checkpoint yet; --checkpoint latest loads its latest one")
     entry = json.loads((copy / "evaluation.json").read_text())["test-k10-n5"]
+    assert layout.stale_result(copy, entry) is None  # nothing to compare with
+    shutil.copytree(copy / layout.CHECKPOINT_DIR / "latest" / str(best), best_dir / str(best + 3))
     assert layout.stale_result(copy, entry) == f"stale: scored the best checkpoint of epoch {best}; the run's is now epoch {best + 3}"
 
 

@@ -61,7 +61,7 @@ def test_data_path_selects_arrays_source():
 
 
 @pytest.mark.parametrize("override,message", [
-    ("train.epoch=3", "unknown config key 'train.epoch' (did you mean 'epochs'?)"),
+    ("train.epoch=3", "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
     ("trian.epochs=3", "unknown config section 'trian' (did you mean 'train'?)"),
     ("model.latent_dim=0", "model.latent_dim must be positive"),
     ("train.learning_rate=-1e-3", "train.learning_rate must be positive"),
@@ -178,7 +178,7 @@ def test_sections_are_the_classes_their_kind_and_source_declare():
     ("folder-conv64", ["data.path=/d", "data.source=mnist"],
      "config key 'data.image_size' belongs to data.source folder, not 'mnist'"),
     ("text-vae", ["data.color=grey"], "config key 'data.color' belongs to data.source folder, not 'text'"),
-    ("mnist-mlp", ["data.colour=grey"], "unknown config key 'data.colour' (did you mean 'color'?)"),
+    ("mnist-mlp", ["data.colour=grey"], "unknown config key 'data.colour' (did you mean 'data.color'?)"),
     ("shapes-tcvae", ["model.posterior=planar"],
      "config key 'model.posterior' belongs to model.kind vae / cvae / factorvae, not 'tcvae'"),
     ("mnist-planar", ["model.kind=hvae"], "config key 'model.posterior' belongs to model.kind vae / cvae / factorvae"),

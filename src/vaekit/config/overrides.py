@@ -26,10 +26,13 @@ def yaml_load(text: str):
     return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
-def closest(name: str, options) -> str:
-    """" (did you mean 'x'?)" for the option nearest `name`, else " (valid: a, b, ...)"."""
+def closest(name: str, options, section: str | None = None) -> str:
+    """" (did you mean 'x'?)" for the option nearest `name`, else " (valid: a, b, ...)"; with
+    `section`, the suggestion is the whole key a user types ('train.epochs')."""
     match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else f" (valid: {', '.join(options)})"
+    if match:
+        return f" (did you mean '{section}.{match[0]}'?)" if section else f" (did you mean '{match[0]}'?)"
+    return f" (valid: {', '.join(options)})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +127,7 @@ def apply_keys(base, updates: dict, section: str):
     changes = {}
     for key, value in updates.items():
         if key not in types_:
-            raise VaekitError(f"unknown config key '{section}.{key}'{closest(key, list(types_))}")
+            raise VaekitError(f"unknown config key '{section}.{key}'{closest(key, list(types_), section)}")
         changes[key] = coerce(value, types_[key], f"{section}.{key}")
     return dataclasses.replace(base, **changes)
 

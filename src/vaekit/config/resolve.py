@@ -84,7 +84,7 @@ def _foreign_key(section: str, key: str, name: str, cls: type) -> VaekitError:
                            f"'{name}' (valid keys for '{name}': {', '.join(names)})")
     # The nearest key of any kind or source (the next try names its owner), else this one's keys.
     every = [*names, *dict.fromkeys(k for c in classes.values() for k in field_types(c) if k not in names)]
-    hint = closest(key, every)
+    hint = closest(key, every, section)
     return VaekitError(f"unknown config key '{section}.{key}'{hint if 'did you mean' in hint else closest(key, names)}")
 
 

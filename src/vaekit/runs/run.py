@@ -83,7 +83,9 @@ def load_run(path: str | Path, *, checkpoint: str = "best") -> Run:
     try:
         epoch = ckpt.latest_epoch(checkpoint)  # once: a run still training may save a newer one meanwhile
         if epoch is None:
-            raise VaekitError(f"run '{run_dir}' has no '{checkpoint}' checkpoint yet")
+            other = "latest" if checkpoint == "best" else "best"
+            hint = f"; --checkpoint {other} loads its {other} one" if ckpt.latest_epoch(other) is not None else ""
+            raise VaekitError(f"run '{run_dir}' has no '{checkpoint}' checkpoint yet{hint}")
         state = ckpt.restore(checkpoint, {"model": abstract}, epoch=epoch)["model"]
     finally:
         ckpt.close()
