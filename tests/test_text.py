@@ -285,3 +285,12 @@ def test_cli_bad_input_is_one_line_with_exit_2(argv, message, text_run, tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_an_empty_sampled_sentence_shows_as_empty(tmp_path, capsys):
+    from vaekit.cli.text import _save
+
+    out = tmp_path / "samples.txt"
+    _save(out, ["a cat sat", "", "a dog"])  # a sentence whose first token is <eos> decodes to ""
+    assert capsys.readouterr().out.splitlines() == ["a cat sat", "(empty)", "a dog", str(out)]
+    assert out.read_text().splitlines() == ["a cat sat", "", "a dog"]  # the file keeps one sentence per line

@@ -58,9 +58,11 @@ def _compiled(model, fn):
 
 
 def _save(out: Path, lines: list[str]) -> None:
+    """The sentences into `out`, one per line (an empty sentence an empty line), and on stdout, where
+    an empty sentence (<eos> first) shows as "(empty)", then the file's path."""
     write_text_atomic(out, "".join(line + "\n" for line in lines))
     for line in lines:
-        print(line)
+        print(line or "(empty)")
     print(out)
 
 
