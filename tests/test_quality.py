@@ -130,9 +130,9 @@ def test_quality_cli_writes_json_and_prints_a_table(run_dir, capsys):
 
     rc = main(["quality", str(run_dir), "--samples", "400", "--reference", "400"])
     out = capsys.readouterr().out
-    assert rc == 0 and "FID" in out and "recall" in out
+    assert rc == 0 and "FID" in out and "recall" in out and "400 vs 400 test images" in out  # said once, not "400 vs test (400 images)"
     doc = json.loads((run_dir / "quality.json").read_text())
-    assert doc["samples"] == 400 and doc["reference"] == "test (400 images)" and doc["fid"] > 0 and 0 <= doc["precision"] <= 1 and 0 <= doc["recall"] <= 1
+    assert doc["samples"] == 400 and doc["reference"] == "400 test images" and doc["fid"] > 0 and 0 <= doc["precision"] <= 1 and 0 <= doc["recall"] <= 1
     assert doc["feature_net"].startswith("vaekit mnist")
 
 

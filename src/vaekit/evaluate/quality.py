@@ -203,7 +203,7 @@ def quality(run, *, samples: int = 10_000, split: str = "test", reference: int |
     result = compare_features(featurize(net, real["x"]), fake_features, k)
     if labels is not None:
         result["label_accuracy"] = head_accuracy(net, fake_features, labels)
-    result |= {"samples": samples, "reference": f"{split} ({len(real['x'])} images)", "k": k, "seed": seed,
+    result |= {"samples": samples, "reference": f"{len(real['x']):,} {split} images", "k": k, "seed": seed,
                "feature_net": net_name, "checkpoint": run.checkpoint, "seconds": round(time.perf_counter() - t0, 1)}
     write_json_atomic(Path(run.path) / QUALITY_FILE, result)
     return result
