@@ -36,8 +36,7 @@ class _Price(logging.Handler):
         self.seconds = None
 
     def emit(self, record):
-        if record.getMessage().startswith("NLL: about"):
-            self.seconds = record.args[4]
+        self.seconds = getattr(record, "seconds_per_call", self.seconds)  # the `extra` of the cost line
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ from vaekit.progress import progress_bar
 
 IWAE_BOUNDS = (1, 5, 50)
 EVAL_SEED = 20151102  # seed of the posterior draws of every evaluation (results are reproducible)
-MIN_SAMPLES = 100  # --mc-error never stops an example before this many draws (the error estimate needs them)
+MIN_SAMPLES = 100  # --mc-error: the pilot's draws, and the fewest an estimate uses
 
 
 def _chunk_fn(graphdef, chunk: int, bounds: tuple[int, ...]):
@@ -180,10 +180,12 @@ def log_likelihood(
     "y"}): arrays of shape (N,).
 
     Returns {"log_px": importance-sampled log p(x), "elbo": mean log weight, "iwae_<m>": the
-    m-sample bound for m in (1, 5, 50) that fit in one chunk (over all disjoint groups), "draws": the draws each estimate used,
-    "mc_error": the Monte Carlo standard error of each log_px, "pilot_draws": the draws that sized
-    it, "log_px_half": the estimate from the first half of its chunks (nan for a single chunk)}. With `mc_error` E > 0 each example's draws are sized for that error by a pilot of
-    `min_samples` other draws (module docstring), at least `min_samples` and at most `samples`;
+    m-sample bound for m in (1, 5, 50) that fit in one chunk (over all disjoint groups), "draws":
+    the draws each estimate used, "mc_error": the Monte Carlo standard error of each log_px,
+    "pilot_draws": the draws that sized it, "log_px_half": the estimate from the first half of its
+    chunks (nan for a single chunk)}. With `mc_error` E > 0 each example's draws are sized for that
+    error by a pilot of `min_samples` other draws (module docstring), at least `min_samples` and at
+    most `samples`;
     with E = 0 every example gets `samples`, the fixed k of the papers' protocol. Draws come `chunk`
     at a time for `batch_size` examples per compiled call. `progress` is an optional callable
     advanced with the number of examples finished.
@@ -215,15 +217,12 @@ def log_likelihood(
     schedule = _Schedule(n, slots, [-1 - r for r in range(min_rounds)] if adaptive else list(range(rounds)))
     weights, pilot, half = _Weights(n), _Weights(n), _Weights(n)  # half: the first half of each estimate's rounds
     needed = np.full(n, -1 if adaptive else rounds)  # the estimate's rounds per example (-1: its pilot decides)
-    merged = np.zeros(n, np.int64)  # the estimate's rounds merged per example
     iwae = np.zeros((n, len(bounds)))  # sums over every disjoint group of m draws of the estimate
-    finished = np.zeros(n, bool)
 
     def merge(index, ids, out) -> None:
         m, s, s2, total, groups = (a[: len(index)] for a in jax.device_get(out))  # drop the padding slots
         main = ids >= 0
         weights.add(index[main], m[main], s[main], s2[main], total[main], chunk)
-        np.add.at(merged, index[main], 1)
         early = main & (ids < needed[index] // 2)
         half.add(index[early], m[early], s[early], s2[early], total[early], chunk)
         np.add.at(iwae, index[main], groups[main].astype(np.float64))
@@ -238,14 +237,14 @@ def log_likelihood(
             for e in sized:
                 schedule.add(int(e), range(needed[e]))
         touched = np.unique(index)
-        done = touched[(merged[touched] == needed[touched]) & ~finished[touched]]
-        finished[done] = True
+        done = touched[weights.draws[touched] == needed[touched] * chunk]  # its last round merged: only now
         schedule.finish(done)
         if progress is not None and len(done):
             progress(len(done))
 
     most_calls = -(-n * (rounds + (min_rounds if adaptive else 0)) // slots)
-    fn, calls, batch, batch_index, pending = None, 0, None, None, None
+    fn = _chunk_fn(graphdef, chunk, bounds)
+    calls, batch, batch_index, pending = 0, None, None, None
     while True:
         # Call i + 1 is scheduled and dispatched before call i's results are merged, so the device does
         # not wait for the host.
@@ -256,9 +255,7 @@ def log_likelihood(
             if batch_index is None or not np.array_equal(padded[0], batch_index):  # fixed k: once per k / chunk calls
                 batch, batch_index = {k: jnp.asarray(v[padded[0]]) for k, v in arrays.items()}, padded[0]
             args = (state, batch, jnp.asarray(padded[0], jnp.int32), jnp.asarray(padded[1], jnp.int32), key)
-            if fn is None:
-                fn = _chunk_fn(graphdef, chunk, bounds).lower(*args).compile()
-            if calls < 2:  # the second call's time (the first warms up) prices the whole job
+            if calls < 2:  # the second call's time prices the whole job (the first compiles and warms up)
                 started = time.perf_counter()
                 out = jax.block_until_ready(fn(*args))
                 if calls == 1:
@@ -272,7 +269,7 @@ def log_likelihood(
         elif launched is None:
             break  # nothing in flight and nothing to hand out: every example has finished
         pending = launched
-    counts = merged[:, None] * np.asarray([chunk // b for b in bounds])  # the groups of m within each chunk
+    counts = (weights.draws // chunk)[:, None] * np.asarray([chunk // b for b in bounds])  # groups of m per chunk
     out = {"log_px": weights.log_mean(), "elbo": weights.total / weights.draws,
            **{f"iwae_{b}": iwae[:, j] / counts[:, j] for j, b in enumerate(bounds)},
            "draws": weights.draws.copy(), "mc_error": weights.mc_error(), "pilot_draws": pilot.draws.copy(),
@@ -302,7 +299,8 @@ def _say_cost(seconds: float, calls: int, n: int, samples: int, slots: int, chun
     hint = " (--mc-error E sizes each example's draws for a Monte Carlo error of E nats; --limit N scores fewer)" \
         if total > 600 and not mc_error else ""
     logging.getLogger("vaekit").info("NLL: about %s%s for %s examples x %s draws (%.3f s per call of %d x %d draws)%s",
-                                     bound, _duration(total), f"{n:,}", f"{samples:,}", seconds, slots, chunk, hint)
+                                     bound, _duration(total), f"{n:,}", f"{samples:,}", seconds, slots, chunk, hint,
+                                     extra={"seconds_per_call": seconds})
 
 
 def _duration(seconds: float) -> str:
@@ -400,7 +398,7 @@ def evaluate(
     Returns a summary dict: NLL (nats) with its standard error over examples and its Monte Carlo
     error, ELBO, IWAE bounds, bits per dimension, active units, reconstruction error, examples and
     draws, wall time. `samples` is k (fixed), or the cap of the draws per example when `mc_error`
-    > 0 stops each example once its log p-hat is that precise (see `log_likelihood`).
+    > 0 sizes each example's draws for that Monte Carlo error (see `log_likelihood`).
     """
     from vaekit.runs.run import Run, load_run
     from vaekit.runs.layout import read_json, write_json_atomic

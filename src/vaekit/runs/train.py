@@ -143,9 +143,8 @@ def _train(cfg, data, runs_dir, name, overwrite, resume, progress, layers, encod
         cfg, nets = _own_nets(cfg, encoder, decoder)
         splits = load_splits(cfg, data)
         trainer = Trainer(cfg, splits, handed=handed | nets)
-        if resume is None:  # once the data and model are known to fit: a refused run says only why
-            _say_binarized(cfg, data)
         if resume is None:
+            _say_binarized(cfg, data)  # once the data and model are known to fit: a refused run says only why
             distributed.barrier("vaekit-run-dir-checked")  # every process checked it before process 0 makes it
             if main:
                 run_dir = _create(run_dir, overwrite, rename=name is None and jax.process_count() == 1)
@@ -213,13 +212,14 @@ def _free_name(runs_dir, stem: str) -> str:
 def _create(run_dir: Path, overwrite: bool, rename: bool) -> Path:
     """Create the run directory; a default-named one that another process created since it was
     checked takes the next free name instead (`rename`), a chosen name is an error."""
+    stem = run_dir.name
     while True:
         try:
             return layout.create_run_dir(run_dir, overwrite)
         except layout.RunDirTaken:
             if not rename:
                 raise
-            run_dir = run_dir.with_name(_free_name(run_dir.parent, run_dir.name))
+            run_dir = run_dir.with_name(_free_name(run_dir.parent, stem))
 
 
 def _own_nets(cfg: Config, encoder, decoder) -> tuple[Config, dict]:
