@@ -168,7 +168,7 @@ def test_stated_error_matches_the_spread_over_independent_draws(ppca):
     assert 0.03 < low < lower
 
 
-def test_the_stopping_rule_takes_the_minimum_draws_first(ppca):
+def test_an_estimate_never_uses_fewer_than_min_samples_draws(ppca):
     w, b, s, x, _ = ppca
     exact_q = PPCA(w, b, s, exact=True)  # every weight equals p(x) (to float32 rounding): no Monte Carlo error
     est = log_likelihood(exact_q, {"x": x[:8]}, samples=1000, chunk=10, batch_size=4, mc_error=1e-3, min_samples=25)
@@ -176,10 +176,10 @@ def test_the_stopping_rule_takes_the_minimum_draws_first(ppca):
     loose = PPCA(w, b, s, exact=False, mean_shift=0.3, scale_factor=1.5)
     est = log_likelihood(loose, {"x": x[:9]}, samples=1000, chunk=10, batch_size=4, mc_error=1e9, min_samples=25)
     np.testing.assert_array_equal(est["draws"][:8], 30)
-    assert est["draws"][8] >= 30  # the last example alone: idle slots give it more draws in the same calls
+    assert est["draws"][8] >= 30  # the last example alone: idle slots compute its decided rounds sooner
 
 
-def test_the_cost_is_said_after_the_first_call(ppca, caplog):
+def test_the_cost_is_said_once_before_the_wait(ppca, caplog):
     w, b, s, x, _ = ppca
     with caplog.at_level("INFO", logger="vaekit"):
         log_likelihood(PPCA(w, b, s, exact=True), {"x": x}, samples=100, chunk=10, batch_size=8)
