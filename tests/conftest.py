@@ -14,8 +14,10 @@ from vaekit import runtime
 # same values up to float rounding. The few tests that run a program long (e.g. 20,000 ancestral
 # draws) keep their sizes small enough for unoptimized code. Subprocesses (the CLI tests) inherit
 # it; a user's own setting of it is kept.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
+SUITE_XLA_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
+for flag, value in SUITE_XLA_FLAGS.items():
+    if flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --{flag}={value}".strip()
 runtime.configure()  # the CLI's CPU settings for the whole suite, before JAX is imported (as `vaekit` does)
 
 import numpy as np  # noqa: E402
@@ -30,7 +32,9 @@ def tiny_config(**sections) -> config_lib.Config:
     cfg = config_lib.resolve("mnist-mlp", None, [])
     small = {
         "model": {"hidden": (32,), "latent_dim": 4},
-        "train": {"epochs": 2, "batch_size": 20, "chunk_steps": 4, "eval_batch_size": 64},
+        # 200 synthetic examples: 10 steps an epoch, two chunks of 5 (one compilation of the chunk;
+        # a shorter tail chunk would be a second one, tests/test_train.py runs one on purpose).
+        "train": {"epochs": 2, "batch_size": 20, "chunk_steps": 5, "eval_batch_size": 64},
     }
     for sec, vals in sections.items():
         small.setdefault(sec, {}).update(vals)
@@ -197,6 +201,21 @@ def trained_run_dir(tmp_path_factory):
 #: `trained_run_dir`'s options after `vaekit train --runs-dir DIR --name r`.
 TRAINED_RUN_ARGS = ["--set", "data.limit=512", "--set", "train.epochs=1", "--set", "model.hidden=[64]",
                     "--set", "model.latent_dim=8", "--set", "train.eval_batch_size=2000", "--no-progress"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compiled_programs_per_module():
+    """Drop JAX's compiled programs after each test module. They are kept for the life of the
+    process otherwise: several thousand in a suite (every shape of every eager operation too),
+    which grew each of the two workers to 4.5-5 GB; with this the largest is about 2.4 GB, and
+    a later module that needs a program again finds it in the on-disk compilation cache."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture

@@ -105,20 +105,28 @@ def _model(kind, spec=None, objective=None, **options):
     return build_model(dataclasses.replace(cfg, objective=objective or cfg.objective), spec, rngs=nnx.Rngs(params=0))
 
 
-def _posterior_draw(model, x, key):
-    """The loss's own draw, rebuilt: z = mean + scale * eps with eps from the first 'sample' key."""
-    q = model.encode(x)
-    z = q.mean + q.scale * jax.random.normal(key, (1, *q.mean.shape))
-    return q, z[0], np.asarray(-model.decode(z[0]).log_prob(x), np.float64)
+def _loss_and_draw(model, x, seed):
+    """The model's loss on x with `nnx.Rngs(sample=seed)`, and the loss's own draw rebuilt:
+    z = mean + scale * eps with eps from the stream's first 'sample' key. One program:
+    (loss, metrics, mean, scale, z, recon = -log p(x|z), the stream's second key)."""
+
+    @nnx.jit
+    def run(model):
+        loss, metrics = model.loss({"x": x}, rngs=nnx.Rngs(sample=seed), step=jnp.asarray(0))
+        rngs = nnx.Rngs(sample=seed)
+        q = model.encode(x)
+        z = (q.mean + q.scale * jax.random.normal(rngs.sample(), (1, *q.mean.shape)))[0]
+        return loss, metrics, q.mean, q.scale, z, -model.decode(z).log_prob(x), rngs.sample()
+
+    loss, metrics, *arrays, key = run(model)
+    return (loss, metrics, *(np.asarray(a, np.float64) for a in arrays), key)
 
 
 @pytest.mark.parametrize("estimator", ["mws", "stratified"])
 def test_tcvae_loss_against_numpy(estimator):
     model = _model("tcvae", alpha=0.5, beta=6.0, gamma=2.0, estimator=estimator)
     x = jnp.asarray(synthetic_splits(n=40).val["x"][:10])
-    loss, metrics = model.loss({"x": x}, rngs=nnx.Rngs(sample=3), step=jnp.asarray(0))
-    q, z, recon = _posterior_draw(model, x, nnx.Rngs(sample=3).sample())
-    mean, scale, z = (np.asarray(a, np.float64) for a in (q.mean, q.scale, z))
+    loss, metrics, mean, scale, z, recon, _ = _loss_and_draw(model, x, 3)
     b = len(x)
     w = np.exp(np.asarray(log_importance_weights(b, 500, estimator), np.float64))
     pair = norm.logpdf(z[:, None, :], mean[None], scale[None])
@@ -160,9 +168,7 @@ def test_dipvae_loss_against_numpy(variant, lambda_d, weight):
     objective = ObjectiveConfig(beta=2.0)  # the ELBO part keeps the objective's beta
     model = _model("dipvae", objective=objective, variant=variant, lambda_od=3.0, lambda_d=lambda_d)
     x = jnp.asarray(synthetic_splits(n=40).val["x"][:10])
-    loss, metrics = model.loss({"x": x}, rngs=nnx.Rngs(sample=4), step=jnp.asarray(0))
-    q, _, recon = _posterior_draw(model, x, nnx.Rngs(sample=4).sample())
-    mean, scale = np.asarray(q.mean, np.float64), np.asarray(q.scale, np.float64)
+    loss, metrics, mean, scale, _, recon, _ = _loss_and_draw(model, x, 4)
     cov = np.cov(mean, rowvar=False, bias=True) + (np.diag(np.mean(scale**2, 0)) if variant == "ii" else 0)
     off = np.sum(cov**2) - np.sum(np.diag(cov) ** 2)
     diag = np.sum((np.diag(cov) - 1) ** 2)
@@ -193,17 +199,16 @@ def test_permute_dims_permutes_each_dimension_independently():
 def test_factorvae_loss_terms_against_numpy():
     model = _model("factorvae", gamma=5.0, discriminator_hidden=(8, 8))
     x = jnp.asarray(synthetic_splits(n=40).val["x"][:10])
-    losses, metrics = model.loss({"x": x}, rngs=nnx.Rngs(sample=5), step=jnp.asarray(0))
-    rngs = nnx.Rngs(sample=5)
-    q, z, recon = _posterior_draw(model, x, rngs.sample())
-    z_perm = permute_dims(z, rngs.sample())  # the loss's second draw from the stream
-    logits = np.asarray(model.discriminator(jnp.concatenate([z, z_perm])), np.float64)  # (2B, 2)
+    losses, metrics, mean, scale, z, recon, second = _loss_and_draw(model, x, 5)
+    z = jnp.asarray(z, jnp.float32)
+    z_perm = permute_dims(z, second)  # the loss's second draw from the stream
+    discriminator = nnx.jit(lambda m, z: m.discriminator(z))
+    logits = np.asarray(discriminator(model, jnp.concatenate([z, z_perm])), np.float64)  # (2B, 2)
     log_soft = logits - logsumexp(logits, axis=1, keepdims=True)
     b = len(x)
     labels = np.r_[np.zeros(b, int), np.ones(b, int)]
     ce = -log_soft[np.arange(2 * b), labels]
     tc = logits[:b, 0] - logits[:b, 1]
-    mean, scale = np.asarray(q.mean, np.float64), np.asarray(q.scale, np.float64)
     kl = np.sum(0.5 * (scale**2 + mean**2 - 1 - np.log(scale**2)), -1)
     np.testing.assert_allclose(float(losses["vae"]), np.mean(recon + kl) + 5.0 * np.mean(tc), rtol=1e-4)
     np.testing.assert_allclose(float(losses["discriminator"]), np.mean(ce), rtol=1e-4)

@@ -17,7 +17,7 @@ from vaekit.errors import VaekitError
 from vaekit.evaluate import disentanglement as dis
 
 NUM_TRAIN, NUM_TEST = 3_000, 1_500
-DCI_FAST = {"max_iter": 30}  # fewer boosting rounds than the default 100, to keep tests quick
+DCI_FAST = {"max_iter": 10}  # fewer boosting rounds than the default 100, to keep tests quick
 PERM = np.array([7, 2, 9, 0, 4, 8, 1, 5, 3, 6])
 
 _ALL_VALUES = shapes.classes_to_values(shapes.index_to_classes(np.arange(0, shapes.NUM_IMAGES, 7)))
@@ -223,7 +223,7 @@ def test_bad_inputs_are_user_errors(good):
 def test_compute_all_on_factor_values():
     source = ValueSource()
     kwargs = {"num_train": 1_000, "num_test": 500, "factorvae_train": 100, "factorvae_test": 50,
-              "betavae_train": 200, "betavae_test": 100}
+              "betavae_train": 200, "betavae_test": 100, "dci_max_iter": 10}
     result = dis.compute_all(Encoder(), source, **kwargs)
     assert set(result) == {"mig", "sap", "dci", "factorvae", "betavae", "settings", "seconds"}
     assert result["mig"]["mig"] > 0.5 and result["factorvae"]["eval_accuracy"] == 1.0
@@ -242,9 +242,9 @@ def test_compute_all_on_rendered_shapes():
 
     result = dis.compute_all(
         encode, shapes.ShapesData(limit=100), num_train=600, num_test=300, factorvae_train=60, factorvae_test=40,
-        betavae_train=100, betavae_test=60, n_jobs=1,
+        betavae_train=100, betavae_test=60, n_jobs=1, dci_max_iter=10,
     )
-    assert result["settings"]["num_latents"] == 3
+    assert result["settings"]["num_latents"] == 3 and result["settings"]["dci_max_iter"] == 10
     # pos_x is read by latent 0 alone, pos_y by latent 1: high MIG for them (20 bins
     # cannot resolve all 32 positions, so it stays below 1), low for orientation.
     per_factor = result["mig"]["per_factor"]

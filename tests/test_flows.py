@@ -27,14 +27,17 @@ def test_planar_log_det_matches_the_jacobian_and_stays_invertible():
     u = jnp.asarray(rng.normal(size=(4, 3, d)) * 2, jnp.float32)  # large u: the constraint must act
     w = jnp.asarray(rng.normal(size=(4, 3, d)), jnp.float32)
     b = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
-    out, log_det = planar_transform(u, w, b)(z)
+    out, log_det = jax.jit(lambda u, w, b, z: planar_transform(u, w, b)(z))(u, w, b, z)
+    # Each jitted function below compiles once and runs for every example, not op by op.
+    jacobian_log_det = jax.jit(lambda u, w, b, z: jnp.linalg.slogdet(
+        jax.jacfwd(lambda zi: planar_transform(u, w, b)(zi)[0])(z))[1])
     for i in range(4):
-        f = lambda zi, i=i: planar_transform(u[i], w[i], b[i])(zi)[0]  # noqa: E731
-        expected = jnp.linalg.slogdet(jax.jacfwd(f)(z[i]))[1]
+        expected = jacobian_log_det(u[i], w[i], b[i], z[i])
         assert float(log_det[i]) == pytest.approx(float(expected), abs=1e-4)
     # The projected u_hat keeps w . u_hat >= -1, so 1 + u_hat . psi > 0 for every z.
+    step = jax.jit(planar_step)
     for zz in (z * 10, -z * 10, jnp.zeros_like(z)):
-        _, ld = planar_step(zz, u[:, 0], w[:, 0], b[:, 0])
+        _, ld = step(zz, u[:, 0], w[:, 0], b[:, 0])
         assert np.all(np.isfinite(np.asarray(ld)))
 
 
@@ -51,12 +54,13 @@ def test_iaf_step_is_autoregressive_with_the_right_log_det(reverse):
     step = nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
     h = jax.random.normal(jax.random.PRNGKey(2), (hidden,))
     z = jax.random.normal(jax.random.PRNGKey(3), (d,))
-    jac = np.asarray(jax.jacfwd(lambda zz: step(zz, h)[0])(z))  # jac[i, j] = d out_i / d z_j
+    # jac[i, j] = d out_i / d z_j, in one program with the step's own log-determinant
+    jac, log_det = nnx.jit(lambda step: (jax.jacfwd(lambda zz: step(zz, h)[0])(z), step(z, h)[1]))(step)
+    jac = np.asarray(jac)
     order = np.arange(d, 0, -1) if reverse else np.arange(1, d + 1)
     later = order[None, :] > order[:, None]  # z_j comes after out_i in the MADE order
     assert np.all(jac[later] == 0.0)
     assert np.any(np.abs(jac[~later & ~np.eye(d, dtype=bool)]) > 1e-6)  # and it does depend on earlier ones
-    _, log_det = step(z, h)
     assert float(log_det) == pytest.approx(float(np.linalg.slogdet(jac)[1]), abs=1e-4)
 
 
@@ -65,10 +69,14 @@ def test_iaf_chain_log_det_matches_the_jacobian():
     flow = IAF(d, hidden, 3, rngs=nnx.Rngs(0))
     h = jax.random.normal(jax.random.PRNGKey(0), (2, hidden))
     z = jax.random.normal(jax.random.PRNGKey(1), (2, d))
-    _, log_det = flow(z, h)
+    @nnx.jit  # one program instead of op by op
+    def log_dets(flow):
+        each = [jnp.linalg.slogdet(jax.jacfwd(lambda zi, i=i: flow(zi, h[i])[0])(z[i]))[1] for i in range(2)]
+        return flow(z, h)[1], jnp.stack(each)
+
+    log_det, expected = log_dets(flow)
     for i in range(2):
-        expected = jnp.linalg.slogdet(jax.jacfwd(lambda zi, i=i: flow(zi, h[i])[0])(z[i]))[1]
-        assert float(log_det[i]) == pytest.approx(float(expected), abs=1e-4)
+        assert float(log_det[i]) == pytest.approx(float(expected[i]), abs=1e-4)
 
 
 def test_vamp_prior_log_prob_is_the_numpy_mixture():
@@ -223,11 +231,17 @@ def test_batch_normalized_two_layer_model_moves_each_running_average_once_per_lo
     assert sum(isinstance(m, BatchNorm) for _, m in nnx.iter_modules(a)) == 2 * len(hidden) + 2 * 2
     batch = {k: jnp.asarray(v[:8]) for k, v in splits.val.items()}
     a.train(), b.train()
-    a.loss(batch, rngs=nnx.Rngs(sample=3), step=jnp.asarray(0))
-    q = b.encode(batch["x"])
-    z, log_q = q.sample_and_log_prob(nnx.Rngs(sample=3).sample(), (1,))
-    b.decode(z)
-    b.layer_kls(q, z, log_q)
+    # Each computation in one nnx.jit (its running-average updates come back to the model).
+    nnx.jit(lambda m: m.loss(batch, rngs=nnx.Rngs(sample=3), step=jnp.asarray(0)))(a)
+
+    @nnx.jit
+    def by_hand(m):
+        q = m.encode(batch["x"])
+        z, log_q = q.sample_and_log_prob(nnx.Rngs(sample=3).sample(), (1,))
+        m.decode(z)
+        m.layer_kls(q, z, log_q)
+
+    by_hand(b)
     leaves = lambda m: jax.tree.leaves(nnx.state(m, nnx.BatchStat))  # noqa: E731
     moved = [float(jnp.max(jnp.abs(x - y))) for x, y in zip(leaves(a), leaves(fresh))]
     assert min(moved) > 1e-4  # every layer's statistics moved
@@ -235,14 +249,20 @@ def test_batch_normalized_two_layer_model_moves_each_running_average_once_per_lo
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
     # Eval mode: one example's posterior does not depend on the rest of the batch.
     a.eval()
-    alone = a.encode(batch["x"][:1]).q1.mean
-    np.testing.assert_allclose(np.asarray(alone), np.asarray(a.encode(batch["x"]).q1.mean[:1]), rtol=1e-5, atol=1e-6)
+    mean = nnx.jit(lambda m, x: m.encode(x).q1.mean)
+    np.testing.assert_allclose(np.asarray(mean(a, batch["x"][:1])), np.asarray(mean(a, batch["x"])[:1]),
+                               rtol=1e-5, atol=1e-6)
+
+    @nnx.jit
+    def scores(m):
+        q = m.encode(batch["x"])
+        z, log_q = q.sample_and_log_prob(jax.random.PRNGKey(5), (4,))
+        return q.log_prob(z), log_q
+
     # The score of the posterior's draws is the density they came with (train and eval mode).
     for mode in ("train", "eval"):
         getattr(a, mode)()
-        q = a.encode(batch["x"])
-        z, log_q = q.sample_and_log_prob(jax.random.PRNGKey(5), (4,))
-        np.testing.assert_allclose(np.asarray(q.log_prob(z)), np.asarray(log_q), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(*map(np.asarray, scores(a)), rtol=1e-5, atol=1e-4)
 
 
 def test_batch_normalized_two_layer_model_trains_and_scores(tmp_path):

@@ -51,24 +51,31 @@ def test_merge_is_the_normalized_product_of_the_two_gaussians():
 def test_log_prob_of_the_posterior_draws_is_the_density_they_came_with(mode):
     model, splits = _small()
     getattr(model, mode)()
-    q = model.encode(_batch(splits)["x"])
-    z, log_q = q.sample_and_log_prob(jax.random.PRNGKey(0), (7,))
+    x = _batch(splits)["x"]
+
+    @nnx.jit  # one program instead of op by op
+    def densities(model):
+        q = model.encode(x)
+        z, log_q = q.sample_and_log_prob(jax.random.PRNGKey(0), (7,))
+        # Independently: the top layer is the bottom-up Gaussian alone, each lower one the merge
+        # with the prior's conditional at the draw above it.
+        z1, z2, z3 = z[..., :5], z[..., 5:8], z[..., 8:]
+        top = q.up[2].log_prob(z3)
+        mid = precision_weighted(q.up[1], model.prior.conditional(1, z3)).log_prob(z2)
+        low = precision_weighted(q.up[0], model.prior.conditional(0, z2)).log_prob(z1)
+        return z, log_q, q.log_prob(z), top + mid + low
+
+    z, log_q, score, by_layer = densities(model)
     assert z.shape == (7, 8, 5 + 3 + 2) and log_q.shape == (7, 8)
-    np.testing.assert_allclose(np.asarray(q.log_prob(z)), np.asarray(log_q), rtol=1e-5, atol=1e-4)
-    # Independently: the top layer is the bottom-up Gaussian alone, each lower one the merge with
-    # the prior's conditional at the draw above it.
-    z1, z2, z3 = z[..., :5], z[..., 5:8], z[..., 8:]
-    top = q.up[2].log_prob(z3)
-    mid = precision_weighted(q.up[1], model.prior.conditional(1, z3)).log_prob(z2)
-    low = precision_weighted(q.up[0], model.prior.conditional(0, z2)).log_prob(z1)
-    np.testing.assert_allclose(np.asarray(top + mid + low), np.asarray(log_q), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(score), np.asarray(log_q), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(by_layer), np.asarray(log_q), rtol=1e-5, atol=1e-4)
 
 
 def test_layer_kls_sum_to_the_kl_and_the_top_one_is_its_closed_form():
     model, splits = _small()
     model.eval()
     batch = _batch(splits)
-    _, m = model.loss(batch, rngs=nnx.Rngs(sample=0), step=jnp.asarray(0))
+    _, m = nnx.jit(lambda model: model.loss(batch, rngs=nnx.Rngs(sample=0), step=jnp.asarray(0)))(model)
     m = metrics_lib.values(m)
     layers = [float(m[f"kl/z{i}"]) for i in (1, 2, 3)]
     assert sum(layers) == pytest.approx(float(m["kl"]), rel=1e-4, abs=1e-4)
@@ -76,15 +83,18 @@ def test_layer_kls_sum_to_the_kl_and_the_top_one_is_its_closed_form():
     for name, (a, b) in model.latent_layers.items():  # each layer's dimensions sum to its KL
         assert float(np.sum(m["kl_per_dim"][a:b])) == pytest.approx(float(m[f"kl/{name}"]), rel=1e-4, abs=1e-5)
     # With many draws, kl/z3 = E_q[log q(z3|x) - log N(z3; 0, I)] is KL(q(z3|x) || N(0, I)).
-    q = model.encode(batch["x"])
-    z, log_qz = q.sample_and_log_prob(jax.random.PRNGKey(1), (4000,))
-    log_q, log_p = q.layer_log_probs(z)
-    per_draw = np.asarray(log_q[2] - log_p[2])  # (4000, B)
-    closed = np.asarray(q.up[2].kl())
+    @nnx.jit
+    def draws(model):
+        q = model.encode(batch["x"])
+        z, log_qz = q.sample_and_log_prob(jax.random.PRNGKey(1), (4000,))
+        log_q, log_p = q.layer_log_probs(z)
+        return log_q[2] - log_p[2], q.up[2].kl(), sum(log_q), log_qz, sum(log_p), model.prior.log_prob(z)
+
+    per_draw, closed, sum_q, log_qz, sum_p, log_pz = map(np.asarray, draws(model))  # per_draw: (4000, B)
     stderr = per_draw.std(0) / np.sqrt(4000)
     assert np.all(np.abs(per_draw.mean(0) - closed) < 4 * stderr + 1e-4), (per_draw.mean(0), closed)
-    np.testing.assert_allclose(np.asarray(sum(log_q)), np.asarray(log_qz), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(sum(log_p)), np.asarray(model.prior.log_prob(z)), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(sum_q, log_qz, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(sum_p, log_pz, rtol=1e-5, atol=1e-4)
 
 
 def test_a_training_loss_moves_every_running_average_once():

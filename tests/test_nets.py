@@ -32,14 +32,18 @@ def test_encoder_decoder_shapes(net, shape, channels):
 
 @pytest.mark.parametrize("likelihood,width", [("bernoulli", 1), ("categorical", 256), ("gaussian_learned", 2)])
 def test_vae_images_in_images_out(likelihood, width):
+    """Shapes only, so the model and its outputs are traced, never computed (`nnx.eval_shape`)."""
     cfg = ModelConfig(net="conv", conv_channels=(8, 8), latent_dim=3, likelihood=likelihood)
-    model = VAE(cfg, ObjectiveConfig(), DataSpec("images", (28, 28, 1)), rngs=nnx.Rngs(0))
+    model = nnx.eval_shape(lambda: VAE(cfg, ObjectiveConfig(), DataSpec("images", (28, 28, 1)), rngs=nnx.Rngs(0)))
     model.eval()
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 28, 28)), jnp.float32)  # (N, H, W) accepted
-    assert model.encode(x).mean.shape == (2, 3)
-    assert model.reconstruct(x).shape == (2, 28, 28, 1)
-    assert model.sample(4, rngs=nnx.Rngs(1)).shape == (4, 28, 28, 1)
-    assert model.log_weights({"x": x}, 3, rngs=nnx.Rngs(1)).shape == (2, 3)
+
+    def outputs(m):
+        return (m.encode(x).mean, m.reconstruct(x), m.sample(4, rngs=nnx.Rngs(1)),
+                m.log_weights({"x": x}, 3, rngs=nnx.Rngs(1)))
+
+    shapes = [o.shape for o in nnx.eval_shape(outputs, model)]
+    assert shapes == [(2, 3), (2, 28, 28, 1), (4, 28, 28, 1), (2, 3)]
 
 
 def test_conv_rejects_sides_not_divisible():
@@ -51,16 +55,21 @@ def test_batchnorm_uses_batch_stats_in_train_and_running_stats_in_eval():
     cfg = ModelConfig(net="conv", conv_channels=(4, 4), latent_dim=2)
     enc = build_encoder(cfg, (8, 8, 1), 4, rngs=nnx.Rngs(0))
     x = jax.random.uniform(jax.random.key(0), (16, 8, 8, 1)) * 5 + 3
+    call = nnx.jit(lambda m, x: m(x))  # state updates come back to `enc`, as from an eager call
     before = np.array(enc.norms[0].mean[...])
     enc.train()
-    a = enc(x)
+    a = call(enc, x)
     assert not np.allclose(np.array(enc.norms[0].mean[...]), before)  # running stats moved
     enc.eval()
     frozen = np.array(enc.norms[0].mean[...])
-    b1, b2 = enc(x), enc(x[:1])
+    b1, b2 = call(enc, x), call(enc, x[:1])
     np.testing.assert_allclose(np.array(enc.norms[0].mean[...]), frozen)  # eval never updates them
     np.testing.assert_allclose(b1[:1], b2, rtol=1e-4, atol=1e-5)  # eval output independent of the batch
     assert not np.allclose(a, b1)
+
+
+def _call(net, x, c=None):
+    return net(x, c)
 
 
 def _reference_conv_net(net, x, c=None):
@@ -113,8 +122,9 @@ def test_conv_nets_in_training_equal_the_nnx_layers_whole(part, condition):
         y = call(m, x, c)
         return jnp.sum(jnp.sin(y)), (y, nnx.state(m, nnx.BatchStat))
 
-    (v0, (y0, s0)), g0 = jax.value_and_grad(run, has_aux=True)(params, _reference_conv_net)
-    (v1, (y1, s1)), g1 = jax.value_and_grad(run, has_aux=True)(params, lambda m, x, c: m(x, c))
+    value_and_grad = jax.jit(jax.value_and_grad(run, has_aux=True), static_argnums=1)  # one program, not op by op
+    (v0, (y0, s0)), g0 = value_and_grad(params, _reference_conv_net)
+    (v1, (y1, s1)), g1 = value_and_grad(params, _call)
     tol = dict(rtol=1e-4, atol=1e-4)  # float32, fast variance E[x^2] - E[x]^2 with unit-size biases
     np.testing.assert_allclose(y1, y0, **tol)
     for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s0)):  # running means and variances
@@ -132,4 +142,4 @@ def test_conv_nets_in_training_equal_the_nnx_layers_whole(part, condition):
             # float32 sums in another order (and XLA's unoptimized code in the suite) differ by ~1e-4 of the scale
             np.testing.assert_allclose(g[...], ref, rtol=1e-3, atol=5e-4 * max(1.0, float(np.max(np.abs(ref)))))
     net.eval()  # evaluation mode runs the layers whole
-    np.testing.assert_allclose(net(x, c), _reference_conv_net(net, x, c), **tol)
+    np.testing.assert_allclose(*nnx.jit(lambda m: (m(x, c), _reference_conv_net(m, x, c)))(net), **tol)

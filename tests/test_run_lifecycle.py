@@ -31,7 +31,7 @@ from vaekit.training.step import TrainingDiverged
 from conftest import default_sigint, replace, synthetic_splits, tiny_config
 
 SMALL = ["--set", "data.limit=512", "--set", "model.hidden=[64]", "--set", "train.eval_batch_size=2000"]
-TINY = ["model.hidden=[32]", "model.latent_dim=4", "train.epochs=1", "train.batch_size=20", "train.chunk_steps=4",
+TINY = ["model.hidden=[32]", "model.latent_dim=4", "train.epochs=1", "train.batch_size=20", "train.chunk_steps=5",
         "train.eval_batch_size=64"]
 
 

@@ -59,14 +59,15 @@ def _np_ms_ssim(x, y, scales, window=11, sigma=1.5):
 
 
 def test_ms_ssim_matches_the_formula():
+    ms_ssim = jax.jit(image_losses.ms_ssim, static_argnames=("scales", "window"))  # one program, not op by op
     x, y = _pair(n=2, side=44, seed=1)
-    ours = np.asarray(image_losses.ms_ssim(jnp.asarray(x), jnp.asarray(y), scales=3, window=11))
+    ours = np.asarray(ms_ssim(jnp.asarray(x), jnp.asarray(y), scales=3, window=11))
     ref = [_np_ms_ssim(x[i, ..., 0], y[i, ..., 0], 3) for i in range(2)]
     np.testing.assert_allclose(ours, ref, rtol=1e-4)
-    assert not np.allclose(ours, np.asarray(image_losses.ssim(jnp.asarray(x), jnp.asarray(y))), rtol=1e-3)
+    assert not np.allclose(ours, np.asarray(jax.jit(image_losses.ssim)(jnp.asarray(x), jnp.asarray(y))), rtol=1e-3)
     # 7x7 windows on MNIST-sized images, the mnist-msssim preset's geometry
     x, y = _pair(n=1, side=28, seed=2)
-    ours = float(image_losses.ms_ssim(jnp.asarray(x), jnp.asarray(y), scales=3, window=7)[0])
+    ours = float(ms_ssim(jnp.asarray(x), jnp.asarray(y), scales=3, window=7)[0])
     assert ours == pytest.approx(_np_ms_ssim(x[0, ..., 0], y[0, ..., 0], 3, window=7), rel=1e-4)
 
 
@@ -199,17 +200,21 @@ def test_vaegan_groups_change_only_their_own_parameters():
 def test_vaegan_discriminator_loss_closed_form():
     """With smoothing the discriminator's loss is BCE(real, 0.9) + BCE(rec, 0) + BCE(gen, 0), by hand."""
     model, batch, cfg = _gan()
-    losses, metrics = model.loss(batch, rngs=nnx.Rngs(sample=3), step=jnp.asarray(0))
-    rngs = nnx.Rngs(sample=3)
-    q = model.encode(batch["x"])
-    z, _ = q.sample_and_log_prob(rngs.sample())
-    x_rec = model.decode(z).mean()
-    x_gen = model.decode(model.prior.sample(rngs.sample(), (4,))).mean()
+
+    @nnx.jit  # one program instead of op by op
+    def by_hand(model):
+        losses, _ = model.loss(batch, rngs=nnx.Rngs(sample=3), step=jnp.asarray(0))
+        rngs = nnx.Rngs(sample=3)
+        q = model.encode(batch["x"])
+        z, _ = q.sample_and_log_prob(rngs.sample())
+        x_rec = model.decode(z).mean()
+        x_gen = model.decode(model.prior.sample(rngs.sample(), (4,))).mean()
+        return losses, [model.discriminator(v) for v in (batch["x"], x_rec, x_gen)]
+
+    losses, ((f_real, lr), (f_rec, lf), (_, lg)) = by_hand(model)
     sig = lambda v: 1 / (1 + np.exp(-np.asarray(v, np.float64)))  # noqa: E731
-    lr, lf, lg = (np.asarray(model.discriminator(v)[1]) for v in (batch["x"], x_rec, x_gen))
     expected = np.mean(-(0.9 * np.log(sig(lr)) + 0.1 * np.log(1 - sig(lr))) - np.log(1 - sig(lf)) - np.log(1 - sig(lg)))
     assert float(losses["discriminator"]) == pytest.approx(expected, rel=1e-5)
-    f_real, f_rec = model.discriminator(batch["x"])[0], model.discriminator(x_rec)[0]
     llike = 0.5 * np.sum((np.asarray(f_real) - np.asarray(f_rec)) ** 2, axis=(1, 2, 3)).mean()
     gen = np.mean(-np.log(sig(lf)) - np.log(sig(lg)))
     assert float(losses["decoder"]) == pytest.approx(cfg.model.gamma * llike + gen, rel=1e-5)

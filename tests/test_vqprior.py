@@ -65,7 +65,8 @@ def test_masked_convolutions_are_causal_without_a_blind_spot():
 def test_prior_log_likelihood_against_a_direct_computation():
     net = _net(k=3)
     grids = jnp.asarray(list(itertools.product(range(3), repeat=4)), jnp.int32).reshape(-1, 2, 2)  # all 81
-    logp = np.asarray(net.log_prob(grids), np.float64)
+    logp = np.asarray(nnx.jit(lambda n, g: n.log_prob(g))(net, grids), np.float64)
+    logits_of = nnx.jit(lambda n, codes: n(codes))  # each call below: one program, not op by op
     np.testing.assert_allclose(np.exp(logp).sum(), 1.0, rtol=1e-5)  # a distribution over every grid
     # Direct: the chain rule, position by position, each conditional read with the later positions
     # replaced by other codes (which must not matter), log-softmax in numpy.
@@ -75,7 +76,7 @@ def test_prior_log_likelihood_against_a_direct_computation():
     for p in range(4):
         masked = codes.reshape(-1, 4).copy()
         masked[:, p:] = rng.integers(0, 3, masked[:, p:].shape)
-        logits = np.asarray(net(jnp.asarray(masked.reshape(-1, 2, 2))), np.float64).reshape(-1, 4, 3)[:, p]
+        logits = np.asarray(logits_of(net, jnp.asarray(masked.reshape(-1, 2, 2))), np.float64).reshape(-1, 4, 3)[:, p]
         logits -= logits.max(-1, keepdims=True)
         log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         direct += log_softmax[np.arange(len(codes)), codes.reshape(-1, 4)[:, p]]
@@ -91,7 +92,7 @@ def test_ancestral_sampling_is_reproducible_and_draws_the_model_distribution():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(draw(state, jax.random.PRNGKey(6), 1.0, 0, 500)))
     grids = np.asarray(list(itertools.product(range(3), repeat=4)))
-    p = np.exp(np.asarray(net.log_prob(jnp.asarray(grids.reshape(-1, 2, 2))), np.float64))
+    p = np.exp(np.asarray(nnx.jit(lambda n, g: n.log_prob(g))(net, jnp.asarray(grids.reshape(-1, 2, 2))), np.float64))
     many = draw(state, jax.random.PRNGKey(5), 1.0, 0, 20000)
     index = np.asarray(many).reshape(-1, 4) @ (3 ** np.arange(3, -1, -1))
     freq = np.bincount(index, minlength=81) / len(index)
@@ -114,13 +115,17 @@ def test_two_stage_bound_and_the_frozen_parent(parent, splits):
     model = build_model(cfg, splits.spec, rngs=nnx.Rngs(params=0), **handed)
     stage1 = load_run(parent).model
     x = jnp.asarray(splits.val["x"][:5])
-    lw = np.asarray(model.log_weights({"x": x}, 2, rngs=nnx.Rngs(0)))
-    q = stage1.encode(x)
-    expected = stage1.decode(q.z_q).log_prob(x) + model.pixelcnn.log_prob(q.codes)
-    np.testing.assert_allclose(lw, np.repeat(np.asarray(expected)[:, None], 2, 1), rtol=1e-5)
-    stage1_lw = np.asarray(stage1.log_weights({"x": x}, 1, rngs=nnx.Rngs(0)))[:, 0]  # uniform prior
-    np.testing.assert_allclose(lw[:, 0] - stage1_lw,
-                               np.asarray(model.pixelcnn.log_prob(q.codes)) + 4 * np.log(8), rtol=1e-4, atol=1e-4)
+
+    @nnx.jit  # one program instead of op by op
+    def bounds(model, stage1):
+        q = stage1.encode(x)
+        prior = model.pixelcnn.log_prob(q.codes)
+        return (model.log_weights({"x": x}, 2, rngs=nnx.Rngs(0)), stage1.decode(q.z_q).log_prob(x) + prior, prior,
+                stage1.log_weights({"x": x}, 1, rngs=nnx.Rngs(0))[:, 0])  # the last: under a uniform prior
+
+    lw, expected, prior, stage1_lw = map(np.asarray, bounds(model, stage1))
+    np.testing.assert_allclose(lw, np.repeat(expected[:, None], 2, 1), rtol=1e-5)
+    np.testing.assert_allclose(lw[:, 0] - stage1_lw, prior + 4 * np.log(8), rtol=1e-4, atol=1e-4)
     # Only the PixelCNN's parameters are trained; the parent's are in no group.
     group = model.param_groups()["prior"].filter
     trained = nnx.state(model, group)
@@ -145,8 +150,8 @@ def test_trains_saves_and_loads_with_a_frozen_parent(parent, splits, tmp_path):
     for a, b in zip(jax.tree.leaves(nnx.state(run.model.parent)), jax.tree.leaves(nnx.state(stage1))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the parent did not move
     x = jnp.asarray(splits.val["x"][:3])
-    assert run.model.reconstruct(x).shape == x.shape
-    assert run.model.sample(3, rngs=nnx.Rngs(sample=0)).shape == x.shape
+    outputs = nnx.jit(lambda m: (m.reconstruct(x), m.sample(3, rngs=nnx.Rngs(sample=0))))(run.model)
+    assert [o.shape for o in outputs] == [x.shape, x.shape]
     assert (run.path / "samples_t0.7.png").is_file()
 
 

@@ -165,9 +165,10 @@ def load_mnist_splits(
     """Data-source loader for ``"mnist"`` (see ``vaekit.data.DATA_SOURCES``).
 
     The splits are fixed, as in the literature: train is the first 50,000 training
-    images, val the last 10,000, test the 10,000 t10k images. ``val_size``,
-    ``seed`` and ``limit`` are part of the loader signature but not used here
-    (``load_data`` applies ``limit``).
+    images, val the last 10,000, test the 10,000 t10k images. ``val_size`` and
+    ``seed`` are part of the loader signature but not used here; ``limit`` keeps the
+    first ``limit`` training images only (what ``load_data`` would keep), so that a
+    small run converts no more than it trains on.
 
     Args:
         path: folder with the four ``.gz`` files, or ``None`` for the bundled copy.
@@ -176,11 +177,12 @@ def load_mnist_splits(
         ``{"train": {"x", "y"}, "val": {...}, "test": {...}}`` with x float32
         (N, 28, 28, 1) in [0, 1] and y int32 (N,), all read-only.
     """
-    del val_size, seed, limit  # fixed splits; accepted only to match the loader protocol
+    del val_size, seed  # fixed splits; accepted only to match the loader protocol
     raw = load_mnist_raw(path)
     train_x, train_y = raw["train_x"], raw["train_y"]
+    n = NUM_TRAIN if limit is None else min(limit, NUM_TRAIN)
     splits = {
-        "train": {"x": _to_float(train_x[:NUM_TRAIN]), "y": train_y[:NUM_TRAIN].astype(np.int32)},
+        "train": {"x": _to_float(train_x[:n]), "y": train_y[:n].astype(np.int32)},
         "val": {"x": _to_float(train_x[NUM_TRAIN:]), "y": train_y[NUM_TRAIN:].astype(np.int32)},
         "test": {"x": _to_float(raw["test_x"]), "y": raw["test_y"].astype(np.int32)},
     }

@@ -338,6 +338,7 @@ def compute_all(
     betavae_test: int = 500,
     variance_estimate: int = 10_000,
     dci_importance: str = "gain",
+    dci_max_iter: int = 100,
     n_jobs: int = 2,
     encode_batch_size: int = 1024,
     on_phase: Callable[[str], None] | None = None,
@@ -352,6 +353,9 @@ def compute_all(
     (train codes), SAP and DCI. The interventional scores draw their own
     observations with ``seed``, ``batch_size`` per group, so each equals a standalone
     call of :func:`factorvae_score` / :func:`betavae_score` with the same arguments.
+    ``dci_importance`` and ``dci_max_iter`` are :func:`dci`'s ``importance`` and
+    ``max_iter`` (boosting rounds per factor; DCI's time grows with them and with the
+    number of classes of each factor).
 
     Returns:
         ``{"mig": {...}, "sap": {...}, "dci": {...}, "factorvae": {...},
@@ -377,7 +381,8 @@ def compute_all(
     steps = {
         "mig": lambda: mig(train_codes, train_factors),
         "sap": lambda: sap(train_codes, train_factors, test_codes, test_factors),
-        "dci": lambda: dci(train_codes, train_factors, test_codes, test_factors, seed=seed, importance=dci_importance, n_jobs=n_jobs),
+        "dci": lambda: dci(train_codes, train_factors, test_codes, test_factors, seed=seed, importance=dci_importance,
+                            max_iter=dci_max_iter, n_jobs=n_jobs),
         "factorvae": lambda: factorvae_score(
             encode_fn, data_source, num_train=factorvae_train, num_test=factorvae_test, batch_size=batch_size,
             num_variance_estimate=variance_estimate, seed=seed, encode_batch_size=encode_batch_size,
@@ -406,6 +411,7 @@ def compute_all(
         "betavae_test": int(betavae_test),
         "variance_estimate": int(variance_estimate),
         "dci_importance": results["dci"]["importance_method"],
+        "dci_max_iter": int(dci_max_iter),
         "num_latents": int(train_codes.shape[1]),
         "factor_sizes": [int(s) for s in data_source.factor_sizes],
     }

@@ -87,6 +87,13 @@ def _resident(x) -> jax.Array:
     return jnp.asarray(x)
 
 
+@jax.jit
+def _copy_tree(tree):
+    """A copy of every array of `tree` (a chunk's backup of the state it donates). Module-level, so
+    trainers of the same state shapes in one process share its compilation."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 def resolve_loop(loop: str, model: nnx.Module) -> str:
     """`train.loop` with "auto" decided: "steps" for a model with convolutions on CPU, else "scan".
 
@@ -195,7 +202,7 @@ class Trainer:
             rep = distributed.replicated(self.mesh)
             jit_kw = dict(in_shardings=rep, out_shardings=rep)
         jit = functools.partial(jax.jit, donate_argnums=(0,), **jit_kw)
-        self._backup = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), **jit_kw)
+        self._backup = _copy_tree if self.mesh is None else jax.jit(_copy_tree.__wrapped__, **jit_kw)
         if self.loop == "stream":
             fed_kw = dict(jit_kw, in_shardings=(rep, rep, program.batch_sharding)) if jit_kw else {}  # batch: split
             self._fed_step = jax.jit(functools.partial(guarded_fed_step, program), donate_argnums=(0,), **fed_kw)
