@@ -34,7 +34,8 @@ def tiny_config(**sections) -> config_lib.Config:
         "model": {"hidden": (32,), "latent_dim": 4},
         # 200 synthetic examples: 10 steps an epoch, two chunks of 5 (one compilation of the chunk;
         # a shorter tail chunk would be a second one, tests/test_train.py runs one on purpose).
-        "train": {"epochs": 2, "batch_size": 20, "chunk_steps": 5, "eval_batch_size": 64},
+        # No pictures (about a second a run, mostly matplotlib's curves): tests of pictures ask for them.
+        "train": {"epochs": 2, "batch_size": 20, "chunk_steps": 5, "eval_batch_size": 64, "pictures": False},
     }
     for sec, vals in sections.items():
         small.setdefault(sec, {}).update(vals)

@@ -201,7 +201,8 @@ def test_two_layer_run_draws_its_layers_picture(tmp_path, monkeypatch):
 
     splits = synthetic_splits(n=80)
     monkeypatch.setattr("vaekit.data.load_data", lambda *a, **k: splits)
-    cfg = tiny_config(model={"kind": "hvae", "z1_dim": 4, "hidden2": [8], "latent_dim": 3}, train={"epochs": 2})
+    cfg = tiny_config(model={"kind": "hvae", "z1_dim": 4, "hidden2": [8], "latent_dim": 3},
+                      train={"epochs": 2, "pictures": True})
     run = train(cfg, runs_dir=tmp_path, name="h", progress=False)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(len(r["val/kl_per_dim"]) == 7 for r in records)

@@ -164,6 +164,8 @@ def check_trains_saves_and_loads(cfg, splits, runs_dir):
     run = load_run(run_dir, checkpoint="latest")
     assert run.info["model_kind"] == cfg.model.kind and run.spec == splits.spec
     assert math.isfinite(run.info["final"]["val/loss"])
+    assert (run_dir / "curves.png").is_file()  # train.pictures (and samples.png for image data)
+    assert (run_dir / "samples.png").is_file() == splits.spec.is_images
     latest = max((run_dir / "checkpoints" / "latest").iterdir(), key=lambda p: int(p.name))
     saved = ocp.StandardCheckpointer().restore(latest / "model")  # the stored arrays as they are on disk
     saved = {"/".join(map(str, path[:-1])): v for path, v in flatten_dict(saved).items()}  # .../kernel/value
@@ -187,7 +189,8 @@ def test_conformance(kind, splits, tmp_path):
     assert isinstance(model, Model) and model.kind == cfg.model.kind
     for check in CHECKS:
         check(model, cfg, splits)
-    check_trains_saves_and_loads(_cfg(kind, train={"epochs": 1, "batch_size": 20, "chunk_steps": 3}), splits, tmp_path)
+    check_trains_saves_and_loads(_cfg(kind, train={"epochs": 1, "batch_size": 20, "chunk_steps": 3, "pictures": True}),
+                                 splits, tmp_path)
 
 
 def test_the_documented_example_kind_is_an_installable_plugin(image_splits, tmp_path, monkeypatch):

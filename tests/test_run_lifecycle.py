@@ -272,7 +272,8 @@ def test_a_failure_after_training_starts_marks_the_run_failed(tmp_path, monkeypa
 
     monkeypatch.setattr("vaekit.plots.save_curves", boom)
     with pytest.raises(RuntimeError, match="cannot draw this"):
-        train(tiny_config(train={"epochs": 1}), data=splits, runs_dir=tmp_path, name="r", progress=False)
+        train(tiny_config(train={"epochs": 1, "pictures": True}), data=splits, runs_dir=tmp_path, name="r",
+              progress=False)
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["status"] == "failed" and "cannot draw this" in info["error"]
     assert not (tmp_path / "r" / layout.LOCK_FILE).exists()

@@ -66,7 +66,7 @@ def _mlflow_training(tmp_path, monkeypatch, epochs: int):
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     splits = synthetic_splits(n=80)
-    cfg = tiny_config(train={"loggers": ("mlflow",), "epochs": epochs})
+    cfg = tiny_config(train={"loggers": ("mlflow",), "epochs": epochs, "pictures": True})  # pictures: artifacts
     run_dir = train(cfg, data=splits, runs_dir=tmp_path, name="tracked", progress=False)
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
     return cfg, run_dir, client, splits, lambda: client.search_runs([client.get_experiment_by_name("vaekit").experiment_id])

@@ -64,6 +64,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, splits):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     hist = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in hist] == [1, 2, 3]
+    assert not list(full.glob("*.png"))  # train.pictures=false: none drawn
     assert json.loads((resumed / "run.json").read_text())["status"] == "complete"
 
 
@@ -82,7 +83,7 @@ def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path, splits):
 
 
 def test_run_directory_contents_and_no_overwrite(tmp_path, splits):
-    run = train(tiny_config(), data=splits, runs_dir=tmp_path, name="r", progress=False)
+    run = train(tiny_config(train={"pictures": True}), data=splits, runs_dir=tmp_path, name="r", progress=False)
     for name in ("config.yaml", "run.json", "metrics.jsonl", "samples.png", "reconstructions.png",
                  "curves.png", "kl_per_dim.png", "tensorboard", "checkpoints/best", "checkpoints/latest"):
         assert (run / name).exists(), name

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import synthetic_splits, tiny_config
+from conftest import replace, synthetic_splits, tiny_config
 from test_vqvae import TRAIN, tiny_vq_run
 from vaekit.runs.run import load_run, resolve_parent
 from vaekit.errors import VaekitError
@@ -135,8 +135,8 @@ def test_two_stage_bound_and_the_frozen_parent(parent, splits):
 
 def test_trains_saves_and_loads_with_a_frozen_parent(parent, splits, tmp_path):
     """What the conformance suite checks of every kind, on a tiny prior over the tiny parent."""
-    run = load_run(train(_prior_cfg(parent), data=splits, runs_dir=tmp_path, name="prior", progress=False),
-                   checkpoint="latest")
+    cfg = replace(_prior_cfg(parent), "train", pictures=True)
+    run = load_run(train(cfg, data=splits, runs_dir=tmp_path, name="prior", progress=False), checkpoint="latest")
     assert run.info["model_kind"] == "vqprior" and run.spec == splits.spec
     assert len(run.config.model.parent_sha256) == 64  # recorded in config.yaml when training started
     last = run.history[-1]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import shared_run, synthetic_splits, tiny_config
+from conftest import replace, shared_run, synthetic_splits, tiny_config
 from vaekit.runs.run import load_run
 from vaekit.data import DataSpec
 from vaekit.errors import VaekitError
@@ -36,8 +36,9 @@ def splits():
 def tiny_vq_run(tmp_path_factory):
     """A tiny trained vqvae run (6 steps on the synthetic images), trained once per session for
     every worker (`conftest.shared_run`): also the parent of tests/test_vqprior.py."""
-    def make(runs, name):
-        train(_cfg(), data=synthetic_splits(n=120), runs_dir=runs, name=name, progress=False)
+    def make(runs, name):  # with its pictures: the codebook's are checked here, the prior's samples in test_vqprior
+        cfg = _cfg()
+        train(replace(cfg, "train", pictures=True), data=synthetic_splits(n=120), runs_dir=runs, name=name, progress=False)
 
     return shared_run(tmp_path_factory, "vq", make)
 

@@ -118,6 +118,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # how many periodic checkpoints to keep
     compilation_cache: bool = True  # reuse compiled steps across runs (JAX's persistent cache; also VAEKIT_COMPILATION_CACHE=0)
     log_every: int = 10  # TensorBoard's step/* curves: one point per N training steps, the mean over them (1: every step)
+    pictures: bool = True  # draw samples, reconstructions, curves and the model's own pictures when the run ends (false: none, e.g. for a sweep's runs; `vaekit sample`, `reconstruct` and `report` draw from the run later)
     loggers: tuple[str, ...] = ("tensorboard",)  # where metrics go besides metrics.jsonl: tensorboard, mlflow (pip install 'vaekit[mlflow]')
     devices: str = "1"  # data parallel over this many local devices per process ("all": every one); batch_size is global
     precision: str = "fp32"  # fp32, or bf16: the encoder/decoder nets' hidden layers compute in bfloat16 while training (parameters, optimizer state, output layers, losses and validation stay float32)

@@ -459,7 +459,10 @@ def _checkpoint(cfg: Config, trainer: Trainer, ckpt, info: dict, record: dict, o
 
 
 def _pictures(cfg: Config, run_dir: Path, trainer: Trainer, splits, history: list, main: bool) -> None:
-    """The run's pictures, drawn by process 0 from its own copy of the model (without the others)."""
+    """The run's pictures, drawn by process 0 from its own copy of the model (without the others);
+    none with train.pictures=false."""
+    if not cfg.train.pictures:
+        return
     state = distributed.local_copy({"params": trainer.state.params, "rest": trainer.state.rest})
     model = merge_model(trainer.graphdef, state["params"], state["rest"])
     if not main:
