@@ -17,7 +17,7 @@ from vaekit.errors import VaekitError
 from vaekit.evaluate import disentanglement as dis
 
 NUM_TRAIN, NUM_TEST = 3_000, 1_500
-DCI_FAST = {"max_iter": 10}  # fewer boosting rounds than the default 100, to keep tests quick
+DCI_FAST = {"max_iter": 10, "n_jobs": 1}  # 10 boosting rounds (default 100), in this process (compute_all tests the parallel path)
 PERM = np.array([7, 2, 9, 0, 4, 8, 1, 5, 3, 6])
 
 _ALL_VALUES = shapes.classes_to_values(shapes.index_to_classes(np.arange(0, shapes.NUM_IMAGES, 7)))

@@ -94,6 +94,21 @@ def _copy_tree(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
+@functools.partial(jax.jit, static_argnames=("steps", "batch", "n"))
+def _drawn_indices(shuffle: jax.Array, first_step: jax.Array, *, steps: int, batch: int, n: int) -> jax.Array:
+    """(steps, batch) indices drawn uniformly with replacement from range(n), step i's keyed by
+    fold_in(shuffle, first_step + i). One compiled program (op by op, the vmapped draw compiled
+    each of its operations on first use)."""
+    draw = lambda i: jax.random.randint(jax.random.fold_in(shuffle, i), (batch,), 0, n)  # noqa: E731
+    return jax.vmap(draw)(first_step + jnp.arange(steps))
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "batch", "n"))
+def _permuted_indices(key: jax.Array, *, steps: int, batch: int, n: int) -> jax.Array:
+    """(steps, batch) indices: the first steps * batch of a permutation of range(n) by `key`."""
+    return jax.random.permutation(key, n)[: steps * batch].reshape(steps, batch)
+
+
 def resolve_loop(loop: str, model: nnx.Module) -> str:
     """`train.loop` with "auto" decided: "steps" for a model with convolutions on CPU, else "scan".
 
@@ -262,10 +277,8 @@ class Trainer:
         n, b = self.splits.num_train, self.cfg.train.batch_size
         steps = self.epoch_steps if steps is None else steps
         if self.cfg.train.steps is not None:
-            draw = lambda i: jax.random.randint(jax.random.fold_in(shuffle, i), (b,), 0, n)  # noqa: E731
-            return jax.vmap(draw)(jnp.arange(first_step, first_step + steps))
-        key = jax.random.fold_in(shuffle, epoch)
-        return jax.random.permutation(key, n)[: steps * b].reshape(steps, b)
+            return _drawn_indices(shuffle, jnp.asarray(first_step), steps=steps, batch=b, n=n)
+        return _permuted_indices(jax.random.fold_in(shuffle, epoch), steps=steps, batch=b, n=n)
 
     def _epoch_length(self, step0: int) -> int:
         """Steps of the epoch that starts at global step `step0`."""
