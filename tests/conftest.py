@@ -127,10 +127,12 @@ def group_step_check(tr, batch_size: int, lrs: dict) -> dict:
     idx = jnp.arange(batch_size)
     loss = step_loss(tr, idx)
 
-    def grad(loss_group, param_group):
-        return jax.jit(jax.grad(lambda p: loss(dict(params, **{param_group: p}))[loss_group]))(params[param_group])
+    @jax.jit  # every pair's gradient in one program
+    def all_grads(params):
+        return {(g, h): jax.grad(lambda p, g=g, h=h: loss(dict(params, **{h: p}))[g])(params[h])
+                for g in params for h in params}
 
-    grads = {(g, h): grad(g, h) for g in params for h in params}
+    grads = all_grads(params)
     new, _ = jax.jit(tr.train_step)(tr.state, tr.train_data, idx)
     for g, lr in lrs.items():
         expected = jax.tree.map(lambda p, d: p - lr * np.asarray(d) / (np.abs(np.asarray(d)) + 1e-8), before[g],
