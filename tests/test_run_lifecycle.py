@@ -163,6 +163,7 @@ def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, mon
 # ------------------------------------------------------------------ interrupts and locks
 
 
+@pytest.mark.slow  # a real process and a real SIGINT (tests/test_train.py stops a run in-process)
 def test_ctrl_c_before_the_first_checkpoint_prints_the_path_and_resumes_from_scratch(tmp_path, capsys):
     runs = tmp_path / "runs"
     proc = _vaekit("train", "--runs-dir", str(runs), "--name", "x", *SMALL, "--set", "train.epochs=1",
