@@ -191,6 +191,21 @@ def test_steps_mode_draws_batches_with_replacement(splits):
     assert tr.fit_epoch() and int(tr.state.step) == 50  # the last epoch is cut short at train.steps
 
 
+def test_epoch_indices_are_the_seeds_permutation_and_per_step_draws(splits):
+    """The batches, written out op by op from the seed: a pass over the data takes the epoch's
+    permutation, a step-counted run each step's own draws (a run saved by an earlier vaekit resumes
+    onto the same batches)."""
+    from vaekit.training.state import SHUFFLE
+
+    shuffle = jax.random.fold_in(jax.random.PRNGKey(3), SHUFFLE)
+    tr = Trainer(tiny_config(train={"seed": 3}), splits)
+    expected = jax.random.permutation(jax.random.fold_in(shuffle, 4), 200)[:200].reshape(10, 20)
+    np.testing.assert_array_equal(np.asarray(tr.epoch_indices(4)), np.asarray(expected))
+    tr = Trainer(tiny_config(train={"seed": 3, "steps": 50, "eval_every": 40}), splits)
+    draws = [jax.random.randint(jax.random.fold_in(shuffle, i), (20,), 0, 200) for i in range(37, 44)]
+    np.testing.assert_array_equal(np.asarray(tr.epoch_indices(0, 7, first_step=37)), np.stack(draws))
+
+
 def test_scan_and_step_loops_train_the_same_model(splits):
     """train.loop only changes how a chunk is dispatched, not what it computes, also for an epoch
     whose last chunk is shorter (the MLP: 10 steps in chunks of 4, 4 and 2).

@@ -87,26 +87,25 @@ def _resident(x) -> jax.Array:
     return jnp.asarray(x)
 
 
-@jax.jit
 def _copy_tree(tree):
-    """A copy of every array of `tree` (a chunk's backup of the state it donates). Module-level, so
-    trainers of the same state shapes in one process share its compilation."""
+    """A copy of every array of `tree` (a chunk's backup of the state it donates)."""
     return jax.tree.map(jnp.copy, tree)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "batch", "n"))
-def _drawn_indices(shuffle: jax.Array, first_step: jax.Array, *, steps: int, batch: int, n: int) -> jax.Array:
-    """(steps, batch) indices drawn uniformly with replacement from range(n), step i's keyed by
-    fold_in(shuffle, first_step + i). One compiled program (op by op, the vmapped draw compiled
-    each of its operations on first use)."""
-    draw = lambda i: jax.random.randint(jax.random.fold_in(shuffle, i), (batch,), 0, n)  # noqa: E731
-    return jax.vmap(draw)(first_step + jnp.arange(steps))
+_copy_tree_jit = jax.jit(_copy_tree)  # module-level: trainers of the same shapes in a process share it
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "batch", "n"))
-def _permuted_indices(key: jax.Array, *, steps: int, batch: int, n: int) -> jax.Array:
-    """(steps, batch) indices: the first steps * batch of a permutation of range(n) by `key`."""
-    return jax.random.permutation(key, n)[: steps * batch].reshape(steps, batch)
+@functools.partial(jax.jit, static_argnames=("steps", "batch", "n", "with_replacement"))
+def _epoch_indices(root: jax.Array, position: jax.Array, *, steps: int, batch: int, n: int,
+                   with_replacement: bool) -> jax.Array:
+    """(steps, batch) indices into range(n), as one compiled program (op by op, every operation of
+    the draw compiled alone on first use). `position`: the epoch, whose key permutes the data; or,
+    `with_replacement`, the global step of the first row, each row drawn with its own step's key."""
+    shuffle = jax.random.fold_in(root, SHUFFLE)
+    if with_replacement:
+        draw = lambda i: jax.random.randint(jax.random.fold_in(shuffle, i), (batch,), 0, n)  # noqa: E731
+        return jax.vmap(draw)(position + jnp.arange(steps))
+    return jax.random.permutation(jax.random.fold_in(shuffle, position), n)[: steps * batch].reshape(steps, batch)
 
 
 def resolve_loop(loop: str, model: nnx.Module) -> str:
@@ -217,7 +216,7 @@ class Trainer:
             rep = distributed.replicated(self.mesh)
             jit_kw = dict(in_shardings=rep, out_shardings=rep)
         jit = functools.partial(jax.jit, donate_argnums=(0,), **jit_kw)
-        self._backup = _copy_tree if self.mesh is None else jax.jit(_copy_tree.__wrapped__, **jit_kw)
+        self._backup = _copy_tree_jit if self.mesh is None else jax.jit(_copy_tree, **jit_kw)
         if self.loop == "stream":
             fed_kw = dict(jit_kw, in_shardings=(rep, rep, program.batch_sharding)) if jit_kw else {}  # batch: split
             self._fed_step = jax.jit(functools.partial(guarded_fed_step, program), donate_argnums=(0,), **fed_kw)
@@ -273,12 +272,10 @@ class Trainer:
         train.steps every index is drawn uniformly with replacement, keyed by the global step
         (`first_step` + i), so a step's batch never depends on where epochs begin and end.
         """
-        shuffle = jax.random.fold_in(self.root, SHUFFLE)
-        n, b = self.splits.num_train, self.cfg.train.batch_size
         steps = self.epoch_steps if steps is None else steps
-        if self.cfg.train.steps is not None:
-            return _drawn_indices(shuffle, jnp.asarray(first_step), steps=steps, batch=b, n=n)
-        return _permuted_indices(jax.random.fold_in(shuffle, epoch), steps=steps, batch=b, n=n)
+        drawn = self.cfg.train.steps is not None
+        return _epoch_indices(self.root, jnp.asarray(first_step if drawn else epoch), steps=steps,
+                              batch=self.cfg.train.batch_size, n=self.splits.num_train, with_replacement=drawn)
 
     def _epoch_length(self, step0: int) -> int:
         """Steps of the epoch that starts at global step `step0`."""
