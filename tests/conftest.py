@@ -10,10 +10,12 @@ from vaekit import runtime
 
 # The suite's programs are tiny, so XLA's compile time is most of its time: without LLVM's
 # optimizations they compile in about 0.6x the time (tests/test_train.py and test_flows.py on 2
-# cores, cold: 225 s at XLA's default level 3, 160 s at level 1, 126 s at level 0) and compute the
-# same values up to float rounding. The few tests that run a program long (e.g. 20,000 ancestral
+# cores, cold: 225 s at XLA's default level 3, 160 s at level 1, 126 s at level 0), and with XLA's
+# classic CPU emitters instead of its MLIR fusion emitters in about 0.45x again (the hvae
+# conformance and conv-net tests: 25 s -> 11 s of compilation); both compute the same values up to
+# float rounding. The few tests that run a program long (e.g. 20,000 ancestral
 # draws) keep their sizes small enough for unoptimized code. Subprocesses (the CLI tests) inherit
-# it; a user's own setting of it is kept.
+# them; a user's own setting of either is kept.
 SUITE_XLA_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
 for flag, value in SUITE_XLA_FLAGS.items():
     if flag not in os.environ.get("XLA_FLAGS", ""):
@@ -210,7 +212,7 @@ TRAINED_RUN_ARGS = ["--set", "data.limit=512", "--set", "train.epochs=1", "--set
 def _compiled_programs_per_module():
     """Drop JAX's compiled programs after each test module. They are kept for the life of the
     process otherwise: several thousand in a suite (every shape of every eager operation too),
-    which grew each of the two workers to 4.5-5 GB; with this the largest is about 2.4 GB, and
+    which grew each of the two workers to 4.5-5 GB; with this the largest is about 1.9 GB, and
     a later module that needs a program again finds it in the on-disk compilation cache."""
     yield
     import gc

@@ -185,7 +185,7 @@ def _results(run_dir: Path) -> list[dict]:
             groups.append(("scores", _table({k: v for k, v in _flatten(doc).items() if not k.startswith("seconds")})))
         else:
             for key, entry in doc.items():
-                stale = stale_result(run_dir, entry) if name == "evaluation.json" and isinstance(entry, dict) else None
+                stale = stale_result(run_dir, entry) if isinstance(entry, dict) else None  # evaluate's results
                 groups.append((f"{key} ({stale})" if stale else key,
                                _table(_flatten(entry) if isinstance(entry, dict) else {key: entry})))
         out.append({"title": title, "file": name, "groups": groups})
